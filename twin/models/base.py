@@ -1,0 +1,147 @@
+"""The interface every model kind implements, and flat-vector views of its parameters.
+
+A model maps a context of the last `context` observations, the current input and the interval
+`dt` since the last observation to a one-step prediction of the outputs. Teacher-forced one-step
+predictions over a window are one batched call; `rollout` feeds predictions back for what-ifs.
+Learners see the model only through `flat_parameters`, `parameter_scales`, `raw_bounds` and
+`torch.func.functional_call`, so any `nn.Module` that follows this contract can be calibrated.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from twin.spec import TwinSpec
+
+DTYPE = torch.float64  # channels span 1e-3..1e7 in their own units; float32 is not enough
+
+
+class TwinModel(nn.Module):
+    """Base class of all model kinds.
+
+    Subclasses set `kind`, implement `forward`, `named_values` and `validate_spec`, and register
+    their trainable tensors as `nn.Parameter`s (the raw, unconstrained coordinates the learners
+    move). Normalization buffers `y_mean, y_std, u_mean, u_std` are kept by every model and set
+    by the twin from its channel scaler; black-box kinds use them, physical kinds ignore them.
+    """
+
+    kind: ClassVar[str]
+    physical: ClassVar[bool] = False
+
+    def __init__(self, n_inputs: int, n_outputs: int):
+        super().__init__()
+        self.n_inputs = n_inputs
+        self.n_outputs = n_outputs
+        self.register_buffer("y_mean", torch.zeros(n_outputs, dtype=DTYPE))
+        self.register_buffer("y_std", torch.ones(n_outputs, dtype=DTYPE))
+        self.register_buffer("u_mean", torch.zeros(n_inputs, dtype=DTYPE))
+        self.register_buffer("u_std", torch.ones(n_inputs, dtype=DTYPE))
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec: TwinSpec) -> TwinModel:
+        """Build the model for a validated spec (initial params, options and bounds applied)."""
+        raise NotImplementedError
+
+    @classmethod
+    def validate_spec(cls, spec: TwinSpec) -> None:
+        """Raise `twin.spec.SpecError` if the spec does not fit this kind (channels, params...)."""
+        raise NotImplementedError
+
+    @classmethod
+    def default_learner(cls) -> str:
+        return "pgpe"
+
+    # -- prediction ---------------------------------------------------------------------------
+    @property
+    def context(self) -> int:
+        """How many past observations one prediction needs (>= 1)."""
+        return 1
+
+    def forward(self, y_ctx: Tensor, u_ctx: Tensor, u_now: Tensor, dt: Tensor) -> Tensor:
+        """One-step prediction.
+
+        y_ctx: (B, L, n_outputs) outputs at t-L..t-1 (oldest first); u_ctx: (B, L, n_inputs)
+        inputs at t-L..t-1; u_now: (B, n_inputs) input at t; dt: (B,) seconds from t-1 to t.
+        Returns (B, n_outputs), the prediction of the outputs at t.
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def rollout(self, y_ctx: Tensor, u_ctx: Tensor, u_future: Tensor, dt: Tensor) -> Tensor:
+        """Free-run prediction under future inputs, feeding each prediction back as context.
+
+        y_ctx: (B, L, n_outputs), u_ctx: (B, L, n_inputs) the last L observations;
+        u_future: (B, H, n_inputs); dt: (B, H) intervals. Returns (B, H, n_outputs).
+        """
+        return rollout_with(self, y_ctx, u_ctx, u_future, dt)
+
+    # -- parameters ---------------------------------------------------------------------------
+    def named_values(self) -> dict[str, float]:
+        """Parameters by name in the channels' own (physical) units, for users."""
+        raise NotImplementedError
+
+    def parameter_scales(self) -> Tensor:
+        """(P,) a typical magnitude of each raw coordinate, aligned with `flat_parameters`.
+
+        Learners size exploration and step lengths by it, so one setting of `lr` and `sigma`
+        works whatever the channels' units: 1 for log-parametrized and standardized coordinates,
+        the output's standard deviation for an additive offset in output units.
+        """
+        return torch.ones_like(flat_parameters(self))
+
+    def raw_bounds(self) -> tuple[Tensor, Tensor]:
+        """(P,), (P,) lower and upper limits on the raw coordinates (+-inf where unbounded)."""
+        flat = flat_parameters(self)
+        return torch.full_like(flat, -torch.inf), torch.full_like(flat, torch.inf)
+
+    def set_normalization(self, y_mean, y_std, u_mean, u_std) -> None:
+        for name, value in zip(
+            ("y_mean", "y_std", "u_mean", "u_std"), (y_mean, y_std, u_mean, u_std), strict=True
+        ):
+            getattr(self, name).copy_(torch.as_tensor(value, dtype=DTYPE))
+
+    def config(self) -> dict[str, Any]:
+        """Plain-dict description for checkpoints (kind and structural options)."""
+        return {"kind": self.kind, "n_inputs": self.n_inputs, "n_outputs": self.n_outputs}
+
+
+def rollout_with(model: nn.Module, y_ctx: Tensor, u_ctx: Tensor, u_future: Tensor, dt: Tensor):
+    """`TwinModel.rollout` as a function, usable under `functional_call`/`vmap`."""
+    outs = []
+    for h in range(u_future.shape[1]):
+        y_next = model(y_ctx, u_ctx, u_future[:, h], dt[:, h])  # (B, n_outputs)
+        outs.append(y_next)
+        y_ctx = torch.cat([y_ctx[:, 1:], y_next[:, None]], dim=1)
+        u_ctx = torch.cat([u_ctx[:, 1:], u_future[:, h : h + 1]], dim=1)
+    return torch.stack(outs, dim=1)  # (B, H, n_outputs)
+
+
+def flat_parameters(model: nn.Module) -> Tensor:
+    """All trainable tensors of `model` as one (P,) vector, in `named_parameters` order."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def unflatten(model: nn.Module, flat: Tensor) -> dict[str, Tensor]:
+    """Split a (..., P) vector into {name: tensor} shaped like `model`'s parameters.
+
+    Leading batch dimensions are kept, so the result feeds `functional_call` under `vmap`.
+    """
+    out, i = {}, 0
+    for name, p in model.named_parameters():
+        n = p.numel()
+        out[name] = flat[..., i : i + n].reshape((*flat.shape[:-1], *p.shape))
+        i += n
+    assert i == flat.shape[-1], "flat vector does not match the model's parameter count"
+    return out
+
+
+@torch.no_grad()
+def load_flat(model: nn.Module, flat: Tensor) -> None:
+    """Write a (P,) vector into `model`'s parameters in place."""
+    for name, value in unflatten(model, flat).items():
+        model.get_parameter(name).copy_(value)
