@@ -42,7 +42,9 @@ class Observations:
 
     def __getitem__(self, index: slice) -> Observations:
         assert isinstance(index, slice), "Observations only slice"
-        return Observations(self.ts[index], self.inputs[index], self.outputs[index], self.seq[index])
+        return Observations(
+            self.ts[index], self.inputs[index], self.outputs[index], self.seq[index]
+        )
 
 
 def supervised(ts, inputs, outputs, context: int):

@@ -1,0 +1,1 @@
+"""Tandem's service: HTTP API, persistence, calibrator worker and CLI around the `twin` core."""

@@ -1,0 +1,267 @@
+"""The calibration worker: the exactly-once loop of DESIGN.md.
+
+For each twin with observations past its watermark: take the latest version (cached in memory),
+read the next observations in `seq` order, let the twin predict, monitor and learn them, then
+write the new version, the prequential predictions and the drift events in ONE transaction.
+A crash before the commit loses nothing; the next run redoes the same observations from the
+committed watermark with the same result. Workers claim twins through leases in the database
+(`FOR UPDATE SKIP LOCKED` on PostgreSQL), and the unique (twin, version number) key makes a
+lost lease harmless: the second writer's commit fails and it reloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import tables as t
+from twin.observations import Observations
+from twin.replica import StepResult, Twin
+
+log = logging.getLogger("tandem.calibrator")
+
+
+@dataclass(frozen=True)
+class CalibratorConfig:
+    batch: int = 1024  # observations per committed version, at most
+    claim_limit: int = 4  # twins one pass claims, so that several workers share the work
+    lease_seconds: float = 30.0
+    poll_interval: float = 0.1
+    keep_checkpoints: int = 3  # newest versions that keep full learner state
+    version_retention: int = 0  # versions kept per twin (0: all); version 0 always stays
+
+
+class Calibrator:
+    """Claims twins with pending observations and calibrates them, one version per commit."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        config: CalibratorConfig | None = None,
+        owner: str | None = None,
+    ):
+        self.sessions = sessions
+        self.config = config or CalibratorConfig()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._cache: dict[int, tuple[int, Twin]] = {}  # twin id -> (version number, twin)
+        self.before_commit = None  # test hook: called between learning and commit
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Calibrate every claimable twin with pending observations once; return how many
+        observations were learned."""
+        learned = 0
+        for twin_id in self._claim():
+            try:
+                learned += self._calibrate(twin_id)
+            except IntegrityError:
+                log.warning("twin %s: another worker committed first; reloading", twin_id)
+                self._cache.pop(twin_id, None)
+            except Exception:
+                self._cache.pop(twin_id, None)
+                raise
+        return learned
+
+    def run_until(self, stop: threading.Event) -> None:
+        """Loop until `stop` is set; sleep `poll_interval` only when there was nothing to do."""
+        while not stop.is_set():
+            try:
+                busy = self.run_once() > 0
+            except OperationalError as exc:  # database busy or restarting: back off, retry
+                log.warning("calibration pass failed: %s", exc)
+                busy = False
+            except Exception:
+                log.exception("calibration pass failed")
+                busy = False
+            if not busy:
+                stop.wait(self.config.poll_interval)
+        self._release()
+
+    def drain(self, timeout: float = 60.0) -> None:
+        """Run passes until no twin has pending observations, waiting out other workers'
+        leases (for tests and the CLI)."""
+        deadline = time.monotonic() + timeout
+        while self.run_once() > 0 or self._pending():
+            if time.monotonic() > deadline:
+                raise TimeoutError("calibration did not catch up in time")
+            time.sleep(self.config.poll_interval)
+
+    # -- leases -------------------------------------------------------------------------------
+    def _pending_query(self):
+        """Twins with observations past their newest version's watermark."""
+        latest = (
+            select(t.Version.twin_id, func.max(t.Version.watermark).label("watermark"))
+            .group_by(t.Version.twin_id)
+            .subquery()
+        )
+        return (
+            select(t.Twin.id)
+            .join(latest, latest.c.twin_id == t.Twin.id)
+            .where(t.Twin.last_seq > latest.c.watermark)
+        )
+
+    def _pending(self) -> bool:
+        with self.sessions() as session:
+            return session.scalar(self._pending_query().limit(1)) is not None
+
+    def _claim(self) -> list[int]:
+        now = time.time()
+        free = or_(
+            t.Twin.lease_owner.is_(None),
+            t.Twin.lease_owner == self.owner,
+            t.Twin.lease_expires_at < now,
+        )
+        query = (
+            self._pending_query()
+            .where(free)
+            .order_by(t.Twin.id)
+            .limit(self.config.claim_limit)
+            .with_for_update(of=t.Twin, skip_locked=True)
+        )
+        with self.sessions.begin() as session:
+            ids = list(session.scalars(query))
+            if ids:
+                session.execute(
+                    update(t.Twin)
+                    .where(t.Twin.id.in_(ids))
+                    .values(
+                        lease_owner=self.owner, lease_expires_at=now + self.config.lease_seconds
+                    )
+                )
+        return ids
+
+    def _release(self) -> None:
+        with self.sessions.begin() as session:
+            session.execute(
+                update(t.Twin)
+                .where(t.Twin.lease_owner == self.owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
+    # -- one twin -----------------------------------------------------------------------------
+    def _load(self, session: Session, twin_id: int) -> tuple[int, Twin]:
+        number = session.scalar(
+            select(func.max(t.Version.number)).where(t.Version.twin_id == twin_id)
+        )
+        cached = self._cache.get(twin_id)
+        if cached and cached[0] == number:
+            return cached
+        blob = session.scalar(
+            select(t.Version.checkpoint).where(
+                t.Version.twin_id == twin_id, t.Version.number == number
+            )
+        )
+        assert blob is not None, f"twin {twin_id}: newest version {number} has no checkpoint"
+        return number, Twin.from_bytes(blob)
+
+    def _calibrate(self, twin_id: int) -> int:
+        with self.sessions() as session:
+            number, twin = self._load(session, twin_id)
+            rows = session.execute(
+                select(
+                    t.Observation.seq, t.Observation.ts, t.Observation.inputs, t.Observation.outputs
+                )
+                .where(t.Observation.twin_id == twin_id, t.Observation.seq > twin.watermark)
+                .order_by(t.Observation.seq)
+                .limit(self.config.batch)
+            ).all()
+        if not rows:
+            return 0
+        obs = _observations(rows, len(twin.spec.inputs), len(twin.spec.outputs))
+        self._cache.pop(twin_id, None)  # the twin mutates now; cached again only once committed
+        result = twin.step(obs)
+        if self.before_commit is not None:
+            self.before_commit(twin_id, result)
+        self._commit(twin_id, number + 1, twin, result)
+        self._cache[twin_id] = (number + 1, twin)
+        return len(obs)
+
+    def _commit(self, twin_id: int, number: int, twin: Twin, result: StepResult) -> None:
+        now = time.time()
+        metrics = twin.metrics()
+        metrics["loss"] = result.loss
+        metrics["observations"] = int(len(result.seq))
+        with self.sessions.begin() as session:
+            session.execute(
+                insert(t.Version),
+                [
+                    {
+                        "twin_id": twin_id,
+                        "number": number,
+                        "watermark": twin.watermark,
+                        "created_at": now,
+                        "parameters": twin.parameters(),
+                        "metrics": metrics,
+                        "checkpoint": twin.to_bytes(),
+                    }
+                ],
+            )
+            session.execute(
+                insert(t.Prediction),
+                [
+                    {
+                        "twin_id": twin_id,
+                        "seq": int(s),
+                        "version": number,
+                        "prediction": _json_row(p),
+                        "residual": _json_row(r),
+                    }
+                    for s, p, r in zip(
+                        result.seq, result.predictions, result.residuals, strict=True
+                    )
+                ],
+            )
+            if result.events:
+                session.execute(
+                    insert(t.DriftEvent),
+                    [{"twin_id": twin_id, "created_at": now, **e.to_dict()} for e in result.events],
+                )
+            self._prune(session, twin_id, number)
+            session.execute(
+                update(t.Twin)
+                .where(t.Twin.id == twin_id)
+                .values(lease_expires_at=now + self.config.lease_seconds)
+            )
+        log.debug("twin %s: version %s, watermark %s", twin_id, number, twin.watermark)
+
+    def _prune(self, session: Session, twin_id: int, number: int) -> None:
+        """Drop full learner state from all but the newest checkpoints, and old versions."""
+        keep = self.config.keep_checkpoints
+        session.execute(
+            update(t.Version)
+            .where(
+                t.Version.twin_id == twin_id,
+                t.Version.number <= number - keep,
+                t.Version.checkpoint.is_not(None),
+            )
+            .values(checkpoint=None)
+        )
+        if self.config.version_retention:
+            session.execute(
+                delete(t.Version).where(
+                    t.Version.twin_id == twin_id,
+                    t.Version.number > 0,
+                    t.Version.number <= number - self.config.version_retention,
+                )
+            )
+
+
+def _observations(rows, n_inputs: int, n_outputs: int) -> Observations:
+    seq = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    ts = np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows))
+    inputs = np.array([r[2] for r in rows], dtype=np.float64).reshape(len(rows), n_inputs)
+    outputs = np.array([r[3] for r in rows], dtype=np.float64).reshape(len(rows), n_outputs)
+    return Observations(ts, inputs, outputs, seq)
+
+
+def _json_row(values: np.ndarray) -> list[float | None]:
+    return [None if not np.isfinite(v) else float(v) for v in values]

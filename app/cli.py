@@ -1,0 +1,76 @@
+"""The `tandem` command: serve, worker, migrate, demo."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import typer
+
+cli = typer.Typer(
+    help="Tandem: digital twins that keep up with the systems they copy.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@cli.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+) -> None:
+    """Run the HTTP API (and, unless TANDEM_WORKER=false, the calibration worker)."""
+    import uvicorn
+
+    from app.config import Settings
+    from app.main import create_app
+
+    uvicorn.run(create_app(Settings()), host=host, port=port, log_level="info")
+
+
+@cli.command()
+def worker() -> None:
+    """Run a calibration worker until SIGINT/SIGTERM; several may share one PostgreSQL database."""
+    from app.config import Settings
+    from app.embedded import calibrator_for
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = Settings()
+    calibrator, engine = calibrator_for(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    typer.echo(f"worker {calibrator.owner} calibrating {engine.url.render_as_string()}")
+    try:
+        calibrator.run_until(stop)
+    finally:
+        engine.dispose()
+
+
+@cli.command()
+def migrate(revision: str = typer.Argument("head", help="Alembic revision to upgrade to.")) -> None:
+    """Upgrade the database schema (TANDEM_DATABASE_URL) to the given revision."""
+    from app.config import Settings
+    from app.db import upgrade
+
+    upgrade(Settings().database_url, revision)
+    typer.echo(f"database at {revision}")
+
+
+@cli.command()
+def demo(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    rate: float = typer.Option(20.0, help="Observations posted per second of wall time."),
+    duration: float = typer.Option(0.0, help="Stop after this many seconds (0: run until ^C)."),
+) -> None:
+    """Serve on the embedded default and feed a demo twin from a drifting simulated plant over
+    HTTP, printing how the twin's error and parameters follow the drift."""
+    from app.demo import run_demo
+
+    run_demo(host, port, rate, duration)
+
+
+def main() -> None:
+    cli()

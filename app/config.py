@@ -1,0 +1,40 @@
+"""Service settings, read from the environment with the `TANDEM_` prefix (or a `.env` file)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TANDEM_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///./tandem.db"
+    run_migrations: bool | None = Field(
+        None, description="Upgrade the schema to head at startup; default: on for SQLite only."
+    )
+    worker: bool = Field(True, description="Run the calibrator inside the API process.")
+
+    # ingestion and reads
+    max_batch_rows: int = Field(10_000, gt=0)
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    max_horizon: int = Field(10_000, gt=0)
+    history_limit: int = Field(1_000, gt=0, description="Default rows per history page.")
+    max_history_limit: int = Field(10_000, gt=0)
+    twin_cache_size: int = Field(32, ge=0, description="Loaded twins kept in memory (LRU).")
+
+    # calibrator (app.calibrator, app.embedded)
+    calibration_batch: int = Field(1024, gt=0, description="Most observations per version.")
+    lease_seconds: float = Field(30.0, gt=0, description="How long a worker's claim lasts.")
+    poll_interval: float = Field(0.1, gt=0, description="Seconds between calibrator polls.")
+    keep_checkpoints: int = Field(3, gt=0, description="Newest versions that keep full state.")
+    version_retention: int = Field(0, ge=0, description="Versions kept per twin (0: all).")
+    torch_threads: int = Field(1, gt=0, description="torch intra-op threads of a worker.")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def migrate_on_startup(self) -> bool:
+        return self.is_sqlite if self.run_migrations is None else self.run_migrations

@@ -1,0 +1,107 @@
+"""Engines, sessions and the schema's revision: SQLite (WAL) or PostgreSQL (psycopg 3).
+
+The schema is made only by the Alembic revisions in `migrations/`; `upgrade`/`downgrade` run
+them programmatically, and `schema_is_current` tells readiness whether the database is at head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from app.tables import json_dumps
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(url: str, **kwargs) -> Engine:
+    """An engine with orjson for JSON columns; SQLite connections get WAL, a busy timeout and
+    enforced foreign keys (ON DELETE CASCADE needs them)."""
+    if url.startswith("sqlite"):
+        kwargs.setdefault("connect_args", {}).setdefault("check_same_thread", False)
+        if url in ("sqlite://", "sqlite:///:memory:"):  # one shared connection, one database
+            kwargs.setdefault("poolclass", StaticPool)
+    else:
+        kwargs.setdefault("pool_pre_ping", True)
+    engine = create_engine(
+        url, json_serializer=json_dumps, json_deserializer=orjson.loads, **kwargs
+    )
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA journal_mode = WAL")  # in-memory databases answer 'memory'; fine
+    cursor.execute("PRAGMA synchronous = NORMAL")  # durable in WAL mode up to the last checkpoint
+    cursor.close()
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once the session's transaction has committed (e.g. to count metrics)."""
+    session.info.setdefault("after_commit", []).append(callback)
+
+
+def run_after_commit(session: Session) -> None:
+    for callback in session.info.pop("after_commit", []):
+        callback()
+
+
+# -- schema revision ----------------------------------------------------------------------------
+def alembic_config() -> Config:
+    """The Alembic configuration, independent of the working directory and of alembic.ini."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def schema_is_current(engine: Engine) -> bool:
+    return current_revision(engine) == head_revision()
+
+
+def upgrade(target: str | Engine, revision: str = "head") -> None:
+    """Migrate the database at `target` (a URL or an engine) up to `revision`."""
+    _run(target, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(target: str | Engine, revision: str) -> None:
+    """Migrate the database at `target` down to `revision` (`base` drops everything)."""
+    _run(target, lambda config: command.downgrade(config, revision))
+
+
+def _run(target: str | Engine, fn: Callable[[Config], None]) -> None:
+    engine = make_engine(target) if isinstance(target, str) else target
+    try:
+        with engine.begin() as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            fn(config)
+    finally:
+        if isinstance(target, str):
+            engine.dispose()

@@ -1,0 +1,57 @@
+"""The app factory: settings in, FastAPI app out; the database is opened in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from app.config import Settings
+from app.db import make_engine, make_session_factory, upgrade
+from app.errors import install_error_handlers
+from app.metrics import RequestMetrics, ServiceMetrics
+from app.routes import observations, ops, reads, twins
+from app.services.checkpoints import TwinCache
+
+DESCRIPTION = """Digital twins that follow drifting real systems.
+
+Post a twin's spec, stream observations to it, and read back what-if predictions, calibrated
+parameters, version history and drift. Errors are `{"error", "detail", "errors": [...]}`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        if settings.migrate_on_startup:
+            await run_in_threadpool(upgrade, engine)
+        app.state.engine = engine
+        app.state.sessions = make_session_factory(engine)
+        worker = None
+        if settings.worker:
+            from app.embedded import EmbeddedWorker  # torch-heavy; only when the worker runs here
+
+            worker = EmbeddedWorker(settings, engine).start()
+        app.state.worker = worker
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await run_in_threadpool(worker.stop)
+            app.state.sessions = None
+            engine.dispose()
+
+    app = FastAPI(title="Tandem", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.sessions = None
+    app.state.twin_cache = TwinCache(settings.twin_cache_size)
+    app.state.metrics = ServiceMetrics(lambda: app.state.sessions)
+    install_error_handlers(app)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    for module in (twins, observations, reads, ops):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,129 @@
+"""Posting observations (JSON or NDJSON) and reading them back with their predictions."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import TypeAdapter
+
+from app.db import after_commit
+from app.deps import MetricsDep, SessionDep, SettingsDep, TwinDep
+from app.errors import Invalid, TooLarge, error_responses
+from app.schemas import History, IngestResult, ObservationIn
+from app.services import history, ingestion
+
+router = APIRouter(prefix="/twins/{twin_id}/observations", tags=["observations"])
+
+_ROW_SCHEMA = TypeAdapter(ObservationIn).json_schema()
+BATCH_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["observations"],
+                "properties": {"observations": {"type": "array", "items": _ROW_SCHEMA}},
+            },
+            "example": {
+                "observations": [
+                    {"ts": "2025-01-01T00:00:00Z", "inputs": {"heat": 1.0}, "outputs": {"T": 21}}
+                ]
+            },
+        },
+        "application/x-ndjson": {
+            "schema": {"type": "string", "description": "One observation object per line."}
+        },
+    },
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=IngestResult,
+    responses=error_responses(404, 413, 422),
+    openapi_extra={"requestBody": BATCH_BODY},
+)
+async def post_observations(
+    request: Request,
+    twin: TwinDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> IngestResult:
+    """Store a batch of observations, all or nothing; duplicates of stored `ts` are counted and
+    skipped. The response comes after the commit: a 202 means the batch is durable."""
+    body = await _read_body(request, settings.max_body_bytes)
+    content_type = request.headers.get("content-type")
+    inputs, outputs = twin.spec["inputs"], twin.spec["outputs"]
+
+    def ingest() -> IngestResult:
+        raw = ingestion.parse_batch(body, content_type, settings.max_batch_rows)
+        rows = ingestion.check_rows(raw, inputs, outputs)
+        return ingestion.store(session, twin.id, rows)
+
+    result = await run_in_threadpool(ingest)
+    name = twin.name
+    after_commit(session, lambda: metrics.ingested(name, result.accepted, result.duplicates))
+    return result
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"the body has {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"the body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.get("", response_model=History, responses=error_responses(404, 422))
+def read_observations(
+    twin: TwinDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    start: Annotated[
+        str | None, Query(description="Oldest ts, inclusive: epoch seconds or RFC 3339.")
+    ] = None,
+    end: Annotated[
+        str | None, Query(description="Newest ts, inclusive: epoch seconds or RFC 3339.")
+    ] = None,
+    after_seq: Annotated[
+        int | None, Query(ge=0, description="Only rows with a larger seq (paging).")
+    ] = None,
+    limit: Annotated[int | None, Query(ge=1, description="Rows per page.")] = None,
+) -> Response:
+    """Observations in `seq` (= `ts`) order with the prequential prediction and residual per
+    output (null until a version has learned the observation)."""
+    limit = min(limit or settings.history_limit, settings.max_history_limit)
+    page = history.observation_history(
+        session, twin, _time(start, "start"), _time(end, "end"), after_seq, limit
+    )
+    return Response(orjson.dumps(page), media_type="application/json")
+
+
+def _time(value: str | None, field: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        ts = float(value)
+    except ValueError:
+        try:
+            ts = ingestion.parse_time(value)
+        except ValueError:
+            ts = math.nan
+    if not math.isfinite(ts):
+        raise Invalid(
+            f"{field} must be epoch seconds or an RFC 3339 time",
+            [{"field": field, "message": f"{value!r} is not a time"}],
+        )
+    return ts

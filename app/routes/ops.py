@@ -1,0 +1,46 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+
+from app.db import current_revision, head_revision
+from app.deps import MetricsDep
+from app.errors import error_body
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "Database unreachable or not at head"}})
+def readyz(request: Request) -> JSONResponse:
+    """Ready when the database answers and its schema is at the newest migration."""
+    engine = request.app.state.engine
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        revision = current_revision(engine)
+    except Exception as e:
+        return _not_ready(f"database unreachable: {type(e).__name__}: {e}")
+    head = head_revision()
+    if revision != head:
+        return _not_ready(f"database schema is at {revision or 'no revision'}, not at {head}")
+    return JSONResponse({"status": "ready", "revision": revision})
+
+
+def _not_ready(reason: str) -> JSONResponse:
+    return JSONResponse({"status": "unavailable", **error_body("not_ready", reason)}, 503)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(metrics: MetricsDep) -> Response:
+    """Prometheus text format: request and ingestion counters, per-twin gauges."""
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,165 @@
+"""Request and response bodies of the REST contract, one family per resource.
+
+Observation batches are not modelled here row by row: `app.services.ingestion` validates them
+with plain code for speed, and these classes only document their shape in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0)]
+
+
+class ReadModel(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ErrorBody(BaseModel):
+    """Every error response: a code, a sentence, and the offending fields or rows."""
+
+    error: str
+    detail: str
+    errors: list[dict[str, Any]]
+
+
+# -- twins ------------------------------------------------------------------------------------
+class TwinCreate(BaseModel):
+    """A twin's name and spec: channels, model {kind, params?, bounds?, ...options} and learner
+    {method?, seed?, ...options}; `twin.spec.TwinSpec.from_dict` checks the spec part."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "hx-1",
+                    "inputs": ["heat", "ambient"],
+                    "outputs": ["T"],
+                    "model": {"kind": "thermal_rc", "params": {"R": 2.0, "C": 500.0}},
+                    "learner": {"method": "pgpe", "seed": 1},
+                }
+            ]
+        },
+    )
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")
+    inputs: list[str] = Field(default_factory=list)
+    outputs: list[str]
+    model: dict[str, Any]
+    learner: dict[str, Any] | None = None
+
+    def spec_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"name"}, exclude_none=True)
+
+
+class CalibrationLag(ReadModel):
+    observations: int = Field(description="Accepted observations no version has learned yet.")
+    seconds: float = Field(
+        description="Receive time of the newest observation minus that of the newest learned "
+        "one (of the oldest pending one when none is learned); 0 when nothing is pending."
+    )
+
+
+class TwinRead(ReadModel):
+    id: int
+    name: str
+    spec: dict[str, Any]
+    created_at: float
+    version: int = Field(description="Number of the latest version (0: the initial one).")
+    watermark: int = Field(description="Newest seq the latest version has learned.")
+    last_seq: int = Field(description="Newest accepted seq (0: no observation yet).")
+    last_ts: float | None
+    calibration_lag: CalibrationLag
+
+
+# -- observations -----------------------------------------------------------------------------
+class ObservationIn(BaseModel):
+    ts: float | str = Field(description="Epoch seconds, or RFC 3339 (a naive time is UTC).")
+    inputs: dict[str, float] = Field(default_factory=dict)
+    outputs: dict[str, float]
+
+
+class IngestResult(ReadModel):
+    accepted: int
+    duplicates: int = Field(description="Rows whose ts the twin already had, or repeated ts.")
+    first_seq: int | None
+    last_seq: int | None
+
+
+class HistoryRow(BaseModel):
+    seq: int
+    ts: float
+    inputs: dict[str, float]
+    outputs: dict[str, float]
+    prediction: dict[str, float | None] | None
+    residual: dict[str, float | None] | None
+
+
+class History(BaseModel):
+    observations: list[HistoryRow]
+    next_after_seq: int | None = Field(
+        description="Pass as `after_seq` for the next page; null on the last page."
+    )
+
+
+# -- reads ------------------------------------------------------------------------------------
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"inputs": [{"heat": 100.0, "ambient": 20.0}] * 3, "dt": 60.0}]
+        },
+    )
+
+    inputs: list[dict[str, FiniteFloat]] = Field(
+        min_length=1, description="One row of future inputs per step (`{}` rows if none)."
+    )
+    dt: PositiveFloat | list[PositiveFloat] = Field(
+        description="Seconds between steps: one number, or one per row."
+    )
+
+
+class PredictResult(ReadModel):
+    version: int
+    context_ts: float | None = Field(description="ts of the observation the roll starts from.")
+    outputs: list[dict[str, float | None]]
+    std: list[dict[str, float | None]]
+
+
+class ParametersRead(ReadModel):
+    version: int
+    watermark: int
+    parameters: dict[str, float | None]
+    learner: dict[str, Any]
+    bounds: dict[str, list[float]]
+
+
+class VersionRead(ReadModel):
+    number: int
+    watermark: int
+    created_at: float
+    parameters: dict[str, float | None]
+    loss: float | None
+    rmse: dict[str, float | None] = Field(description="The twin's rolling RMSE per output.")
+
+
+class DriftEventRead(ReadModel):
+    seq: int
+    ts: float
+    output: str
+    detector: str
+    statistic: float | None
+
+
+class DriftRead(ReadModel):
+    version: int
+    watermark: int
+    calibration_lag: CalibrationLag
+    outputs: dict[str, Any] = Field(description="Per output: the twin's and the frozen errors.")
+    parameters: dict[str, Any] = Field(description="Per parameter: change since creation.")
+    alarms: int
+    events: list[DriftEventRead]

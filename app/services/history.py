@@ -1,0 +1,120 @@
+"""Reads of what a twin has been through: observations with their prequential predictions,
+the version history and drift events."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, defer
+
+from app.errors import NotFound
+from app.schemas import CalibrationLag, DriftEventRead, DriftRead, VersionRead
+from app.tables import DriftEvent, Observation, Prediction, Twin, Version
+
+
+def observation_history(
+    session: Session,
+    twin: Twin,
+    start: float | None,
+    end: float | None,
+    after_seq: int | None,
+    limit: int,
+) -> dict:
+    """Observations with `start <= ts <= end` and `seq > after_seq`, in `seq` order (which is
+    `ts` order: ingestion only appends newer observations), as plain dicts for fast encoding."""
+    o, p = Observation, Prediction
+    query = (
+        select(o.seq, o.ts, o.inputs, o.outputs, p.prediction, p.residual)
+        .outerjoin(p, (p.twin_id == o.twin_id) & (p.seq == o.seq))
+        .where(o.twin_id == twin.id)
+        .order_by(o.seq)
+        .limit(limit + 1)
+    )
+    if start is not None:
+        query = query.where(o.ts >= start)
+    if end is not None:
+        query = query.where(o.ts <= end)
+    if after_seq is not None:
+        query = query.where(o.seq > after_seq)
+    rows = session.execute(query).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    ins, outs = twin.spec["inputs"], twin.spec["outputs"]
+    return {
+        "observations": [
+            {
+                "seq": seq,
+                "ts": ts,
+                "inputs": dict(zip(ins, u, strict=True)),
+                "outputs": dict(zip(outs, y, strict=True)),
+                "prediction": None if pred is None else dict(zip(outs, pred, strict=True)),
+                "residual": None if res is None else dict(zip(outs, res, strict=True)),
+            }
+            for seq, ts, u, y, pred, res in rows
+        ],
+        "next_after_seq": rows[-1][0] if more else None,
+    }
+
+
+def latest_version(session: Session, twin_id: int) -> Version:
+    version = session.scalars(
+        select(Version)
+        .options(defer(Version.checkpoint))
+        .where(Version.twin_id == twin_id)
+        .order_by(Version.number.desc())
+        .limit(1)
+    ).first()
+    if version is None:  # version 0 is written with the twin; only a broken database lacks it
+        raise NotFound(f"twin {twin_id} has no version")
+    return version
+
+
+def versions(session: Session, twin_id: int, limit: int) -> list[VersionRead]:
+    """Version history, newest first."""
+    query = (
+        select(Version)
+        .options(defer(Version.checkpoint))
+        .where(Version.twin_id == twin_id)
+        .order_by(Version.number.desc())
+        .limit(limit)
+    )
+    return [
+        VersionRead(
+            number=v.number,
+            watermark=v.watermark,
+            created_at=v.created_at,
+            parameters=v.parameters,
+            loss=_number(v.metrics.get("loss")),
+            rmse=_rmse(v.metrics),
+        )
+        for v in session.scalars(query)
+    ]
+
+
+def drift(session: Session, twin: Twin, lag: CalibrationLag, limit: int) -> DriftRead:
+    """The latest version's drift metrics and the newest drift events."""
+    version = latest_version(session, twin.id)
+    events = session.scalars(
+        select(DriftEvent)
+        .where(DriftEvent.twin_id == twin.id)
+        .order_by(DriftEvent.seq.desc(), DriftEvent.id.desc())
+        .limit(limit)
+    )
+    metrics = version.metrics or {}
+    return DriftRead(
+        version=version.number,
+        watermark=version.watermark,
+        calibration_lag=lag,
+        outputs=metrics.get("outputs", {}),
+        parameters=metrics.get("parameters", {}),
+        alarms=int(metrics.get("alarms", 0) or 0),
+        events=[DriftEventRead.model_validate(e) for e in events],
+    )
+
+
+def _rmse(metrics: dict) -> dict[str, float | None]:
+    outputs = metrics.get("outputs") or {}
+    return {name: _number((m.get("twin") or {}).get("rmse")) for name, m in outputs.items()}
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

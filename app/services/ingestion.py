@@ -1,0 +1,239 @@
+"""Observation ingestion: parse and check a batch with plain code (no per-row models, for
+speed), then store it in one transaction that assigns gap-free `seq`s.
+
+Rules (see README): a batch is all-or-nothing; rows are stored in `ts` order; a `ts` the twin
+already has, or one repeated in the batch, is a duplicate (counted, not stored: retries are
+safe, the first row of a repeated `ts` wins); a new row older than the twin's newest observation
+is refused, because the learner consumes observations in time order.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from app.errors import Invalid, NotFound, TooLarge
+from app.schemas import IngestResult
+from app.tables import Observation, Twin
+
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/ndjson"})
+DUPLICATE_LOOKUP_CHUNK = 500  # ts values per `IN (...)` when looking for stored duplicates
+ROW_KEYS = frozenset({"ts", "inputs", "outputs"})
+_MISSING = object()
+
+# one checked observation: (ts, index in the batch, inputs, outputs) in spec channel order
+Row = tuple[float, int, list[float], list[float]]
+
+
+def parse_batch(body: bytes, content_type: str | None, max_rows: int) -> list[Any]:
+    """The raw observation objects of a JSON (`{"observations": [...]}`) or NDJSON body."""
+    media = (content_type or "application/json").split(";")[0].strip().lower()
+    if media in NDJSON_TYPES:
+        rows = _parse_ndjson(body)
+    else:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise Invalid(f"the body is not valid JSON: {e}") from e
+        if not isinstance(data, dict) or not isinstance(data.get("observations"), list):
+            raise Invalid(
+                'the body must be {"observations": [...]}',
+                [{"field": "observations", "message": "must be a list of observations"}],
+            )
+        rows = data["observations"]
+    if len(rows) > max_rows:
+        raise TooLarge(f"{len(rows)} observations in one batch; the limit is {max_rows}")
+    return rows
+
+
+def _parse_ndjson(body: bytes) -> list[Any]:
+    rows = []
+    for n, line in enumerate(body.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(orjson.loads(line))
+        except orjson.JSONDecodeError as e:
+            message = f"not valid JSON: {e}"
+            error = {"index": len(rows), "line": n, "field": None, "message": message}
+            raise Invalid(f"line {n} of the NDJSON body is not valid JSON", [error]) from e
+    return rows
+
+
+def check_rows(raw: Sequence[Any], inputs: Sequence[str], outputs: Sequence[str]) -> list[Row]:
+    """Check every row against the twin's channels; raise `Invalid` listing each bad field."""
+    errors: list[dict[str, Any]] = []
+    rows: list[Row] = []
+    for i, obj in enumerate(raw):
+        if type(obj) is not dict:
+            errors.append(_error(i, None, "must be an object {ts, inputs, outputs}"))
+            continue
+        if not ROW_KEYS.issuperset(obj):
+            for key in sorted(set(obj) - ROW_KEYS):
+                errors.append(_error(i, key, "unknown field"))
+        ts = _timestamp(obj.get("ts", _MISSING), i, errors)
+        u = _values(obj.get("inputs", {} if not inputs else _MISSING), inputs, "inputs", i, errors)
+        y = _values(obj.get("outputs", _MISSING), outputs, "outputs", i, errors)
+        if ts is not None and u is not None and y is not None:
+            rows.append((ts, i, u, y))
+    if errors:
+        bad = len({e["index"] for e in errors})
+        raise Invalid(f"{bad} of {len(raw)} observations are invalid; nothing was stored", errors)
+    return rows
+
+
+def _error(index: int, field: str | None, message: str) -> dict[str, Any]:
+    return {"index": index, "field": field, "message": message}
+
+
+def parse_time(value: str) -> float:
+    """Epoch seconds from RFC 3339 (a naive time is taken as UTC); raises ValueError."""
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _timestamp(value: Any, i: int, errors: list) -> float | None:
+    kind = type(value)
+    if kind is float or kind is int:
+        ts = float(value)
+    elif kind is str:
+        try:
+            ts = parse_time(value)
+        except ValueError:
+            errors.append(_error(i, "ts", f"{value!r} is not an RFC 3339 time"))
+            return None
+    elif value is _MISSING:
+        errors.append(_error(i, "ts", "is required"))
+        return None
+    else:
+        errors.append(_error(i, "ts", "must be epoch seconds or an RFC 3339 string"))
+        return None
+    if not math.isfinite(ts):
+        errors.append(_error(i, "ts", "must be finite"))
+        return None
+    return ts
+
+
+def _values(obj: Any, names: Sequence[str], kind: str, i: int, errors: list) -> list | None:
+    """The channel values of `obj` in spec order, or None after recording what is wrong."""
+    if obj is _MISSING:
+        errors.append(_error(i, kind, "is required"))
+        return None
+    if type(obj) is not dict:
+        errors.append(_error(i, kind, "must be an object of channel: number"))
+        return None
+    out: list[float] = []
+    n_errors = len(errors)
+    for name in names:
+        v = obj.get(name, _MISSING)
+        t = type(v)
+        if (t is float or t is int) and math.isfinite(v):
+            out.append(float(v))
+        elif v is _MISSING:
+            errors.append(_error(i, f"{kind}.{name}", "missing channel"))
+        elif t is float or t is int:
+            errors.append(_error(i, f"{kind}.{name}", "must be finite"))
+        else:
+            errors.append(_error(i, f"{kind}.{name}", f"must be a number, got {_json_type(v)}"))
+    if len(obj) != len(names) or len(errors) != n_errors:  # else obj has exactly `names`
+        for name in sorted(set(obj).difference(names)):
+            errors.append(_error(i, f"{kind}.{name}", "unknown channel"))
+    return out if len(errors) == n_errors else None
+
+
+def _json_type(v: Any) -> str:
+    names = {bool: "a boolean", str: "a string", list: "a list", dict: "an object"}
+    return "null" if v is None else names.get(type(v), type(v).__name__)
+
+
+def store(session: Session, twin_id: int, rows: list[Row], now: float | None = None):
+    """Store checked rows for a twin in the session's transaction; returns an `IngestResult`."""
+    now = time.time() if now is None else now
+    rows.sort(key=lambda r: (r[0], r[1]))
+    unique: list[Row] = []
+    for r in rows:
+        if not unique or r[0] != unique[-1][0]:
+            unique.append(r)
+    duplicates = len(rows) - len(unique)
+    last_seq, last_ts = _lock_twin(session, twin_id)
+    n_old = 0  # rows at or before the newest stored ts: duplicates, or refused
+    if last_ts is not None:
+        while n_old < len(unique) and unique[n_old][0] <= last_ts:
+            n_old += 1
+    if n_old:
+        stored = _stored_ts(session, twin_id, [r[0] for r in unique[:n_old]])
+        late = [r for r in unique[:n_old] if r[0] not in stored]
+        if late:
+            message = (
+                f"older than the twin's newest observation (ts={last_ts!r}); send in time order"
+            )
+            errors = [_error(r[1], "ts", message) for r in sorted(late, key=lambda r: r[1])]
+            raise Invalid(f"{len(late)} observations are older than the twin's newest one", errors)
+        duplicates += n_old
+    new = unique[n_old:]
+    if not new:
+        return IngestResult(accepted=0, duplicates=duplicates, first_seq=None, last_seq=None)
+    first = last_seq + 1
+    session.execute(
+        insert(Observation.__table__),
+        [
+            {
+                "twin_id": twin_id,
+                "seq": first + k,
+                "ts": r[0],
+                "inputs": r[2],
+                "outputs": r[3],
+                "received_at": now,
+            }
+            for k, r in enumerate(new)
+        ],
+    )
+    last = first + len(new) - 1
+    session.execute(
+        update(Twin.__table__)
+        .where(Twin.id == twin_id)
+        .values(last_seq=last, last_ts=new[-1][0], last_received_at=now)
+    )
+    return IngestResult(accepted=len(new), duplicates=duplicates, first_seq=first, last_seq=last)
+
+
+def _lock_twin(session: Session, twin_id: int) -> tuple[int, float | None]:
+    """Serialize ingestion per twin and read its newest seq and ts under the lock.
+
+    PostgreSQL: a row lock (SELECT ... FOR UPDATE). SQLite has no row locks; a no-op UPDATE as
+    the transaction's first write takes the database write lock at once (BEGIN IMMEDIATE
+    semantics), so two batches for one twin can never be given the same seqs.
+    """
+    twins = Twin.__table__
+    if session.get_bind().dialect.name == "sqlite":
+        stmt = (
+            update(twins)
+            .where(twins.c.id == twin_id)
+            .values(last_seq=twins.c.last_seq)
+            .returning(twins.c.last_seq, twins.c.last_ts)
+        )
+    else:
+        stmt = select(twins.c.last_seq, twins.c.last_ts).where(twins.c.id == twin_id)
+        stmt = stmt.with_for_update()
+    row = session.execute(stmt).first()
+    if row is None:
+        raise NotFound(f"twin {twin_id} does not exist")
+    return int(row[0]), row[1]
+
+
+def _stored_ts(session: Session, twin_id: int, candidates: list[float]) -> set[float]:
+    found: set[float] = set()
+    for k in range(0, len(candidates), DUPLICATE_LOOKUP_CHUNK):
+        chunk = candidates[k : k + DUPLICATE_LOOKUP_CHUNK]
+        query = select(Observation.ts).where(Observation.twin_id == twin_id)
+        found.update(session.scalars(query.where(Observation.ts.in_(chunk))))
+    return found

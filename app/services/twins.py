@@ -1,0 +1,132 @@
+"""Twin creation, deletion and status (version, watermark, calibration lag)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict, Invalid, NotFound
+from app.schemas import CalibrationLag, TwinCreate
+from app.tables import Observation, Twin, Version
+from twin.spec import SpecError, TwinSpec
+
+
+@dataclass(frozen=True)
+class TwinStatus:
+    """A twin row with its calibration status, the shape of `TwinRead`."""
+
+    id: int
+    name: str
+    spec: dict
+    created_at: float
+    version: int
+    watermark: int
+    last_seq: int
+    last_ts: float | None
+    calibration_lag: CalibrationLag
+
+
+def get_twin(session: Session, twin_id: int) -> Twin:
+    twin = session.get(Twin, twin_id)
+    if twin is None:
+        raise NotFound(f"twin {twin_id} does not exist")
+    return twin
+
+
+def create_twin(session: Session, body: TwinCreate) -> Twin:
+    """Validate the spec, then store the twin and its untrained version 0 (with checkpoint)."""
+    from twin.replica import Twin as Replica  # pulls in torch and every model kind
+
+    try:
+        spec = TwinSpec.from_dict(body.spec_dict())
+    except SpecError as e:
+        raise Invalid(f"invalid twin spec: {e}", [{"field": e.field, "message": e.message}]) from e
+    if session.scalar(select(Twin.id).where(Twin.name == body.name)) is not None:
+        raise Conflict(f"a twin named {body.name!r} already exists")
+    replica = Replica.create(spec)
+    now = time.time()
+    twin = Twin(name=body.name, spec=spec.to_dict(), created_at=now, last_seq=0)
+    session.add(twin)
+    try:
+        session.flush()
+    except IntegrityError as e:  # a concurrent create took the name first
+        raise Conflict(f"a twin named {body.name!r} already exists") from e
+    session.add(
+        Version(
+            twin_id=twin.id,
+            number=0,
+            watermark=replica.watermark,
+            created_at=now,
+            parameters=replica.parameters(),
+            metrics=replica.metrics(),
+            checkpoint=replica.to_bytes(),
+        )
+    )
+    session.flush()
+    return twin
+
+
+def delete_twin(session: Session, twin: Twin) -> None:
+    """Delete a twin; its observations, predictions, versions and events go with it (cascade)."""
+    session.delete(twin)
+    session.flush()
+
+
+def list_twins(session: Session) -> list[Twin]:
+    return list(session.scalars(select(Twin).order_by(Twin.id)))
+
+
+def twin_statuses(session: Session, twins: Sequence[Twin]) -> list[TwinStatus]:
+    """Statuses of `twins` in three queries, whatever their number."""
+    if not twins:
+        return []
+    ids = [t.id for t in twins]
+    newest = (
+        select(Version.twin_id, func.max(Version.number).label("number"))
+        .where(Version.twin_id.in_(ids))
+        .group_by(Version.twin_id)
+        .subquery()
+    )
+    latest = {
+        twin_id: (number, watermark)
+        for twin_id, number, watermark in session.execute(
+            select(Version.twin_id, Version.number, Version.watermark).join(
+                newest,
+                (Version.twin_id == newest.c.twin_id) & (Version.number == newest.c.number),
+            )
+        )
+    }
+    # the lag is measured from the newest learned observation, or the oldest pending one
+    anchors = {}
+    for t in twins:
+        wm = latest.get(t.id, (0, 0))[1]
+        if t.last_seq > wm:
+            anchors[t.id] = max(wm, 1)
+    received = {}
+    if anchors:
+        key = tuple_(Observation.twin_id, Observation.seq)
+        query = select(Observation.twin_id, Observation.received_at).where(
+            key.in_(list(anchors.items()))
+        )
+        received = dict(session.execute(query).all())
+    out = []
+    for t in twins:
+        number, wm = latest.get(t.id, (0, 0))
+        pending = max(t.last_seq - wm, 0)
+        seconds = 0.0
+        if pending and t.id in received and t.last_received_at is not None:
+            seconds = max(t.last_received_at - received[t.id], 0.0)
+        lag = CalibrationLag(observations=pending, seconds=seconds)
+        out.append(
+            TwinStatus(t.id, t.name, t.spec, t.created_at, number, wm, t.last_seq, t.last_ts, lag)
+        )
+    return out
+
+
+def twin_status(session: Session, twin: Twin) -> TwinStatus:
+    return twin_statuses(session, [twin])[0]

@@ -1,0 +1,116 @@
+"""Typed SQLAlchemy models of the schema; `migrations/` is the only thing that creates it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def json_dumps(value: Any) -> str:
+    """The engines' JSON serializer: orjson (fast; NaN and inf become null)."""
+    return orjson.dumps(value).decode()
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Twin(Base):
+    """One replica of one real system; `last_seq`/`last_ts` describe its newest observation."""
+
+    __tablename__ = "twins"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused after a delete
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    last_ts: Mapped[float | None] = mapped_column(Float)
+    last_received_at: Mapped[float | None] = mapped_column(Float)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Observation(Base):
+    """One accepted observation; inputs and outputs are lists in the spec's channel order."""
+
+    __tablename__ = "observations"
+    __table_args__ = (UniqueConstraint("twin_id", "ts"),)
+
+    twin_id: Mapped[int] = mapped_column(
+        ForeignKey("twins.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    ts: Mapped[float] = mapped_column(Float)
+    inputs: Mapped[list[float]] = mapped_column(JSON)
+    outputs: Mapped[list[float]] = mapped_column(JSON)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class Prediction(Base):
+    """The prequential one-step prediction of an observation, written by the calibrator."""
+
+    __tablename__ = "predictions"
+
+    twin_id: Mapped[int] = mapped_column(
+        ForeignKey("twins.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(Integer)
+    prediction: Mapped[list[float | None]] = mapped_column(JSON)
+    residual: Mapped[list[float | None]] = mapped_column(JSON)
+
+
+class Version(Base):
+    """A calibrated state of a twin; `checkpoint` (full state) is kept for the newest few."""
+
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("twin_id", "number"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    twin_id: Mapped[int] = mapped_column(ForeignKey("twins.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    watermark: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)
+    parameters: Mapped[dict[str, float]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    checkpoint: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class DriftEvent(Base):
+    """A drift detector's alarm on one output at one observation."""
+
+    __tablename__ = "drift_events"
+    __table_args__ = (Index("ix_drift_events_twin_id_seq", "twin_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    twin_id: Mapped[int] = mapped_column(ForeignKey("twins.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    ts: Mapped[float] = mapped_column(Float)
+    output: Mapped[str] = mapped_column(String(64))
+    detector: Mapped[str] = mapped_column(String(64))
+    statistic: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)

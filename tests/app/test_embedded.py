@@ -1,0 +1,39 @@
+"""The service with its embedded calibrator: observations posted over HTTP get learned."""
+
+import time
+
+import torch
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+from tests.app.conftest import SPEC, thermal_rows
+
+
+def test_embedded_worker_learns_posted_observations(database_url):
+    settings = Settings(database_url=database_url, worker=True, run_migrations=True)
+    threads = torch.get_num_threads()  # the worker sets torch's thread budget for the process
+    try:
+        _run(settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        twin_id = client.post("/twins", json={"name": "hx", **SPEC}).json()["id"]
+        posted = client.post(
+            f"/twins/{twin_id}/observations", json={"observations": thermal_rows(50)}
+        )
+        assert posted.status_code == 202
+        deadline = time.monotonic() + 60
+        while (status := client.get(f"/twins/{twin_id}").json())["watermark"] < 50:
+            assert time.monotonic() < deadline, f"not calibrated in time: {status}"
+            time.sleep(0.05)
+        assert status["version"] >= 1 and status["calibration_lag"]["observations"] == 0
+        predicted = client.post(
+            f"/twins/{twin_id}/predict", json={"inputs": [{"heat": 5.0, "ambient": 20.0}], "dt": 1}
+        )
+        assert predicted.status_code == 200, predicted.text
+        history = client.get(f"/twins/{twin_id}/observations").json()["observations"]
+        assert any(r["prediction"] is not None for r in history)

@@ -1,0 +1,72 @@
+"""The schema exists only through Alembic: upgrade, downgrade, and agreement with tables.py."""
+
+from argparse import Namespace
+from pathlib import Path
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from app.db import (
+    current_revision,
+    downgrade,
+    head_revision,
+    make_engine,
+    schema_is_current,
+    upgrade,
+)
+from app.tables import Base
+
+TABLES = {"twins", "observations", "predictions", "versions", "drift_events"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tables(engine) -> set[str]:
+    return set(inspect(engine).get_table_names()) - {"alembic_version"}
+
+
+def test_upgrade_head_on_an_empty_database(database_url):
+    engine = make_engine(database_url)
+    try:
+        assert current_revision(engine) is None and not schema_is_current(engine)
+        upgrade(database_url)
+        assert tables(engine) == TABLES
+        assert current_revision(engine) == head_revision() == "0001"
+        assert schema_is_current(engine)
+    finally:
+        engine.dispose()
+
+
+def test_migrations_match_the_models(database_url):
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_base_and_upgrade_again(database_url):
+    engine = make_engine(database_url)
+    try:
+        upgrade(database_url)
+        downgrade(database_url, "base")
+        assert tables(engine) == set() and current_revision(engine) is None
+        upgrade(database_url)
+        assert tables(engine) == TABLES and schema_is_current(engine)
+    finally:
+        engine.dispose()
+
+
+def test_alembic_cli_config_takes_the_url_from_x_argument(database_url):
+    config = Config(str(ROOT / "alembic.ini"), cmd_opts=Namespace(x=[f"url={database_url}"]))
+    command.upgrade(config, "head")
+    engine = make_engine(database_url)
+    try:
+        assert schema_is_current(engine)
+    finally:
+        engine.dispose()

@@ -1,0 +1,174 @@
+"""Change detectors for streams of standardized residuals: Page-Hinkley and ADWIN.
+
+Both are O(1) amortized per value and round-trip their state through JSON-friendly dicts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class PageHinkley:
+    """Two-sided Page-Hinkley test for a change in the mean of a stream (Page 1954, "Continuous
+    inspection schemes"; Hinkley 1971), meant for standardized input.
+
+    m_t = sum_i (x_i - mean_i - delta) and its mirror with + delta; the test fires when m_t rises
+    more than `threshold` above its running minimum, or the mirror falls that far below its
+    running maximum, and then starts afresh.
+    """
+
+    def __init__(self, delta: float = 0.25, threshold: float = 25.0, min_instances: int = 30):
+        self.delta, self.threshold, self.min_instances = (
+            float(delta),
+            float(threshold),
+            min_instances,
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.sum_up = self.min_up = 0.0
+        self.sum_down = self.max_down = 0.0
+
+    def update(self, x: float) -> float | None:
+        """Add one value; return the test statistic if a change is detected (then reset)."""
+        self.n += 1
+        self.mean += (x - self.mean) / self.n
+        self.sum_up += x - self.mean - self.delta
+        self.sum_down += x - self.mean + self.delta
+        self.min_up = min(self.min_up, self.sum_up)
+        self.max_down = max(self.max_down, self.sum_down)
+        stat = max(self.sum_up - self.min_up, self.max_down - self.sum_down)
+        if self.n >= self.min_instances and stat > self.threshold:
+            self.reset()
+            return float(stat)
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        keys = ("n", "mean", "sum_up", "min_up", "sum_down", "max_down")
+        return {k: getattr(self, k) for k in keys}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.n = int(d["n"])
+        for k in ("mean", "sum_up", "min_up", "sum_down", "max_down"):
+            setattr(self, k, float(d[k]))
+
+
+class ADWIN:
+    """Adaptive windowing (Bifet & Gavaldà 2007, "Learning from time-changing data with adaptive
+    windowing"), ADWIN2 with its exponential histogram of buckets.
+
+    The window is a list of rows; row i holds up to `max_buckets` buckets of 2^i values each
+    (oldest first), a bucket being [sum, sum of squared deviations]. Every `clock` values, each
+    split of the window into old and new parts is checked with the paper's Hoeffding/Bernstein
+    bound; while one is significant, the oldest bucket is dropped.
+    """
+
+    def __init__(
+        self, delta: float = 0.002, clock: int = 16, max_buckets: int = 5, min_window: int = 10
+    ):
+        assert 0 < delta < 1 and clock >= 1 and max_buckets >= 2 and min_window >= 1
+        self.delta, self.clock = float(delta), int(clock)
+        self.max_buckets, self.min_window = int(max_buckets), int(min_window)
+        self.rows: list[list[list[float]]] = [[]]
+        self.total = 0.0
+        self.variance = 0.0  # sum of squared deviations from the window mean
+        self.ticks = 0
+        self.n_detections = 0
+
+    @property
+    def width(self) -> int:
+        return sum(len(row) << i for i, row in enumerate(self.rows))
+
+    @property
+    def mean(self) -> float:
+        width = self.width
+        return self.total / width if width else 0.0
+
+    def update(self, x: float) -> float | None:
+        """Add one value; on a change, drop the old part of the window and return the largest
+        absolute difference of sub-window means among the significant splits."""
+        x = float(x)
+        width = self.width
+        if width:
+            self.variance += width * (x - self.total / width) ** 2 / (width + 1)
+        self.total += x
+        self.rows[0].append([x, 0.0])
+        self._compress()
+        self.ticks += 1
+        if self.ticks % self.clock or self.width < 2 * self.min_window:
+            return None
+        return self._detect()
+
+    def _compress(self) -> None:
+        for i, row in enumerate(self.rows):
+            if len(row) <= self.max_buckets:
+                return
+            (s1, v1), (s2, v2) = row.pop(0), row.pop(0)
+            n = 1 << i  # values per bucket in row i
+            merged = [s1 + s2, v1 + v2 + n * n * (s1 / n - s2 / n) ** 2 / (2 * n)]
+            if i + 1 == len(self.rows):
+                self.rows.append([])
+            self.rows[i + 1].append(merged)
+
+    def _drop_oldest(self) -> None:
+        i = len(self.rows) - 1
+        s, v = self.rows[i].pop(0)
+        n = 1 << i
+        width = self.width
+        self.total -= s
+        if width:
+            self.variance -= v + n * width * (s / n - self.total / width) ** 2 / (n + width)
+        else:
+            self.total, self.variance = 0.0, 0.0
+        self.variance = max(self.variance, 0.0)
+        while len(self.rows) > 1 and not self.rows[-1]:
+            self.rows.pop()
+
+    def _detect(self) -> float | None:
+        largest = None
+        while self.width >= 2 * self.min_window:
+            cut = self._find_cut()
+            if cut is None:
+                break
+            largest = cut if largest is None else max(largest, cut)
+            self._drop_oldest()
+        if largest is not None:
+            self.n_detections += 1
+        return largest
+
+    def _find_cut(self) -> float | None:
+        width = self.width
+        n0, u0, n1, u1 = 0, 0.0, width, self.total
+        dd = math.log(2.0 * math.log(width) / self.delta)
+        v = self.variance / width
+        for i in range(len(self.rows) - 1, -1, -1):  # oldest rows first
+            n = 1 << i
+            for s, _ in self.rows[i]:
+                n0, u0, n1, u1 = n0 + n, u0 + s, n1 - n, u1 - s
+                if n1 < self.min_window:
+                    return None
+                if n0 < self.min_window:
+                    continue
+                diff = abs(u0 / n0 - u1 / n1)
+                m = 1.0 / (n0 - self.min_window + 1) + 1.0 / (n1 - self.min_window + 1)
+                eps = math.sqrt(2.0 * m * v * dd) + 2.0 / 3.0 * dd * m
+                if diff > eps:
+                    return diff
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rows": [[list(b) for b in row] for row in self.rows],
+            "total": self.total,
+            "variance": self.variance,
+            "ticks": self.ticks,
+            "n_detections": self.n_detections,
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.rows = [[[float(s), float(v)] for s, v in row] for row in d["rows"]] or [[]]
+        self.total, self.variance = float(d["total"]), float(d["variance"])
+        self.ticks, self.n_detections = int(d["ticks"]), int(d["n_detections"])

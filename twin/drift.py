@@ -1,0 +1,334 @@
+"""Drift metrics: rolling and exponentially weighted error statistics, change detectors on
+standardized residuals (Page-Hinkley, ADWIN), and parameter change since creation.
+
+Everything is incremental (O(1) amortized per observation) and every class round-trips its state
+through plain JSON-friendly dicts, so a restarted service resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from twin.detectors import ADWIN, PageHinkley
+
+__all__ = [
+    "ADWIN",
+    "DriftEvent",
+    "DriftMonitor",
+    "ErrorStats",
+    "PageHinkley",
+    "ParameterTracker",
+]
+
+
+def _decay(half_life: float) -> float:
+    """Per-observation factor of an exponential average whose weights halve every `half_life`."""
+    assert half_life > 0, "half_life must be positive"
+    return 0.5 ** (1.0 / half_life)
+
+
+def _moments(r: np.ndarray) -> np.ndarray:
+    """(..., n_out) residuals -> (..., 3, n_out): r, |r| and r^2, the sums every metric needs."""
+    return np.stack([r, np.abs(r), r * r], axis=-2)
+
+
+class ErrorStats:
+    """Rolling-window and exponentially weighted RMSE, MAE and bias (mean residual) per output.
+
+    Rows with a NaN (observations the twin could not predict yet) are ignored. The window sums
+    are recomputed from the ring buffer every `window` rows so rounding errors cannot pile up.
+    The EW means are bias-corrected (divided by the total weight 1 - beta^n, as in Adam).
+    """
+
+    def __init__(self, n_outputs: int, window: int = 100, half_life: float = 50.0):
+        assert n_outputs >= 1 and window >= 1, "need at least one output and a window of 1"
+        self.n_outputs, self.window, self.half_life = n_outputs, int(window), float(half_life)
+        self._beta = _decay(half_life)
+        self._buf = np.zeros((self.window, n_outputs))  # ring buffer; empty slots hold zeros
+        self._pos = 0  # slot the next row goes to
+        self._filled = 0
+        self._total = 0
+        self._since_sync = 0
+        self._sums = np.zeros((3, n_outputs))  # window sums of r, |r|, r^2
+        self._ew = np.zeros((3, n_outputs))  # EW sums of r, |r|, r^2 (not bias-corrected)
+        self._ew_weight = 0.0  # 1 - beta^n: the total weight given so far
+
+    def update(self, residuals: np.ndarray) -> None:
+        r = np.asarray(residuals, dtype=np.float64).reshape(-1, self.n_outputs)  # (N, n_out)
+        r = r[np.isfinite(r).all(axis=1)]
+        m = r.shape[0]
+        if m == 0:
+            return
+        mom = _moments(r)  # (m, 3, n_out)
+        decay_m = self._beta**m
+        weights = self._beta ** np.arange(m - 1, -1, -1, dtype=np.float64)  # newest weighs 1
+        self._ew = decay_m * self._ew + (1.0 - self._beta) * np.einsum("i,ijk->jk", weights, mom)
+        self._ew_weight = decay_m * self._ew_weight + (1.0 - decay_m)
+        self._total += m
+        if m >= self.window:
+            self._buf[:] = r[-self.window :]
+            self._pos, self._filled = 0, self.window
+            self._sync()
+            return
+        slots = (self._pos + np.arange(m)) % self.window
+        self._sums += mom.sum(axis=0) - _moments(self._buf[slots]).sum(axis=0)
+        self._buf[slots] = r
+        self._pos = int((self._pos + m) % self.window)
+        self._filled = min(self._filled + m, self.window)
+        self._since_sync += m
+        if self._since_sync >= self.window:
+            self._sync()
+
+    def _sync(self) -> None:
+        self._sums = _moments(self._buf).sum(axis=0)
+        self._since_sync = 0
+
+    def summary(self, names: list[str]) -> dict[str, dict[str, float | int | None]]:
+        """{name: {rmse, mae, bias, ew_rmse, ew_mae, ew_bias, n, total}}; None where no data.
+
+        n: residuals in the rolling window; total: residuals seen since creation.
+        """
+        assert len(names) == self.n_outputs, "one name per output"
+        out = {}
+        for j, name in enumerate(names):
+            row: dict[str, float | int | None] = dict.fromkeys(
+                ("rmse", "mae", "bias", "ew_rmse", "ew_mae", "ew_bias")
+            )
+            if self._filled:
+                s1, sa, s2 = self._sums[:, j] / self._filled
+                e1, ea, e2 = self._ew[:, j] / self._ew_weight
+                row.update(rmse=math.sqrt(max(s2, 0.0)), mae=float(sa), bias=float(s1))
+                row.update(ew_rmse=math.sqrt(max(e2, 0.0)), ew_mae=float(ea), ew_bias=float(e1))
+            row.update(n=self._filled, total=self._total)
+            out[name] = row
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "n_outputs": self.n_outputs,
+            "window": self.window,
+            "half_life": self.half_life,
+            "buf": self._buf.tolist(),
+            "pos": self._pos,
+            "filled": self._filled,
+            "total": self._total,
+            "since_sync": self._since_sync,
+            "sums": self._sums.tolist(),
+            "ew": self._ew.tolist(),
+            "ew_weight": self._ew_weight,
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        assert d["n_outputs"] == self.n_outputs and d["window"] == self.window, "shape mismatch"
+        self.half_life = float(d["half_life"])
+        self._beta = _decay(self.half_life)
+        self._buf = np.array(d["buf"], dtype=np.float64).reshape(self.window, self.n_outputs)
+        self._pos, self._filled, self._total = int(d["pos"]), int(d["filled"]), int(d["total"])
+        self._since_sync = int(d["since_sync"])
+        self._sums = np.array(d["sums"], dtype=np.float64).reshape(3, self.n_outputs)
+        self._ew = np.array(d["ew"], dtype=np.float64).reshape(3, self.n_outputs)
+        self._ew_weight = float(d["ew_weight"])
+
+
+@dataclass(frozen=True)
+class DriftEvent:
+    """A detector alarm on one output, at the observation where it fired."""
+
+    seq: int
+    ts: float
+    output: str
+    detector: str  # "page_hinkley" or "adwin"
+    statistic: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DriftMonitor:
+    """Error metrics of the twin and of the frozen initial model, and change detectors per output.
+
+    Each output's residual is standardized by a slowly adapting EW root-mean-square scale, taken
+    before the residual is added, with an absolute floor; the scale update clips residuals at
+    `clip` scales so one sensor spike barely moves it. Page-Hinkley watches the standardized
+    residual and ADWIN its absolute value, both clipped at `clip`. Detectors start once the scale
+    has seen `warmup` residuals. After an alarm on an output its scale keeps only `warmup`
+    observations' worth of weight, so it learns the new regime in tens of observations instead of
+    drifting for thousands (which would raise a cascade of ADWIN alarms). NaN residuals are
+    skipped.
+    """
+
+    def __init__(
+        self,
+        outputs: list[str],
+        window: int = 100,
+        half_life: float = 50.0,
+        scale_half_life: float = 500.0,
+        warmup: int = 30,
+        scale_floor: float = 1e-12,
+        ph_delta: float = 0.5,
+        ph_threshold: float = 25.0,
+        adwin_delta: float = 0.002,
+        clip: float = 10.0,
+    ):
+        self.outputs = list(outputs)
+        n = len(self.outputs)
+        self.twin = ErrorStats(n, window, half_life)
+        self.frozen = ErrorStats(n, window, half_life)
+        self.scale_half_life, self.warmup = float(scale_half_life), int(warmup)
+        self.scale_floor, self.clip = float(scale_floor), float(clip)
+        self._beta = _decay(scale_half_life)
+        self._sq = [0.0] * n  # EW sums of r^2, not bias-corrected
+        self._sq_weight = [0.0] * n
+        self._count = [0] * n
+        self.ph = [PageHinkley(ph_delta, ph_threshold) for _ in range(n)]
+        self.adwin = [ADWIN(adwin_delta) for _ in range(n)]
+        self.alarms = 0
+
+    def update(
+        self,
+        seq: np.ndarray,
+        ts: np.ndarray,
+        residuals: np.ndarray,
+        frozen_residuals: np.ndarray | None = None,
+    ) -> list[DriftEvent]:
+        """Add N residual rows (N, n_outputs); return the events fired, in `seq` order."""
+        n = len(self.outputs)
+        seq, ts = np.asarray(seq).reshape(-1), np.asarray(ts, dtype=np.float64).reshape(-1)
+        r = np.asarray(residuals, dtype=np.float64).reshape(-1, n)  # (N, n_out)
+        assert seq.shape[0] == ts.shape[0] == r.shape[0], "seq, ts and residuals must align"
+        self.twin.update(r)
+        if frozen_residuals is not None:
+            self.frozen.update(np.asarray(frozen_residuals, dtype=np.float64).reshape(-1, n))
+        events = []
+        for j, name in enumerate(self.outputs):
+            for i in np.flatnonzero(np.isfinite(r[:, j])):
+                z = self._standardize(j, float(r[i, j]))
+                if z is None:
+                    continue
+                at = (int(seq[i]), float(ts[i]), name)
+                fired = []
+                stat = self.ph[j].update(z)
+                if stat is not None:
+                    fired.append(DriftEvent(*at, "page_hinkley", stat))
+                stat = self.adwin[j].update(abs(z))
+                if stat is not None:
+                    fired.append(DriftEvent(*at, "adwin", stat))
+                if fired:
+                    self._rewarm(j)
+                    events.extend(fired)
+        events.sort(key=lambda e: e.seq)  # stable: output order within one observation
+        self.alarms += len(events)
+        return events
+
+    def _standardize(self, j: int, x: float) -> float | None:
+        """The residual in scale units, clipped at +-clip (None while warming up)."""
+        seen = self._count[j]
+        scale = math.sqrt(self._sq[j] / self._sq_weight[j]) if seen else 0.0
+        if seen >= self.warmup:
+            bound = self.clip * scale
+            x_in = min(max(x, -bound), bound)
+        else:
+            x_in = x
+        self._sq[j] = self._beta * self._sq[j] + (1.0 - self._beta) * x_in * x_in
+        self._sq_weight[j] = self._beta * self._sq_weight[j] + (1.0 - self._beta)
+        self._count[j] = seen + 1
+        if seen < self.warmup:
+            return None
+        z = x / max(scale, self.scale_floor)
+        return min(max(z, -self.clip), self.clip)
+
+    def _rewarm(self, j: int) -> None:
+        """Shrink the scale's history to `warmup` observations' worth of weight."""
+        keep = (1.0 - self._beta ** max(self.warmup, 1)) / self._sq_weight[j]
+        if keep < 1.0:
+            self._sq[j] *= keep
+            self._sq_weight[j] *= keep
+
+    def scales(self) -> dict[str, float | None]:
+        """The current residual scale per output (None before the first residual)."""
+        return {
+            name: math.sqrt(self._sq[j] / self._sq_weight[j]) if self._count[j] else None
+            for j, name in enumerate(self.outputs)
+        }
+
+    def summary(self) -> dict[str, Any]:
+        twin, frozen = self.twin.summary(self.outputs), self.frozen.summary(self.outputs)
+        outputs = {name: {"twin": twin[name], "frozen": frozen[name]} for name in self.outputs}
+        return {"outputs": outputs, "alarms": self.alarms}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "outputs": list(self.outputs),
+            "twin": self.twin.state_dict(),
+            "frozen": self.frozen.state_dict(),
+            "sq": list(self._sq),
+            "sq_weight": list(self._sq_weight),
+            "count": list(self._count),
+            "ph": [d.state_dict() for d in self.ph],
+            "adwin": [d.state_dict() for d in self.adwin],
+            "alarms": self.alarms,
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        assert list(d["outputs"]) == self.outputs, "state is for other outputs"
+        self.twin.load_state_dict(d["twin"])
+        self.frozen.load_state_dict(d["frozen"])
+        self._sq = [float(v) for v in d["sq"]]
+        self._sq_weight = [float(v) for v in d["sq_weight"]]
+        self._count = [int(v) for v in d["count"]]
+        for det, s in zip(self.ph, d["ph"], strict=True):
+            det.load_state_dict(s)
+        for det, s in zip(self.adwin, d["adwin"], strict=True):
+            det.load_state_dict(s)
+        self.alarms = int(d["alarms"])
+
+
+class ParameterTracker:
+    """Named parameter values across versions: change since creation and over the last
+    `history` updates."""
+
+    def __init__(self, history: int = 20):
+        assert history >= 1, "history must be at least 1"
+        self.history = int(history)
+        self.initial: dict[str, float] = {}
+        self.recent: dict[str, deque[float]] = {}
+
+    def update(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            value = float(value)
+            if name not in self.initial:
+                self.initial[name] = value
+                self.recent[name] = deque(maxlen=self.history + 1)
+            self.recent[name].append(value)
+
+    def summary(self) -> dict[str, dict[str, float | None]]:
+        """{name: {initial, current, change, relative_change, recent_change,
+        recent_relative_change}}; relative changes are None where the reference value is 0."""
+        out = {}
+        for name, v0 in self.initial.items():
+            v, past = self.recent[name][-1], self.recent[name][0]
+            out[name] = {
+                "initial": v0,
+                "current": v,
+                "change": v - v0,
+                "relative_change": (v - v0) / abs(v0) if v0 != 0 else None,
+                "recent_change": v - past,
+                "recent_relative_change": (v - past) / abs(past) if past != 0 else None,
+            }
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        recent = {k: list(v) for k, v in self.recent.items()}
+        return {"history": self.history, "initial": dict(self.initial), "recent": recent}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.history = int(d["history"])
+        self.initial = {k: float(v) for k, v in d["initial"].items()}
+        self.recent = {
+            k: deque((float(x) for x in v), maxlen=self.history + 1) for k, v in d["recent"].items()
+        }

@@ -1,0 +1,54 @@
+"""Learners: what recalibrates a twin's parameters online from its recent observations.
+
+`pgpe` (policy gradients with parameter-based exploration, black-box) and `gradient`
+(backpropagation with Adam) share one contract (`Learner`) and one robust, recency-weighted loss.
+"""
+
+from __future__ import annotations
+
+from twin.learners.base import Learner, UpdateReport
+from twin.learners.gradient import GradientLearner
+from twin.learners.pgpe import PGPELearner
+from twin.models.base import TwinModel
+from twin.spec import SpecError, TwinSpec
+
+LEARNERS: dict[str, type[Learner]] = {"pgpe": PGPELearner, "gradient": GradientLearner}
+
+
+def learner_method(spec: TwinSpec) -> str:
+    """The spec's learner method, or its model kind's default."""
+    if spec.learner.method is not None:
+        return spec.learner.method
+    from twin.models import model_class
+
+    try:
+        return model_class(spec.model.kind).default_learner()
+    except KeyError:
+        raise SpecError("model.kind", f"unknown kind {spec.model.kind!r}") from None
+
+
+def validate_learner(spec: TwinSpec) -> None:
+    """Raise SpecError("learner.<option>", ...) if the learner options do not fit the method."""
+    method = learner_method(spec)
+    if method not in LEARNERS:
+        raise SpecError("learner.method", f"unknown method {method!r}; known: pgpe, gradient")
+    LEARNERS[method].resolve_options(spec.learner.options)
+
+
+def make_learner(spec: TwinSpec, model: TwinModel) -> Learner:
+    """The learner a spec asks for, driving `model` (whose parameters are its center)."""
+    method = spec.learner.method or type(model).default_learner()
+    if method not in LEARNERS:
+        raise SpecError("learner.method", f"unknown method {method!r}; known: pgpe, gradient")
+    return LEARNERS[method](model, spec.learner.options, spec.learner.seed)
+
+
+__all__ = [
+    "LEARNERS",
+    "GradientLearner",
+    "Learner",
+    "PGPELearner",
+    "UpdateReport",
+    "make_learner",
+    "validate_learner",
+]

@@ -1,0 +1,286 @@
+"""What every learner shares: the window of recent observations, recency weights, the robust
+loss, the drift boost, and the contract the twin drives (`update`, `observe`, `on_drift`, state).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import functional_call, vmap
+from torch.nn.functional import huber_loss
+
+from twin.learners.options import COMMON_OPTIONS, Option, check_options
+from twin.models.base import DTYPE, TwinModel, flat_parameters, load_flat, unflatten
+from twin.observations import Observations, supervised
+
+MAD_TO_STD = 1.4826  # makes the median absolute deviation estimate a normal's std
+
+
+@dataclass
+class UpdateReport:
+    """What one update did. `step` is the norm of the center's change in scaled coordinates;
+    losses are NaN when the window has no target yet."""
+
+    loss_before: float
+    loss_after: float
+    step: float
+    sigma: float | None
+    lr: float
+    n_observations: int
+    window: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: non-finite numbers become None."""
+        return {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in asdict(self).items()
+        }
+
+
+class Window:
+    """The last `capacity` raw observations, oldest first, as float64 tensors (a bounded FIFO)."""
+
+    def __init__(self, capacity: int, n_inputs: int, n_outputs: int):
+        self.capacity = capacity
+        self.ts = torch.empty(0, dtype=DTYPE)
+        self.inputs = torch.empty(0, n_inputs, dtype=DTYPE)
+        self.outputs = torch.empty(0, n_outputs, dtype=DTYPE)
+
+    def __len__(self) -> int:
+        return self.ts.shape[0]
+
+    def append(self, obs: Observations) -> None:
+        """Copy `obs` in (the caller's arrays are never aliased) and drop the oldest rows."""
+        keep = -self.capacity
+        self.ts = torch.cat([self.ts, torch.tensor(obs.ts, dtype=DTYPE)])[keep:]
+        self.inputs = torch.cat([self.inputs, torch.tensor(obs.inputs, dtype=DTYPE)])[keep:]
+        self.outputs = torch.cat([self.outputs, torch.tensor(obs.outputs, dtype=DTYPE)])[keep:]
+
+    def last(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Outputs (k', n_out), inputs (k', n_in), ts (k',) of the newest k' = min(k, held) rows."""
+        start = len(self) - min(k, len(self))
+        return (
+            self.outputs[start:].numpy().copy(),
+            self.inputs[start:].numpy().copy(),
+            self.ts[start:].numpy().copy(),
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "ts": self.ts.clone(),
+            "inputs": self.inputs.clone(),
+            "outputs": self.outputs.clone(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ts = state["ts"].clone().to(DTYPE)
+        self.inputs = state["inputs"].clone().to(DTYPE)
+        self.outputs = state["outputs"].clone().to(DTYPE)
+
+
+def recency_weights(n: int, half_life: float) -> Tensor:
+    """(n,) weights 0.5 ** (age / half_life), oldest first (the newest has age 0), summing to 1."""
+    age = torch.arange(n - 1, -1, -1, dtype=DTYPE)
+    w = torch.pow(0.5, age / half_life)
+    return w / w.sum()
+
+
+def weighted_median(x: Tensor, w: Tensor) -> Tensor:
+    """Per column of x (T, O) with row weights w (T,) summing to 1: the lower weighted median."""
+    xs, order = x.sort(dim=0)
+    cum = w[order].cumsum(dim=0)  # (T, O)
+    k = (cum < 0.5).sum(dim=0).clamp(max=x.shape[0] - 1)  # (O,) first row reaching half
+    return xs.gather(0, k[None]).squeeze(0)
+
+
+def robust_scale(residuals: Tensor, w: Tensor, y: Tensor) -> Tensor:
+    """(O,) residual scale: 1.4826 * weighted MAD, floored at 1e-6 * std(y) and at 1e-12."""
+    residuals = torch.nan_to_num(residuals, nan=0.0, posinf=0.0, neginf=0.0)
+    center = weighted_median(residuals, w)
+    s = MAD_TO_STD * weighted_median((residuals - center).abs(), w)
+    spread = y.std(dim=0, correction=0) if y.shape[0] > 1 else torch.zeros_like(s)
+    return torch.maximum(s, torch.clamp(1e-6 * spread, min=1e-12))
+
+
+class Objective:
+    """The loss of one update: the window, weights and residual scale are fixed for its duration.
+
+    Huber's loss (Huber 1964) of standardized residuals is quadratic within `huber` and linear
+    beyond, so one spike pulls the fit far less than under least squares:
+    loss(theta) = sum_t w_t mean_o huber((y - yhat(theta)) / s_o)
+                  + smoothness * mean(((theta - theta_prev) / scale)^2).
+    """
+
+    def __init__(self, model: TwinModel, window: Window, half_life: float, options: dict):
+        self.model = model
+        y_ctx, u_ctx, u_now, dt, y = supervised(
+            window.ts, window.inputs, window.outputs, model.context
+        )
+        self.args = (y_ctx, u_ctx, u_now, dt)
+        self.y = y  # (T, n_out)
+        self.n_targets = y.shape[0]
+        self.delta = options["huber"]
+        self.smoothness = options["smoothness"]
+        self.scale = model.parameter_scales().detach().to(DTYPE)  # (P,)
+        assert bool((self.scale > 0).all()), "parameter scales must be positive"
+        self.low, self.high = (b.to(DTYPE) for b in model.raw_bounds())
+        self.theta_prev = self.clamp(flat_parameters(model).to(DTYPE))
+        self.z_prev = self.theta_prev / self.scale
+        self.weights = recency_weights(self.n_targets, half_life)  # (T,)
+        self.s = torch.ones(y.shape[1], dtype=DTYPE)
+        self.center_loss = math.nan
+        if self.n_targets:
+            with torch.no_grad():
+                yhat = self.predict(self.theta_prev)
+            self.s = robust_scale(y - yhat, self.weights, y)
+        self.y_scaled = y / self.s  # (T, n_out)
+        # (T * n_out,) recency weight / n_out per residual: the weighted mean as one product
+        self.w_flat = (self.weights[:, None] / y.shape[1]).expand_as(y).reshape(-1)
+        if self.n_targets:
+            self.center_loss = float(self._from_predictions(yhat, self.theta_prev))
+
+    def clamp(self, theta: Tensor) -> Tensor:
+        """Project (..., P) raw parameters onto the model's bounds (the guard rails)."""
+        return torch.clamp(theta, self.low, self.high)
+
+    def predict(self, theta: Tensor) -> Tensor:
+        """(P,) -> (T, n_out) one-step predictions over the window, differentiable in theta."""
+        return functional_call(self.model, unflatten(self.model, theta), self.args)
+
+    def loss(self, theta: Tensor) -> Tensor:
+        """(P,) -> () the loss, differentiable in theta."""
+        return self._from_predictions(self.predict(theta), theta)
+
+    @torch.no_grad()
+    def losses(self, thetas: Tensor) -> Tensor:
+        """(S, P) -> (S,) the loss of every row, in one batched model call."""
+
+        def one(params: dict[str, Tensor]) -> Tensor:
+            return functional_call(self.model, params, self.args)
+
+        yhat = vmap(one)(unflatten(self.model, thetas))  # (S, T, n_out)
+        return self._from_predictions(yhat, thetas)
+
+    def _from_predictions(self, yhat: Tensor, theta: Tensor) -> Tensor:
+        """yhat (..., T, n_out), theta (..., P) -> (...)."""
+        h = huber_loss(
+            yhat / self.s, self.y_scaled.expand_as(yhat), reduction="none", delta=self.delta
+        )
+        fit = h.reshape(*h.shape[:-2], -1) @ self.w_flat  # (..., T * n_out) -> (...)
+        if self.smoothness:
+            jump = theta / self.scale - self.z_prev
+            fit = fit + self.smoothness * (jump * jump).mean(dim=-1)
+        return fit
+
+
+class Learner:
+    """Recalibrates a model's parameters online from a window of its recent observations.
+
+    The model's parameters are the learner's center: `update` writes the new center into them.
+    Subclasses set `method` and `OPTIONS` and implement `_learn`.
+    """
+
+    method: ClassVar[str]
+    OPTIONS: ClassVar[dict[str, Option]] = COMMON_OPTIONS
+
+    def __init__(self, model: TwinModel, options: dict, seed: int):
+        self.model = model
+        self.options = self.resolve_options(options)
+        self.seed = int(seed)
+        self.window = Window(
+            self.options["window"] + model.context, model.n_inputs, model.n_outputs
+        )
+        self.n_updates = 0
+        self.boost_left = 0
+
+    @classmethod
+    def resolve_options(cls, options: dict) -> dict[str, Any]:
+        """All options with defaults filled in; raise SpecError("learner.<name>", ...)."""
+        return check_options(cls.method, cls.OPTIONS, options)
+
+    # -- the contract -------------------------------------------------------------------------
+    def observe(self, obs: Observations) -> None:
+        """Add observations to the window without learning from them."""
+        assert obs.inputs.shape[1] == self.model.n_inputs, "inputs do not match the model"
+        assert obs.outputs.shape[1] == self.model.n_outputs, "outputs do not match the model"
+        self.window.append(obs)
+
+    def update(self, obs: Observations) -> UpdateReport:
+        """Add observations to the window, learn from it, write the new center into the model."""
+        self.observe(obs)
+        boost = self.boost_factor(self.boost_left)
+        lr = self.options["lr"] * boost
+        objective = Objective(
+            self.model, self.window, self.options["half_life"] / boost, self.options
+        )
+        if objective.n_targets == 0:
+            return UpdateReport(math.nan, math.nan, 0.0, self._sigma_summary(), lr, len(obs), 0)
+        theta, loss_after = self._learn(objective, lr, boost)
+        load_flat(self.model, theta)
+        self.n_updates += 1
+        self.boost_left = max(self.boost_left - 1, 0)
+        step = torch.linalg.vector_norm(theta / objective.scale - objective.z_prev)
+        return UpdateReport(
+            objective.center_loss,
+            loss_after,
+            float(step),
+            self._sigma_summary(),
+            lr,
+            len(obs),
+            objective.n_targets,
+        )
+
+    def on_drift(self) -> None:
+        """An abrupt change was detected: boost the learning rate for the next updates."""
+        self.boost_left = self.options["boost_updates"]
+
+    def boost_factor(self, left: int) -> float:
+        """boost ** (left / boost_updates): `boost` right after a drift, back to 1 geometrically."""
+        if left <= 0:
+            return 1.0
+        return self.options["boost"] ** (left / self.options["boost_updates"])
+
+    def summary(self) -> dict[str, float]:
+        out = {
+            "lr": self.options["lr"] * self.boost_factor(self.boost_left),
+            "boost_left": float(self.boost_left),
+            "n_updates": float(self.n_updates),
+            "window": float(len(self.window)),
+        }
+        sigma = self._sigma_summary()
+        return out if sigma is None else {"sigma": sigma, **out}
+
+    def context_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The twin's latest observed state: outputs (L', n_out), inputs (L', n_in), ts (L') of
+        the newest L' = min(model.context, held) observations (fewer while the window fills)."""
+        return self.window.last(self.model.context)
+
+    def state_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "center": flat_parameters(self.model).clone(),
+            "window": self.window.state_dict(),
+            "n_updates": self.n_updates,
+            "boost_left": self.boost_left,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["method"] != self.method:
+            raise ValueError(f"state of a {state['method']!r} learner, not {self.method!r}")
+        load_flat(self.model, state["center"].to(DTYPE))
+        self.window.load_state_dict(state["window"])
+        self.n_updates = int(state["n_updates"])
+        self.boost_left = int(state["boost_left"])
+
+    # -- for subclasses -----------------------------------------------------------------------
+    def _learn(self, objective: Objective, lr: float, boost: float) -> tuple[Tensor, float]:
+        """Move the center from `objective.theta_prev`; return it (P,) and its loss."""
+        raise NotImplementedError
+
+    def _sigma_summary(self) -> float | None:
+        return None

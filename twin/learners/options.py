@@ -1,0 +1,73 @@
+"""Learner options: one table per method of type, default and range, checked with SpecError."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from twin.spec import SpecError
+
+
+@dataclass(frozen=True)
+class Option:
+    """kind: "int", "float" or "choice"; [low, high] inclusive unless `open_low`; a default of
+    None means "derived from other options" and also accepts an explicit null."""
+
+    kind: str
+    default: Any
+    low: float = -math.inf
+    high: float = math.inf
+    open_low: bool = False
+    choices: tuple[str, ...] = ()
+
+    def check(self, name: str, value: Any) -> Any:
+        """Return `value` as the option's type; raise SpecError naming `learner.<name>`."""
+        field = f"learner.{name}"
+        if value is None and self.default is None:
+            return None
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise SpecError(field, f"must be one of {', '.join(self.choices)}; got {value!r}")
+            return value
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if self.kind == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise SpecError(field, f"must be an integer, got {value!r}")
+        if not is_number or not math.isfinite(value):
+            raise SpecError(field, f"must be a finite number, got {value!r}")
+        too_low = value <= self.low if self.open_low else value < self.low
+        if too_low or value > self.high:
+            lower = f"> {self.low:g}" if self.open_low else f">= {self.low:g}"
+            upper = f" and <= {self.high:g}" if math.isfinite(self.high) else ""
+            raise SpecError(field, f"must be {lower}{upper}, got {value!r}")
+        return int(value) if self.kind == "int" else float(value)
+
+
+def positive(default: float | None, high: float = math.inf) -> Option:
+    return Option("float", default, 0.0, high, open_low=True)
+
+
+COMMON_OPTIONS: dict[str, Option] = {
+    "window": Option("int", 256, 8, 100_000),
+    "half_life": positive(64.0, 1e9),
+    "smoothness": Option("float", 0.0, 0.0, 1e9),
+    "update_size": Option("int", 16, 1, 100_000),
+    "boost": Option("float", 4.0, 1.0, 1000.0),
+    "boost_updates": Option("int", 20, 0, 100_000),
+    "huber": positive(1.345),
+}
+
+
+def check_options(method: str, table: dict[str, Option], options: Any) -> dict[str, Any]:
+    """Every option of `table`, given values checked and the rest defaulted."""
+    if not isinstance(options, dict):
+        raise SpecError("learner", "must be an object")
+    for name, value in options.items():
+        if name not in table:
+            known = ", ".join(sorted(table))
+            raise SpecError(f"learner.{name}", f"unknown option {name!r}; {method} takes {known}")
+        table[name].check(name, value)
+    return {
+        name: opt.check(name, options[name]) if name in options else opt.default
+        for name, opt in table.items()
+    }

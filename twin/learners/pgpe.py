@@ -1,0 +1,138 @@
+"""PGPE: policy gradients with parameter-based exploration (Sehnke et al. 2010,
+"Parameter-exploring policy gradients", Neural Networks 23(4)).
+
+The policy is a Gaussian N(center, diag(sigma^2)) over the model's flat parameters in scaled
+coordinates z = theta / parameter_scales. Each iteration draws `popsize` antithetic pairs, scores
+the center and every sample by the window loss in one batched model call, and steps the center
+(Adam or ClipUp) and sigma (multiplicatively). No model gradients are needed.
+
+Rewards (-loss) are divided by their standard deviation rather than replaced by centered ranks:
+the loss is already robust (Huber on standardized residuals), and a linear normalization keeps
+how much better one sample is than another, so the antithetic difference stays proportional to
+the directional derivative and steps shrink smoothly near the optimum. On a first-order plant
+with an abrupt and a slow drift it gave slightly lower one-step error than ranks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from twin.learners.base import Learner, Objective
+from twin.learners.optim import Adam, ClipUp
+from twin.learners.options import COMMON_OPTIONS, Option, positive
+from twin.models.base import DTYPE, TwinModel
+from twin.spec import SpecError
+
+ITERATIONS = 6
+LR = 0.05
+POPSIZE = 16
+SIGMA = 0.05
+SIGMA_MIN = 1e-4
+SIGMA_MAX = 0.5
+LR_SIGMA = 0.1
+
+OPTIONS: dict[str, Option] = {
+    **COMMON_OPTIONS,
+    "iterations": Option("int", ITERATIONS, 1, 10_000),
+    "lr": positive(LR, 10.0),
+    "popsize": Option("int", POPSIZE, 1, 10_000),
+    "sigma": positive(SIGMA, 10.0),
+    "sigma_min": positive(SIGMA_MIN, 10.0),
+    "sigma_max": positive(SIGMA_MAX, 10.0),
+    "lr_sigma": Option("float", LR_SIGMA, 0.0, 10.0),
+    "optimizer": Option("choice", "adam", choices=("adam", "clipup")),
+    "max_speed": positive(None, 100.0),  # None: 2 * lr
+}
+
+
+class PGPELearner(Learner):
+    """Gaussian search over the parameters with antithetic sampling and adaptive per-parameter
+    sigma; the center is the model's parameters, sigma is relative to `parameter_scales()`."""
+
+    method = "pgpe"
+    OPTIONS = OPTIONS
+
+    def __init__(self, model: TwinModel, options: dict, seed: int):
+        super().__init__(model, options, seed)
+        n = self.model.parameter_scales().numel()
+        o = self.options
+        self.sigma = torch.full((n,), o["sigma"], dtype=DTYPE)
+        self.optimizer = ClipUp(n) if o["optimizer"] == "clipup" else Adam(n)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    @classmethod
+    def resolve_options(cls, options: dict) -> dict:
+        o = super().resolve_options(options)
+        if o["sigma_min"] > o["sigma_max"]:
+            raise SpecError("learner.sigma_min", "must not exceed sigma_max")
+        if not o["sigma_min"] <= o["sigma"] <= o["sigma_max"]:
+            raise SpecError("learner.sigma", "must lie within [sigma_min, sigma_max]")
+        return o
+
+    def on_drift(self) -> None:
+        """Boost lr and widen sigma (within sigma_max); both decay back over `boost_updates`."""
+        before = self.boost_factor(self.boost_left)  # a running boost is replaced, not stacked
+        super().on_drift()
+        widen = self.boost_factor(self.boost_left) / before
+        self.sigma = (self.sigma * widen).clamp(max=self.options["sigma_max"])
+
+    def _learn(self, objective: Objective, lr: float, boost: float) -> tuple[Tensor, float]:
+        o = self.options
+        n, P = o["popsize"], self.sigma.numel()
+        max_speed = (o["max_speed"] or 2 * o["lr"]) * boost
+        scale = objective.scale
+        theta = objective.theta_prev
+        sigma = self.sigma
+        for _ in range(o["iterations"]):
+            z = theta / scale
+            zeta = torch.randn(n, P, generator=self.generator, dtype=DTYPE)  # (n, P)
+            eps = zeta * sigma
+            zs = torch.cat([z[None], z + eps, z - eps])  # (1 + 2n, P): center, plus, minus
+            losses = objective.losses(objective.clamp(zs * scale))  # (1 + 2n,)
+            if not bool(torch.isfinite(losses).all()):
+                finite = torch.isfinite(losses)
+                if not finite.any():
+                    break
+                losses = torch.where(finite, losses, losses[finite].max())
+            # Rewards are -losses divided by their standard deviation (see the module docstring).
+            spread = float(losses.std(correction=0))
+            if not spread > 0:
+                break
+            diff = losses[1 : n + 1] - losses[n + 1 :]  # (n,) loss(z + eps) - loss(z - eps)
+            curv = (losses[1 : n + 1] + losses[n + 1 :]) / 2 - losses[0]  # (n,)
+            # Loss gradient times sigma (Sehnke's symmetric estimate divided by sigma): O(1)
+            # whatever sigma is, so the optimizer's moments do not drift as sigma adapts.
+            g_mu = zeta.T @ diff / (2 * n * spread)  # (P,)
+            # d E[reward] / d log sigma (Sehnke's sigma gradient divided by sigma).
+            g_log_sigma = (zeta.square() - 1).T @ curv / (-n * spread)  # (P,)
+            if isinstance(self.optimizer, ClipUp):
+                delta = self.optimizer.step(g_mu, lr, max_speed)
+            else:
+                delta = self.optimizer.step(g_mu, lr)
+            theta = objective.clamp((z - delta) * scale)
+            sigma = (sigma * torch.exp(o["lr_sigma"] * g_log_sigma)).clamp(
+                o["sigma_min"], o["sigma_max"]
+            )
+        decay = self.boost_factor(self.boost_left - 1) / boost  # undo this update's share of boost
+        self.sigma = (sigma * decay).clamp(o["sigma_min"], o["sigma_max"])
+        with torch.no_grad():
+            loss_after = float(objective.loss(theta))
+        return theta, loss_after
+
+    def _sigma_summary(self) -> float:
+        return float(self.sigma.mean())
+
+    def state_dict(self) -> dict:
+        return {
+            **super().state_dict(),
+            "sigma": self.sigma.clone(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.sigma = state["sigma"].clone().to(DTYPE)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].clone())

@@ -1,0 +1,137 @@
+"""Neural NARX model: a tanh MLP over standardized lags (Narendra and Parthasarathy, 1990)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from twin.models import register
+from twin.models.arx import MAX_LAG, check_options, int_option, reject_bounds
+from twin.models.base import DTYPE, TwinModel
+from twin.spec import SpecError, TwinSpec
+
+
+def _linear(fan_in: int, fan_out: int, generator: torch.Generator, zero: bool = False) -> nn.Linear:
+    """A float64 linear layer with PyTorch's default uniform init drawn from `generator`.
+
+    Drawing from a private generator keeps the global RNG untouched and the init repeatable.
+    """
+    layer = nn.utils.skip_init(nn.Linear, fan_in, fan_out, dtype=DTYPE)
+    bound = 0.0 if zero else 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        for p in (layer.weight, layer.bias):
+            p.copy_((2 * torch.rand(p.shape, generator=generator, dtype=DTYPE) - 1) * bound)
+    return layer
+
+
+@register
+class MLP(TwinModel):
+    """ys_t = ys_{t-1} + net(ys lags, us lags, us_t, dt / dt_ref), on standardized channels.
+
+    The net predicts the standardized change from the last output, and its output layer starts
+    at zero, so the untrained model is persistence (y_t = y_{t-1}).
+    """
+
+    kind = "mlp"
+    OPTIONS = ("na", "nb", "hidden", "layers", "dt_ref")
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_outputs: int,
+        na: int = 2,
+        nb: int = 2,
+        hidden: int = 32,
+        layers: int = 2,
+        dt_ref: float = 1.0,
+        seed: int = 0,
+    ):
+        super().__init__(n_inputs, n_outputs)
+        assert na >= 1 and nb >= 0 and hidden >= 1 and layers >= 1 and dt_ref > 0
+        self.na, self.nb = na, (nb if n_inputs else 0)
+        self.hidden, self.layers, self.dt_ref = hidden, layers, float(dt_ref)
+        n_features = na * n_outputs + (self.nb + 1) * n_inputs + 1
+        widths = [n_features] + [hidden] * layers
+        generator = torch.Generator().manual_seed(seed)
+        body: list[nn.Module] = []
+        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+            body += [_linear(fan_in, fan_out, generator), nn.Tanh()]
+        self.net = nn.Sequential(*body, _linear(hidden, n_outputs, generator, zero=True))
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec: TwinSpec) -> MLP:
+        """Hidden layers are drawn from the learner's seed, so one spec gives one model."""
+        cls.validate_spec(spec)
+        o = spec.model.options
+        return cls(
+            len(spec.inputs),
+            len(spec.outputs),
+            na=o.get("na", 2),
+            nb=o.get("nb", 2),
+            hidden=o.get("hidden", 32),
+            layers=o.get("layers", 2),
+            dt_ref=o.get("dt_ref", 1.0),
+            seed=spec.learner.seed,
+        )
+
+    @classmethod
+    def validate_spec(cls, spec: TwinSpec) -> None:
+        o = spec.model.options
+        check_options(o, cls.OPTIONS, cls.kind)
+        int_option(o, "na", 2, 1, MAX_LAG, cls.kind)
+        if spec.inputs:
+            int_option(o, "nb", 2, 0, MAX_LAG, cls.kind)
+        int_option(o, "hidden", 32, 1, 1024, cls.kind)
+        int_option(o, "layers", 2, 1, 8, cls.kind)
+        dt_ref = o.get("dt_ref", 1.0)
+        ok = isinstance(dt_ref, int | float) and not isinstance(dt_ref, bool)
+        if not (ok and math.isfinite(dt_ref) and dt_ref > 0):
+            raise SpecError("model.dt_ref", f"must be a positive number of seconds, got {dt_ref!r}")
+        for name in spec.model.params:
+            raise SpecError(f"model.params.{name}", "mlp takes no initial params")
+        reject_bounds(spec, cls.kind)
+
+    @classmethod
+    def default_learner(cls) -> str:
+        return "gradient"
+
+    # -- prediction ---------------------------------------------------------------------------
+    @property
+    def context(self) -> int:
+        return max(self.na, self.nb, 1)
+
+    def forward(self, y_ctx: Tensor, u_ctx: Tensor, u_now: Tensor, dt: Tensor) -> Tensor:
+        ys = (y_ctx[:, -self.na :] - self.y_mean) / self.y_std  # (B, na, n_out)
+        features = [ys.flatten(1)]  # (B, na * n_out)
+        if self.n_inputs:
+            u_lags = u_ctx[:, u_ctx.shape[1] - self.nb :]  # (B, nb, n_in)
+            u_all = torch.cat([u_lags, u_now[:, None]], dim=1)  # (B, nb + 1, n_in)
+            features.append(((u_all - self.u_mean) / self.u_std).flatten(1))
+        features.append((dt / self.dt_ref)[:, None])  # (B, 1)
+        change = self.net(torch.cat(features, dim=1))  # (B, n_out), standardized
+        return y_ctx[:, -1] + self.y_std * change
+
+    # -- parameters ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def named_values(self) -> dict[str, float]:
+        """Summary numbers, not weights: their overall norm and the output layer's norm."""
+        weights = torch.cat([p.reshape(-1) for p in self.parameters()])
+        head = self.net[-1]
+        return {
+            "weights_norm": float(weights.norm()),
+            "output_norm": float(torch.cat([head.weight.reshape(-1), head.bias]).norm()),
+        }
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **super().config(),
+            "na": self.na,
+            "nb": self.nb,
+            "hidden": self.hidden,
+            "layers": self.layers,
+            "dt_ref": self.dt_ref,
+        }

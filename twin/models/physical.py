@@ -1,0 +1,236 @@
+"""Physical templates: named parameters in physical units, discretized exactly by zero-order hold.
+
+A physical model is fully observed: its state is its output vector, so one past observation is
+its whole context, and the prediction `y_t = Phi(dt) y_{t-1} + Gamma(dt) u_{t-1}` is exact for any
+`dt` (irregular sampling is fine). The input of the previous observation is held over the interval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from twin.models import register
+from twin.models.base import DTYPE, TwinModel
+from twin.spec import SpecError, TwinSpec
+
+
+@dataclass(frozen=True)
+class PhysicalParam:
+    """One named parameter; positive ones are stored as `log_<name>` so they stay positive.
+
+    A signed parameter is an offset in the units of output `scale_output`, whose standard
+    deviation is its parameter scale.
+    """
+
+    name: str
+    default: float
+    positive: bool = True
+    scale_output: int = 0
+
+    @property
+    def raw_name(self) -> str:
+        return f"log_{self.name}" if self.positive else self.name
+
+
+class PhysicalModel(TwinModel):
+    """Shared machinery of the physical kinds: spec checks, parametrization, bounds, scales.
+
+    Subclasses set `INPUTS`, `OUTPUTS` (channel roles, matched by position in the spec),
+    `PARAMS`, and implement `step`.
+    """
+
+    physical = True
+    INPUTS: ClassVar[tuple[str, ...]]
+    OUTPUTS: ClassVar[tuple[str, ...]]
+    PARAMS: ClassVar[tuple[PhysicalParam, ...]]
+
+    def __init__(
+        self,
+        params: dict[str, float] | None = None,
+        bounds: dict[str, tuple[float, float]] | None = None,
+    ):
+        super().__init__(len(self.INPUTS), len(self.OUTPUTS))
+        self.bounds = dict(bounds or {})
+        values = _initial_values(self.PARAMS, params or {}, self.bounds)
+        for p in self.PARAMS:
+            v = math.log(values[p.name]) if p.positive else values[p.name]
+            self.register_parameter(p.raw_name, nn.Parameter(torch.tensor(v, dtype=DTYPE)))
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec: TwinSpec) -> PhysicalModel:
+        cls.validate_spec(spec)
+        return cls(spec.model.params, spec.model.bounds)
+
+    @classmethod
+    def validate_spec(cls, spec: TwinSpec) -> None:
+        for field, got, roles in (
+            ("inputs", spec.inputs, cls.INPUTS),
+            ("outputs", spec.outputs, cls.OUTPUTS),
+        ):
+            if len(got) != len(roles):
+                raise SpecError(
+                    field,
+                    f"{cls.kind} needs exactly {len(roles)} {field}, in the order "
+                    f"[{', '.join(roles)}]; got {len(got)}",
+                )
+        for key in spec.model.options:
+            raise SpecError(f"model.{key}", f"unknown option {key!r}; {cls.kind} takes no options")
+        by_name = {p.name: p for p in cls.PARAMS}
+        known = ", ".join(by_name)
+        for name, value in spec.model.params.items():
+            if name not in by_name:
+                raise SpecError(
+                    f"model.params.{name}", f"unknown parameter {name!r}; {cls.kind} has {known}"
+                )
+            if by_name[name].positive and not value > 0:
+                raise SpecError(f"model.params.{name}", "must be positive")
+        for name, (low, high) in spec.model.bounds.items():
+            if name not in by_name:
+                raise SpecError(
+                    f"model.bounds.{name}", f"unknown parameter {name!r}; {cls.kind} has {known}"
+                )
+            if by_name[name].positive and not low > 0:
+                raise SpecError(
+                    f"model.bounds.{name}", "low must be positive (so is the parameter)"
+                )
+            value = spec.model.params.get(name)
+            if value is not None and not low <= value <= high:
+                raise SpecError(
+                    f"model.params.{name}", f"{value} is outside its bounds [{low}, {high}]"
+                )
+
+    # -- prediction ---------------------------------------------------------------------------
+    def values(self) -> dict[str, Tensor]:
+        """Parameters by name in physical units, as differentiable () tensors."""
+        out = {}
+        for p in self.PARAMS:
+            raw = getattr(self, p.raw_name)
+            out[p.name] = raw.exp() if p.positive else raw
+        return out
+
+    def forward(self, y_ctx: Tensor, u_ctx: Tensor, u_now: Tensor, dt: Tensor) -> Tensor:
+        y_prev = y_ctx[:, -1]  # (B, n_outputs)
+        u_prev = u_ctx[:, -1]  # (B, n_inputs), held over dt
+        return self.step(self.values(), y_prev, u_prev, dt)
+
+    def step(self, v: dict[str, Tensor], y_prev: Tensor, u_prev: Tensor, dt: Tensor) -> Tensor:
+        """Exact state transition over dt: (B, n_outputs), (B, n_inputs), (B,) -> (B, n_outputs)."""
+        raise NotImplementedError
+
+    # -- parameters ---------------------------------------------------------------------------
+    def named_values(self) -> dict[str, float]:
+        with torch.no_grad():
+            return {name: float(v) for name, v in self.values().items()}
+
+    def parameter_scales(self) -> Tensor:
+        scales = [
+            torch.ones((), dtype=DTYPE) if p.positive else self.y_std[p.scale_output].detach()
+            for p in self.PARAMS
+        ]
+        return torch.stack(scales).to(DTYPE)  # (P,), one per scalar parameter
+
+    def raw_bounds(self) -> tuple[Tensor, Tensor]:
+        low, high = [], []
+        for p in self.PARAMS:
+            lo, hi = self.bounds.get(p.name, (-math.inf, math.inf))
+            if p.positive:
+                lo, hi = (math.log(lo) if lo > 0 else -math.inf), math.log(hi)
+            low.append(lo)
+            high.append(hi)
+        return torch.tensor(low, dtype=DTYPE), torch.tensor(high, dtype=DTYPE)
+
+
+def _initial_values(
+    params: tuple[PhysicalParam, ...], given: dict[str, float], bounds: dict[str, tuple]
+) -> dict[str, float]:
+    """Given values, else defaults; a default outside the user's bounds moves to their middle."""
+    out = {}
+    for p in params:
+        value = given.get(p.name, p.default)
+        if p.name not in given and p.name in bounds:
+            lo, hi = bounds[p.name]
+            if not lo <= value <= hi:
+                value = math.sqrt(lo * hi) if p.positive else 0.5 * (lo + hi)
+        out[p.name] = float(value)
+    return out
+
+
+def _first_order_hold(y_prev: Tensor, target: Tensor, dt: Tensor, tau: Tensor) -> Tensor:
+    """Exact solution of y' = (target - y)/tau over dt with constant target: all (B,)."""
+    one_minus_a = -torch.expm1(-dt / tau)  # 1 - exp(-dt/tau), accurate for dt << tau
+    return y_prev + one_minus_a * (target - y_prev)
+
+
+@register
+class FirstOrder(PhysicalModel):
+    """First-order lag with gain and offset: tau * y' = K * u + b - y.
+
+    Channels: inputs [u], outputs [y]. Params K (gain, > 0), tau (time constant in s, > 0),
+    b (offset in output units, signed).
+    """
+
+    kind = "first_order"
+    INPUTS = ("u",)
+    OUTPUTS = ("y",)
+    PARAMS = (
+        PhysicalParam("K", 1.0),
+        PhysicalParam("tau", 1.0),
+        PhysicalParam("b", 0.0, positive=False),
+    )
+
+    def step(self, v, y_prev, u_prev, dt):
+        target = v["K"] * u_prev[:, 0] + v["b"]  # (B,)
+        return _first_order_hold(y_prev[:, 0], target, dt, v["tau"])[:, None]
+
+
+@register
+class ThermalRC(PhysicalModel):
+    """Lumped thermal mass behind a resistance: C * T' = (T_amb - T) / R + Q.
+
+    Channels: inputs [Q (heat input, W), T_amb (ambient temperature)], outputs [T].
+    Params R (thermal resistance, K/W, > 0), C (heat capacitance, J/K, > 0).
+    """
+
+    kind = "thermal_rc"
+    INPUTS = ("Q", "T_amb")
+    OUTPUTS = ("T",)
+    PARAMS = (PhysicalParam("R", 1.0), PhysicalParam("C", 1.0))
+
+    def step(self, v, y_prev, u_prev, dt):
+        target = u_prev[:, 1] + v["R"] * u_prev[:, 0]  # (B,) steady state T_amb + R*Q
+        return _first_order_hold(y_prev[:, 0], target, dt, v["R"] * v["C"])[:, None]
+
+
+@register
+class MassSpringDamper(PhysicalModel):
+    """Damped oscillator driven by a force: m * x'' = F - c * x' - k * x.
+
+    Channels: inputs [F (force)], outputs [x (position), v (velocity)]. Params m (mass),
+    c (damping), k (stiffness), all > 0. Discretized exactly by Van Loan's method
+    (Van Loan, IEEE Trans. Automat. Control, 1978): expm([[A, B], [0, 0]] dt) = [[Phi, Gamma], ...].
+    """
+
+    kind = "mass_spring_damper"
+    INPUTS = ("F",)
+    OUTPUTS = ("x", "v")
+    PARAMS = (PhysicalParam("m", 1.0), PhysicalParam("c", 1.0), PhysicalParam("k", 1.0))
+
+    def step(self, v, y_prev, u_prev, dt):
+        m, c, k = v["m"], v["c"], v["k"]
+        zero, one = torch.zeros_like(m), torch.ones_like(m)
+        augmented = torch.stack(
+            [
+                torch.stack([zero, one, zero]),
+                torch.stack([-k / m, -c / m, one / m]),
+                torch.stack([zero, zero, zero]),
+            ]
+        )  # (3, 3): state [x, v] augmented with the held force
+        transition = torch.linalg.matrix_exp(augmented * dt[:, None, None])  # (B, 3, 3)
+        z_prev = torch.cat([y_prev, u_prev[:, :1]], dim=1)  # (B, 3): [x, v, F]
+        return (transition[:, :2] @ z_prev[:, :, None])[:, :, 0]  # (B, 2)

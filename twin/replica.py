@@ -1,0 +1,213 @@
+"""The twin: one replica of one real system — its model, learner, scaler and drift monitor.
+
+`Twin.step` is the prequential calibration loop of DESIGN.md for a run of new observations:
+predict each one with the weights in force, feed the residuals to the drift monitor, then learn,
+in steps of at most `update_size` observations. Everything it holds round-trips through
+`to_bytes`/`from_bytes`, so a restarted service resumes exactly where the last version left off.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from twin.drift import DriftEvent, DriftMonitor, ParameterTracker
+from twin.learners import UpdateReport, make_learner
+from twin.models import model_class
+from twin.models.base import DTYPE, TwinModel
+from twin.observations import Observations, supervised
+from twin.scaling import ChannelScaler
+from twin.spec import TwinSpec
+
+DEFAULT_UPDATE_SIZE = 16
+PREDICT_PATHS = 64  # Monte Carlo noise paths behind a what-if's std
+
+
+@dataclass
+class StepResult:
+    """Prequential outcome of one `Twin.step`: per observation, what the twin predicted before
+    learning it (NaN where it had no context yet) and what the frozen initial model predicted."""
+
+    seq: np.ndarray  # (N,)
+    predictions: np.ndarray  # (N, n_out)
+    residuals: np.ndarray  # (N, n_out)
+    frozen_predictions: np.ndarray  # (N, n_out)
+    events: list[DriftEvent] = field(default_factory=list)
+    reports: list[UpdateReport] = field(default_factory=list)
+
+    @property
+    def loss(self) -> float | None:
+        return self.reports[-1].loss_after if self.reports else None
+
+
+class Twin:
+    def __init__(self, spec: TwinSpec):
+        self.spec = spec
+        self.model: TwinModel = model_class(spec.model.kind).from_spec(spec)
+        self.frozen: TwinModel = copy.deepcopy(self.model).requires_grad_(False)
+        self.learner = make_learner(spec, self.model)
+        self.input_scaler = ChannelScaler(len(spec.inputs))
+        self.output_scaler = ChannelScaler(len(spec.outputs))
+        self.monitor = DriftMonitor(list(spec.outputs))
+        self.tracker = ParameterTracker()
+        self.tracker.update(self.model.named_values())
+        self.watermark = 0
+        self.update_size = int(spec.learner.options.get("update_size", DEFAULT_UPDATE_SIZE))
+
+    @classmethod
+    def create(cls, spec: TwinSpec) -> Twin:
+        return cls(spec)
+
+    # -- calibration --------------------------------------------------------------------------
+    def step(self, obs: Observations) -> StepResult:
+        """Predict, monitor and learn a run of observations that follows the watermark."""
+        n_out = len(self.spec.outputs)
+        preds = np.full((len(obs), n_out), np.nan)
+        frozen = np.full((len(obs), n_out), np.nan)
+        result = StepResult(obs.seq, preds, preds, frozen)
+        for start in range(0, len(obs), self.update_size):
+            chunk = obs[start : start + self.update_size]
+            part = slice(start, start + len(chunk))
+            preds[part], frozen[part] = self._predict_one_step(chunk)
+            events = self.monitor.update(
+                chunk.seq, chunk.ts, chunk.outputs - preds[part], chunk.outputs - frozen[part]
+            )
+            if events:
+                self.learner.on_drift()
+            result.events.extend(events)
+            self.input_scaler.update(chunk.inputs)
+            self.output_scaler.update(chunk.outputs)
+            for m in (self.model, self.frozen):
+                m.set_normalization(
+                    self.output_scaler.mean,
+                    self.output_scaler.std,
+                    self.input_scaler.mean,
+                    self.input_scaler.std,
+                )
+            result.reports.append(self.learner.update(chunk))
+            self.watermark = int(chunk.seq[-1])
+        result.residuals = obs.outputs - preds
+        if len(obs):
+            self.tracker.update(self.model.named_values())
+        return result
+
+    @torch.no_grad()
+    def _predict_one_step(self, chunk: Observations) -> tuple[np.ndarray, np.ndarray]:
+        """(N, n_out) one-step predictions of the twin and of the frozen model, before learning."""
+        y_old, u_old, ts_old = self.learner.context_arrays()
+        L = self.model.context
+        ts = np.concatenate([ts_old, chunk.ts])
+        u = np.concatenate([u_old, chunk.inputs])
+        y = np.concatenate([y_old, chunk.outputs])
+        n_old = ts_old.shape[0]
+        out = []
+        for model in (self.model, self.frozen):
+            pred = np.full(chunk.outputs.shape, np.nan)
+            if ts.shape[0] > L:
+                y_ctx, u_ctx, u_now, dt, _ = supervised(*map(_tensor, (ts, u, y)), L)
+                yhat = model(y_ctx, u_ctx, u_now, dt).numpy()  # (N_old + N - L, n_out)
+                first = max(L - n_old, 0)  # chunk rows that have a full context
+                pred[first:] = yhat[len(yhat) - (len(chunk) - first) :]
+            out.append(pred)
+        return out[0], out[1]
+
+    # -- what-if ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, inputs: np.ndarray, dt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Roll the twin forward from its latest observed state under future inputs.
+
+        inputs: (H, n_in); dt: (H,) seconds between steps. Returns mean and std, (H, n_out).
+        The std propagates the twin's recent one-step residual scale (its EW RMSE) through the
+        dynamics by Monte Carlo; it covers noise and recent model error, not parameter doubt.
+        """
+        y_old, u_old, _ = self.learner.context_arrays()
+        L = self.model.context
+        if y_old.shape[0] < L:
+            raise ValueError("the twin has not seen enough observations to roll forward")
+        H = inputs.shape[0]
+        K = PREDICT_PATHS
+        gen = torch.Generator().manual_seed(self.spec.learner.seed)
+        noise_std = _tensor(self._residual_scale())  # (n_out,)
+        y_ctx = _tensor(y_old[-L:]).expand(K + 1, L, -1).clone()  # (K+1, L, n_out); row 0 mean
+        u_ctx = _tensor(u_old[-L:]).expand(K + 1, L, -1).clone()
+        u_future, dts = _tensor(inputs), _tensor(np.array(np.broadcast_to(dt, (H,))))
+        paths = torch.empty(K + 1, H, y_ctx.shape[-1], dtype=DTYPE)
+        for h in range(H):
+            u_h = u_future[h].expand(K + 1, -1)
+            y_next = self.model(y_ctx, u_ctx, u_h, dts[h].expand(K + 1))
+            noise = torch.randn(K, y_next.shape[-1], generator=gen, dtype=DTYPE) * noise_std
+            y_next = torch.cat([y_next[:1], y_next[1:] + noise])
+            paths[:, h] = y_next
+            y_ctx = torch.cat([y_ctx[:, 1:], y_next[:, None]], dim=1)
+            u_ctx = torch.cat([u_ctx[:, 1:], u_h[:, None]], dim=1)
+        return paths[0].numpy(), paths[1:].std(dim=0).numpy()
+
+    def _residual_scale(self) -> np.ndarray:
+        stats = self.monitor.summary()["outputs"]
+        return np.array([(stats[name]["twin"].get("ew_rmse") or 0.0) for name in self.spec.outputs])
+
+    # -- reading ------------------------------------------------------------------------------
+    @property
+    def context_ts(self) -> float | None:
+        ts = self.learner.context_arrays()[2]
+        return float(ts[-1]) if ts.shape[0] else None
+
+    def parameters(self) -> dict[str, float]:
+        return self.model.named_values()
+
+    def learner_summary(self) -> dict:
+        return {"method": self.learner.method, **self.learner.summary()}
+
+    def metrics(self) -> dict:
+        """Drift metrics: error of the twin and of the frozen initial model per output, and
+        parameter change since creation and over recent versions."""
+        summary = self.monitor.summary()
+        return {
+            "outputs": summary["outputs"],
+            "alarms": summary["alarms"],
+            "parameters": self.tracker.summary(),
+        }
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "spec": self.spec.to_dict(),
+            "model": self.model.state_dict(),
+            "frozen": self.frozen.state_dict(),
+            "learner": self.learner.state_dict(),
+            "input_scaler": self.input_scaler.state_dict(),
+            "output_scaler": self.output_scaler.state_dict(),
+            "monitor": self.monitor.state_dict(),
+            "tracker": self.tracker.state_dict(),
+            "watermark": self.watermark,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Twin:
+        twin = cls(TwinSpec.from_dict(state["spec"]))
+        twin.model.load_state_dict(state["model"])
+        twin.frozen.load_state_dict(state["frozen"])
+        twin.learner.load_state_dict(state["learner"])
+        twin.input_scaler.load_state_dict(state["input_scaler"])
+        twin.output_scaler.load_state_dict(state["output_scaler"])
+        twin.monitor.load_state_dict(state["monitor"])
+        twin.tracker.load_state_dict(state["tracker"])
+        twin.watermark = int(state["watermark"])
+        return twin
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(self.state_dict(), buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Twin:
+        return cls.from_state_dict(torch.load(io.BytesIO(blob), weights_only=False))
+
+
+def _tensor(a) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(a), dtype=DTYPE)
