@@ -19,12 +19,14 @@ from twin.drift import DriftEvent, DriftMonitor, ParameterTracker
 from twin.learners import UpdateReport, make_learner
 from twin.models import model_class
 from twin.models.base import DTYPE, TwinModel
+from twin.models.initial import initial_guess
 from twin.observations import Observations, supervised
 from twin.scaling import ChannelScaler
 from twin.spec import TwinSpec
 
 DEFAULT_UPDATE_SIZE = 16
 PREDICT_PATHS = 64  # Monte Carlo noise paths behind a what-if's std
+GUESS_AFTER = 32  # observations the first guess of open physical parameters looks at
 
 
 @dataclass
@@ -56,6 +58,11 @@ class Twin:
         self.tracker = ParameterTracker()
         self.tracker.update(self.model.named_values())
         self.watermark = 0
+        # Physical parameters the spec left open are guessed from the first observations.
+        open_params = self.model.physical and set(self.model.named_values()) - set(
+            spec.model.params
+        )
+        self.guessed: list[str] | None = None if open_params else []
         self.update_size = int(spec.learner.options.get("update_size", DEFAULT_UPDATE_SIZE))
 
     @classmethod
@@ -76,9 +83,9 @@ class Twin:
             events = self.monitor.update(
                 chunk.seq, chunk.ts, chunk.outputs - preds[part], chunk.outputs - frozen[part]
             )
+            result.events.extend(events)
             if events:
                 self.learner.on_drift()
-            result.events.extend(events)
             self.input_scaler.update(chunk.inputs)
             self.output_scaler.update(chunk.outputs)
             for m in (self.model, self.frozen):
@@ -88,12 +95,28 @@ class Twin:
                     self.input_scaler.mean,
                     self.input_scaler.std,
                 )
-            result.reports.append(self.learner.update(chunk))
+            if self.guessed is None:  # open physical parameters: first a guess from the data
+                self.learner.observe(chunk)
+                if len(self.learner.window) >= GUESS_AFTER:
+                    self._first_guess()
+            else:
+                result.reports.append(self.learner.update(chunk))
             self.watermark = int(chunk.seq[-1])
         result.residuals = obs.outputs - preds
         if len(obs):
             self.tracker.update(self.model.named_values())
         return result
+
+    def _first_guess(self) -> None:
+        """Start open physical parameters from the first observations' scale; this becomes the
+        frozen initial version the drift metrics compare against."""
+        y, u, ts = self.learner.window.last(GUESS_AFTER)
+        seen = Observations(ts, u, y)
+        self.guessed = initial_guess(self.model, seen, set(self.spec.model.params))
+        if self.guessed:
+            self.frozen.load_state_dict(self.model.state_dict())
+            self.tracker = ParameterTracker()
+            self.tracker.update(self.model.named_values())
 
     @torch.no_grad()
     def _predict_one_step(self, chunk: Observations) -> tuple[np.ndarray, np.ndarray]:
@@ -184,6 +207,7 @@ class Twin:
             "monitor": self.monitor.state_dict(),
             "tracker": self.tracker.state_dict(),
             "watermark": self.watermark,
+            "guessed": self.guessed,
         }
 
     @classmethod
@@ -197,6 +221,7 @@ class Twin:
         twin.monitor.load_state_dict(state["monitor"])
         twin.tracker.load_state_dict(state["tracker"])
         twin.watermark = int(state["watermark"])
+        twin.guessed = state["guessed"]
         return twin
 
     def to_bytes(self) -> bytes:

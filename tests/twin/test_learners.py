@@ -295,7 +295,7 @@ def test_smoothness_holds_the_parameters_back():
     obs = simulate(160)
     steps = {}
     for smoothness in (0.0, 100.0):
-        _, learner = build(make_spec("gradient", smoothness=smoothness))
+        _, learner = build(make_spec("gradient", smoothness=smoothness, lr=0.05))
         steps[smoothness] = sum(r.step for r in feed(learner, obs))
     assert steps[100.0] < 0.5 * steps[0.0]
 

@@ -13,7 +13,7 @@ from twin.learners.options import COMMON_OPTIONS, Option, positive
 from twin.models.base import TwinModel
 
 ITERATIONS = 4
-LR = 0.05
+LR = 0.02
 CLIP = 10.0
 
 OPTIONS: dict[str, Option] = {
