@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0, description="How long a worker's claim lasts.")
     poll_interval: float = Field(0.1, gt=0, description="Seconds between calibrator polls.")
     keep_checkpoints: int = Field(3, gt=0, description="Newest versions that keep full state.")
-    version_retention: int = Field(0, ge=0, description="Versions kept per twin (0: all).")
+    version_retention: int = Field(20_000, ge=0, description="Versions kept per twin (0: all).")
     torch_threads: int = Field(1, gt=0, description="torch intra-op threads of a worker.")
 
     @property
