@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -26,7 +27,19 @@ def serve(
     from app.config import Settings
     from app.main import create_app
 
-    uvicorn.run(create_app(Settings()), host=host, port=port, log_level="info")
+    app = create_app(Settings())
+    tune_garbage_collector()
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def tune_garbage_collector() -> None:
+    """Keep Python's cycle collector off the ingestion path: the modules and objects that live
+    as long as the process (torch, SQLAlchemy) are frozen out of its scans, and it runs after
+    50,000 new allocations rather than 700. A 1,000-row batch allocates thousands of dicts;
+    with the default settings, collections cost more than parsing it."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 @cli.command()

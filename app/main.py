@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.worker:
             from app.embedded import EmbeddedWorker  # torch-heavy; only when the worker runs here
 
-            worker = EmbeddedWorker(settings, engine).start()
+            worker = EmbeddedWorker(settings).start()
         app.state.worker = worker
         try:
             yield

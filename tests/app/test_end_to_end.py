@@ -12,7 +12,7 @@ import pytest
 from twin.plants import Drift, ThermalRCPlant
 
 N = 1600
-TOLERANCE = 0.05  # relative error of R once calibration has caught up
+TOLERANCE = 0.08  # relative error of R: a ramp is followed about one half-life behind
 DEADLINE = 180.0  # seconds for the worker to learn everything posted
 
 
