@@ -35,7 +35,7 @@ def run_demo(host: str, port: int, rate: float, duration: float) -> None:
     print(f"Tandem on {base} (database {settings.database_url}); API docs at {base}/docs")
     try:
         with httpx.Client(base_url=base, timeout=30.0) as client:
-            _wait_ready(client)
+            wait_ready(client)
             twin_id = _fresh_twin(client, demo_plant())
             print(f"twin {DEMO_TWIN!r} is id {twin_id}: curl {base}/twins/{twin_id}/drift")
             _feed(client, twin_id, demo_plant(), rate, duration)
@@ -46,16 +46,20 @@ def run_demo(host: str, port: int, rate: float, duration: float) -> None:
         time.sleep(0.5)
 
 
-def _wait_ready(client: httpx.Client, timeout: float = 60.0) -> None:
+def wait_ready(client: httpx.Client, timeout: float = 60.0, process=None) -> None:
+    """Poll `/readyz` until the service answers 200; raise RuntimeError after `timeout` s or
+    as soon as `process` (a `subprocess.Popen` running it, if any) has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
         try:
             if client.get("/readyz").status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise SystemExit("the service did not become ready")
+    raise RuntimeError(f"the service was not ready in {timeout:.0f} s")
 
 
 def _fresh_twin(client: httpx.Client, plant: ThermalRCPlant) -> int:

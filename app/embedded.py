@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 
 from sqlalchemy import Engine
@@ -48,6 +49,7 @@ def run_worker(settings: Settings, stop) -> None:
 
 def _child(settings_json: str, stop) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the worker stops
+    os.nice(10)  # ingestion never waits for the learner: on a busy machine, HTTP goes first
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     run_worker(Settings.model_validate_json(settings_json), stop)
 

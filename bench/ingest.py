@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.db import make_engine, upgrade  # noqa: E402
+from app.demo import wait_ready  # noqa: E402
 from bench.report import print_targets  # noqa: E402
 from twin.plants import FirstOrderPlant  # noqa: E402
 
@@ -108,20 +109,6 @@ def start_server(tmp: Path, port: int, log) -> subprocess.Popen:
     command = [sys.executable, "-c", "from app.cli import main; main()", "serve"]
     command += ["--port", str(port)]
     return subprocess.Popen(command, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_ready(client: httpx.Client, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}")
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the server was not ready in {READY_TIMEOUT_S:.0f} s")
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -305,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
             server = start_server(tmp, port, log)
         try:
             with httpx.Client(base_url=base, timeout=60.0) as client:
-                wait_ready(client, server)
+                wait_ready(client, READY_TIMEOUT_S, server)
                 http_rate, rows = http_run(client, server.pid, base, bodies, n_predict)
         except BaseException:
             print("server log (tail):\n" + log_path.read_text(errors="replace")[-4000:])

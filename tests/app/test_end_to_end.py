@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from app.demo import wait_ready
 from twin.plants import Drift, ThermalRCPlant
 
 N = 1600
@@ -27,23 +28,16 @@ def server(tmp_path):
     port = free_port()
     env = {**os.environ, "TANDEM_DATABASE_URL": f"sqlite:///{tmp_path / 'e2e.db'}"}
     cmd = [sys.executable, "-c", "from app.cli import main; main()", "serve", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115  (closed below)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
     with httpx.Client(base_url=base, timeout=30) as client:
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.1)
+        wait_ready(client, 60.0, proc)
         yield client
     proc.terminate()
     # uvicorn shuts down gracefully, then re-raises the signal it caught
     assert proc.wait(timeout=30) in (0, -15)
+    log.close()
 
 
 @pytest.mark.slow
