@@ -24,7 +24,6 @@ from twin.observations import Observations, supervised
 from twin.scaling import ChannelScaler
 from twin.spec import TwinSpec
 
-DEFAULT_UPDATE_SIZE = 16
 PREDICT_PATHS = 64  # Monte Carlo noise paths behind a what-if's std
 GUESS_AFTER = 32  # observations the first guess of open physical parameters looks at
 
@@ -63,7 +62,7 @@ class Twin:
             spec.model.params
         )
         self.guessed: list[str] | None = None if open_params else []
-        self.update_size = int(spec.learner.options.get("update_size", DEFAULT_UPDATE_SIZE))
+        self.update_size = int(self.learner.options["update_size"])
 
     @classmethod
     def create(cls, spec: TwinSpec) -> Twin:

@@ -159,7 +159,8 @@ def test_a_single_huge_spike_moves_the_parameters_far_less_than_without_huber(me
     obs = simulate(1200)
     moves = {}
     for huber in (1.345, 1e9):  # 1e9: plain least squares
-        model, learner = build(make_spec(method, huber=huber))
+        # 16-observation updates with the lr that went with them
+        model, learner = build(make_spec(method, huber=huber, lr=0.02))
         feed(learner, obs[:1024])
         settled = flat_parameters(model)
         spiked = Observations(obs.ts, obs.inputs, obs.outputs.copy(), obs.seq)
@@ -198,7 +199,8 @@ def test_on_drift_re_converges_faster_after_an_abrupt_change(method):
     jumped = simulate(64, K=3.0, seed=5, after=obs)
     errors = {}
     for boosted in (False, True):
-        model, learner = build(make_spec(method))
+        # 16-observation updates with the defaults that went with them (lr 0.02, 20 boosted)
+        model, learner = build(make_spec(method, lr=0.02, boost_updates=20))
         feed(learner, obs)
         if boosted:
             learner.on_drift()
@@ -373,5 +375,6 @@ def test_learner_works_with_any_twin_model():
     obs = Observations(np.arange(400.0), u, 3.0 * u + NOISE * rng.standard_normal((400, 1)))
     for method in METHODS:
         model = Gain()
-        feed(LEARNERS[method](model, {}, seed=0), obs)
+        # 16-observation updates with the lr that went with them
+        feed(LEARNERS[method](model, {"lr": 0.02}, seed=0), obs)
         assert float(model.log_k.detach().exp()) == pytest.approx(3.0, rel=0.05)

@@ -13,7 +13,7 @@ from twin.learners.options import COMMON_OPTIONS, Option, positive
 from twin.models.base import TwinModel
 
 ITERATIONS = 4
-LR = 0.02
+LR = 0.005  # with 4-observation updates: a smaller step per update, less jitter at rest
 CLIP = 10.0
 
 OPTIONS: dict[str, Option] = {

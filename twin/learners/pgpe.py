@@ -25,7 +25,7 @@ from twin.models.base import DTYPE, TwinModel
 from twin.spec import SpecError
 
 ITERATIONS = 6
-LR = 0.02
+LR = 0.005  # with 4-observation updates: a smaller step per update, less jitter at rest
 POPSIZE = 16
 SIGMA = 0.05
 SIGMA_MIN = 1e-4
