@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from twin.models import register
 from twin.models.base import DTYPE, TwinModel
+from twin.models.oscillator import oscillator_step
 from twin.spec import SpecError, TwinSpec
 
 
@@ -212,8 +213,9 @@ class MassSpringDamper(PhysicalModel):
     """Damped oscillator driven by a force: m * x'' = F - c * x' - k * x.
 
     Channels: inputs [F (force)], outputs [x (position), v (velocity)]. Params m (mass),
-    c (damping), k (stiffness), all > 0. Discretized exactly by Van Loan's method
-    (Van Loan, IEEE Trans. Automat. Control, 1978): expm([[A, B], [0, 0]] dt) = [[Phi, Gamma], ...].
+    c (damping), k (stiffness), all > 0. Discretized exactly in closed form (Cayley-Hamilton
+    on the 2x2 system, `twin.models.oscillator`): it equals Van Loan's expm([[A, B], [0, 0]] dt)
+    to rounding in every damping regime, at a fraction of a batched 3x3 matrix exponential.
     """
 
     kind = "mass_spring_damper"
@@ -222,15 +224,5 @@ class MassSpringDamper(PhysicalModel):
     PARAMS = (PhysicalParam("m", 1.0), PhysicalParam("c", 1.0), PhysicalParam("k", 1.0))
 
     def step(self, v, y_prev, u_prev, dt):
-        m, c, k = v["m"], v["c"], v["k"]
-        zero, one = torch.zeros_like(m), torch.ones_like(m)
-        augmented = torch.stack(
-            [
-                torch.stack([zero, one, zero]),
-                torch.stack([-k / m, -c / m, one / m]),
-                torch.stack([zero, zero, zero]),
-            ]
-        )  # (3, 3): state [x, v] augmented with the held force
-        transition = torch.linalg.matrix_exp(augmented * dt[:, None, None])  # (B, 3, 3)
-        z_prev = torch.cat([y_prev, u_prev[:, :1]], dim=1)  # (B, 3): [x, v, F]
-        return (transition[:, :2] @ z_prev[:, :, None])[:, :, 0]  # (B, 2)
+        x, vel, force = y_prev[:, 0], y_prev[:, 1], u_prev[:, 0]  # (B,) each
+        return oscillator_step(v["m"], v["c"], v["k"], x, vel, force, dt)  # (B, 2)
