@@ -45,20 +45,19 @@ def tune_garbage_collector() -> None:
 @cli.command()
 def worker() -> None:
     """Run a calibration worker until SIGINT/SIGTERM; several may share one PostgreSQL database."""
+    from sqlalchemy import make_url
+
     from app.config import Settings
-    from app.embedded import calibrator_for
+    from app.embedded import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = Settings()
-    calibrator, engine = calibrator_for(settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    typer.echo(f"worker {calibrator.owner} calibrating {engine.url.render_as_string()}")
-    try:
-        calibrator.run_until(stop)
-    finally:
-        engine.dispose()
+    url = make_url(settings.database_url).render_as_string()  # the password is masked
+    typer.echo(f"worker calibrating {url}")
+    run_worker(settings, stop)
 
 
 @cli.command()

@@ -12,8 +12,6 @@ import multiprocessing
 import os
 import signal
 
-from sqlalchemy import Engine
-
 from app.calibrator import Calibrator, CalibratorConfig
 from app.config import Settings
 from app.db import make_engine, make_session_factory
@@ -29,18 +27,14 @@ def calibrator_config(settings: Settings) -> CalibratorConfig:
     )
 
 
-def calibrator_for(settings: Settings, engine: Engine | None = None):
-    """A calibrator on `engine` (or a new one from settings); torch gets its thread budget."""
+def run_worker(settings: Settings, stop) -> None:
+    """A worker's life: calibrate until `stop` is set, then release its leases. torch gets the
+    worker's thread budget."""
     import torch
 
     torch.set_num_threads(settings.torch_threads)
-    engine = engine or make_engine(settings.database_url)
-    return Calibrator(make_session_factory(engine), calibrator_config(settings)), engine
-
-
-def run_worker(settings: Settings, stop) -> None:
-    """A worker's life: calibrate until `stop` is set, then release its leases."""
-    calibrator, engine = calibrator_for(settings)
+    engine = make_engine(settings.database_url)
+    calibrator = Calibrator(make_session_factory(engine), calibrator_config(settings))
     try:
         calibrator.run_until(stop)
     finally:
@@ -79,4 +73,4 @@ class EmbeddedWorker:
             self._process.join()
 
 
-__all__ = ["EmbeddedWorker", "calibrator_for", "run_worker"]
+__all__ = ["EmbeddedWorker", "run_worker"]
