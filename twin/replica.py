@@ -19,7 +19,7 @@ from twin.drift import DriftEvent, DriftMonitor, ParameterTracker
 from twin.learners import UpdateReport, make_learner
 from twin.models import model_class
 from twin.models.base import DTYPE, TwinModel
-from twin.models.initial import initial_guess
+from twin.models.initial import initial_guess, open_parameters
 from twin.observations import Observations, supervised
 from twin.scaling import ChannelScaler
 from twin.spec import TwinSpec
@@ -58,9 +58,7 @@ class Twin:
         self.tracker.update(self.model.named_values())
         self.watermark = 0
         # Physical parameters the spec left open are guessed from the first observations.
-        open_params = self.model.physical and set(self.model.named_values()) - set(
-            spec.model.params
-        )
+        open_params = open_parameters(self.model, set(spec.model.params))
         self.guessed: list[str] | None = None if open_params else []
         self.update_size = int(self.learner.options["update_size"])
 

@@ -22,10 +22,15 @@ SWEEPS = 3
 ZOOMS = (1.0, 0.05, 0.005)  # the grid's half-width: 9 decades, then 0.45, then 0.045
 
 
+def open_parameters(model, given: set[str]) -> list:
+    """The physical parameters of `model` that the spec left for the data to set."""
+    return [p for p in getattr(model, "PARAMS", ()) if p.name not in given]
+
+
 @torch.no_grad()
 def initial_guess(model, obs: Observations, given: set[str]) -> list[str]:
     """Set the open positive parameters of a physical `model` from `obs`; return their names."""
-    open_params = [p for p in getattr(model, "PARAMS", ()) if p.name not in given]
+    open_params = open_parameters(model, given)
     if not open_params or len(obs) <= model.context + 2:
         return []
     T = lambda a: torch.as_tensor(a, dtype=DTYPE)  # noqa: E731
