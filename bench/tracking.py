@@ -31,6 +31,7 @@ from bench.references import (  # noqa: E402
 )
 from bench.report import (  # noqa: E402
     Row,
+    excess_mse,
     excess_ratio,
     print_table,
     print_targets,
@@ -248,17 +249,16 @@ def score(sc: Scenario, sim, runs: list[Run]) -> list[Row]:
     floor = sim.noise_floor
     labels = (KF_LABEL, KF_SMOOTH_LABEL) if sc.linear else ("rls",)
     ref = next(r for r in runs if r.method in labels)
-    ref_mse = mse(sim, ref.preds)
+    ref_excess = excess_mse(ref.preds[WARMUP:], sim.oracle[WARMUP:])
     n = sim.observations.outputs.shape[0]
     rows = []
     for run in runs:
-        run_mse = mse(sim, run.preds)
         sq_err = np.mean((sim.observations.outputs - run.preds) ** 2, axis=1)  # (N,)
         rows.append(
             Row(
                 run.method,
-                excess_ratio(run_mse, ref_mse, floor),
-                run_mse / floor,
+                excess_ratio(excess_mse(run.preds[WARMUP:], sim.oracle[WARMUP:]), ref_excess),
+                mse(sim, run.preds) / floor,
                 run.param_error,
                 "-" if sc.step_at is None else recovery_text(sq_err, sc.step_at, floor),
                 n / run.seconds if run.seconds > 0 else float("inf"),
@@ -269,24 +269,27 @@ def score(sc: Scenario, sim, runs: list[Run]) -> list[Row]:
 
 
 # -- one pgpe update ------------------------------------------------------------------------------
-def time_pgpe_update(seed: int, calls: int = 200, window: int = 256) -> dict[int, tuple]:
-    """Median and p90 milliseconds of one pgpe update on 1-observation batches with a full window
-    of a first_order twin, under 1 and 2 torch threads."""
-    sim = FirstOrderPlant(jitter=0.5).simulate(window + calls + 1, seed=seed)
-    spec = sim.spec_dict()
-    spec["learner"] = {"method": "pgpe"}
+def time_pgpe_update(
+    seed: int, calls: int = 200, window: int = 256
+) -> dict[tuple[str, int], tuple]:
+    """Median and p90 milliseconds of one pgpe update on 1-observation batches with a full window,
+    by (physical kind, torch threads): a twin of every physical kind under 1 and 2 threads."""
     out = {}
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        learner = Twin.create(TwinSpec.from_dict(spec)).learner
-        obs = sim.observations
-        learner.observe(obs[: window + 1])
-        ms = []
-        for i in range(window + 1, window + 1 + calls):
-            t0 = time.perf_counter()
-            learner.update(obs[i : i + 1])
-            ms.append(1000 * (time.perf_counter() - t0))
-        out[threads] = (float(np.median(ms)), float(np.percentile(ms, 90)))
+    for plant in (FirstOrderPlant, ThermalRCPlant, MassSpringDamperPlant):
+        sim = plant(jitter=0.5).simulate(window + calls + 1, seed=seed)
+        spec = sim.spec_dict()
+        spec["learner"] = {"method": "pgpe"}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            learner = Twin.create(TwinSpec.from_dict(spec)).learner
+            obs = sim.observations
+            learner.observe(obs[: window + 1])
+            ms = []
+            for i in range(window + 1, window + 1 + calls):
+                t0 = time.perf_counter()
+                learner.update(obs[i : i + 1])
+                ms.append(1000 * (time.perf_counter() - t0))
+            out[plant.kind, threads] = (float(np.median(ms)), float(np.percentile(ms, 90)))
     torch.set_num_threads(2)
     return out
 
@@ -326,9 +329,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {note} ({time.perf_counter() - t0:.0f} s)\n")
         results.append((sc, {r.method: r for r in rows}))
     timing = time_pgpe_update(args.seed)
-    print("One pgpe update, first_order twin, 256-observation window, 1-observation batches:")
-    for threads, (median, p90) in timing.items():
-        print(f"  {threads} thread(s): median {median:.2f} ms, p90 {p90:.2f} ms (target < 5 ms)")
+    print("One pgpe update per physical kind, 256-observation window, 1-observation batches:")
+    for (kind, threads), (median, p90) in timing.items():
+        print(
+            f"  {kind:<18} {threads} thread(s): median {median:.2f} ms, p90 {p90:.2f} ms "
+            "(target < 5 ms)"
+        )
     print_targets(check_targets(results, timing))
 
 
@@ -363,9 +369,15 @@ def check_targets(results, timing) -> list[tuple[str, bool]]:
         measured = ", ".join(f"{m} {v:.3f}" for m, v in rel.items())
         text = f"{sc.label}: pgpe and gradient beat RLS and river (MSE/noise^2: {measured})"
         out.append((text, worst < best_ref))
-    threads = min(timing, key=lambda k: timing[k][0])  # the target allows 1 or 2 threads
-    median = timing[threads][0]
-    text = f"pgpe update < 5 ms (median {median:.2f} ms, best at {threads} thread(s))"
+    slowest = {}  # threads: (median, kind) of the slowest kind under that many threads
+    for (kind, threads), (median, _) in timing.items():
+        slowest[threads] = max(slowest.get(threads, (median, kind)), (median, kind))
+    threads = min(slowest, key=lambda k: slowest[k][0])  # the target allows 1 or 2 threads
+    median, kind = slowest[threads]
+    text = (
+        f"pgpe update < 5 ms (slowest kind {kind}: median {median:.2f} ms, "
+        f"best at {threads} thread(s))"
+    )
     out.append((text, median < 5.0))
     return out
 

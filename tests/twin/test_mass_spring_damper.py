@@ -131,6 +131,24 @@ def test_closed_form_matches_random_cases_and_batches_over_parameters_with_vmap(
     assert error.max() < 1e-10, error.max()
 
 
+def test_a_population_in_every_regime_steps_as_each_parameter_set_alone():
+    """(S,) parameters broadcast against shared rows compute only the branches some element
+    selects. Spanning every regime, with steps from far below to far above the natural periods,
+    they must give what each set gives alone (where fewer branches run) and what vmap gives
+    (where all of them run)."""
+    m, c, k = tensor([case[:3] for case in regime_cases()]).T  # (S,) each
+    gen = torch.Generator().manual_seed(2)
+    x, v, force = torch.randn(3, 40, generator=gen, dtype=DTYPE)
+    dt = torch.logspace(-6, 3, 40, dtype=DTYPE)
+    rows = (x, v, force, dt)
+    looped = torch.stack([oscillator_step(m[i], c[i], k[i], *rows) for i in range(len(m))])
+    mapped = vmap(oscillator_step, in_dims=(0, 0, 0, None, None, None, None))(m, c, k, *rows)
+    scales = torch.stack([natural_scales(float(m[i]), float(k[i]), *rows) for i in range(len(m))])
+    for batched in (oscillator_step(m, c, k, *rows), mapped):
+        assert batched.shape == looped.shape == (len(m), 40, 2)
+        assert ((batched - looped).abs() / scales).max() < 1e-12
+
+
 def gradients(step, m, c, k, rows):
     """d(step outputs)/d(log m, log c, log k): (B * 2, 3)."""
     theta = torch.log(tensor([m, c, k])).requires_grad_(True)

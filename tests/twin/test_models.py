@@ -109,6 +109,26 @@ def test_vmap_over_parameter_vectors_equals_a_loop(model):
     assert not torch.allclose(looped[0], looped[1])  # the vectors really were used
 
 
+@pytest.mark.parametrize("case", ["first_order", "thermal_rc", "mass_spring_damper"])
+def test_physical_kinds_broadcast_a_population_like_a_loop(case):
+    """Learners score a physical population in one plain call, without vmap: (S,) parameters
+    broadcast against the rows, by `forward_with` and by `functional_call` alike."""
+    model = make_model(case)
+    assert model.broadcasts_parameters
+    args = random_args(model, batch=32)  # dt from 0.1 to 1.1: short and long steps mixed
+    thetas = perturbed(model, 8)
+    looped = torch.stack([functional_call(model, unflatten(model, p), args) for p in thetas])
+    params = unflatten(model, thetas)
+    for batched in (model.forward_with(params, *args), functional_call(model, params, args)):
+        assert batched.shape == (8, 32, model.n_outputs)
+        torch.testing.assert_close(batched, looped, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(looped[0], looped[1])  # the vectors really were used
+
+
+def test_only_physical_kinds_claim_to_broadcast(model):
+    assert model.broadcasts_parameters == model.physical
+
+
 def test_gradients_reach_every_parameter(model):
     load_flat(model, perturbed(model, 1, seed=3)[0])  # off zero-initialized layers
     model(*random_args(model)).square().sum().backward()

@@ -4,7 +4,8 @@ A model maps a context of the last `context` observations, the current input and
 `dt` since the last observation to a one-step prediction of the outputs. Teacher-forced one-step
 predictions over a window are one batched call; `rollout` feeds predictions back for what-ifs.
 Learners see the model only through `flat_parameters`, `parameter_scales`, `raw_bounds` and
-`torch.func.functional_call`, so any `nn.Module` that follows this contract can be calibrated.
+`forward_with` (`torch.func.functional_call` unless a kind overrides it), so any `nn.Module`
+that follows this contract can be calibrated.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 if TYPE_CHECKING:
     from twin.spec import TwinSpec
@@ -27,10 +29,15 @@ class TwinModel(nn.Module):
     their trainable tensors as `nn.Parameter`s (the raw, unconstrained coordinates the learners
     move). Normalization buffers `y_mean, y_std, u_mean, u_std` are kept by every model and set
     by the twin from its channel scaler; black-box kinds use them, physical kinds ignore them.
+
+    `broadcasts_parameters`: whether `forward_with` also takes every parameter with a leading
+    population dimension (S, *shape) and returns (S, B, n_outputs), one prediction per
+    parameter set. Learners then score a population in one plain call; otherwise under `vmap`.
     """
 
     kind: ClassVar[str]
     physical: ClassVar[bool] = False
+    broadcasts_parameters: ClassVar[bool] = False
 
     def __init__(self, n_inputs: int, n_outputs: int):
         super().__init__()
@@ -70,6 +77,12 @@ class TwinModel(nn.Module):
         Returns (B, n_outputs), the prediction of the outputs at t.
         """
         raise NotImplementedError
+
+    def forward_with(self, params: dict[str, Tensor], *args: Tensor) -> Tensor:
+        """`forward(*args)` with `params` ({name: tensor}, as `named_parameters`) in place of the
+        model's own and differentiable in them: `torch.func.functional_call`. A kind may
+        override it with an equivalent that does not swap tensors into the module."""
+        return functional_call(self, params, args)
 
     @torch.no_grad()
     def rollout(self, y_ctx: Tensor, u_ctx: Tensor, u_future: Tensor, dt: Tensor) -> Tensor:
@@ -129,12 +142,16 @@ def flat_parameters(model: nn.Module) -> Tensor:
 def unflatten(model: nn.Module, flat: Tensor) -> dict[str, Tensor]:
     """Split a (..., P) vector into {name: tensor} shaped like `model`'s parameters.
 
-    Leading batch dimensions are kept, so the result feeds `functional_call` under `vmap`.
+    Leading batch dimensions are kept, so the result feeds `forward_with` under `vmap` (or
+    directly, for a model that `broadcasts_parameters`).
     """
     out, i = {}, 0
     for name, p in model.named_parameters():
         n = p.numel()
-        out[name] = flat[..., i : i + n].reshape((*flat.shape[:-1], *p.shape))
+        if p.dim() == 0:  # a scalar: one indexing operation
+            out[name] = flat[..., i]
+        else:
+            out[name] = flat[..., i : i + n].reshape((*flat.shape[:-1], *p.shape))
         i += n
     assert i == flat.shape[-1], "flat vector does not match the model's parameter count"
     return out

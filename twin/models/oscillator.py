@@ -5,15 +5,20 @@ exp(A t) = c0 I + s (A + p I), where, with q = p^2 - w2 (> 0: overdamped),
 c0 = exp(-p t) cosh(sqrt(q) t) and s = exp(-p t) sinh(sqrt(q) t) / sqrt(q) (Moler & Van Loan,
 "Nineteen dubious ways to compute the exponential of a matrix, twenty-five years later",
 SIAM Review 45(1), 2003). The input column is A^-1 (Phi - I) B = [d / k, s / m] with
-d = 1 - Phi11, so one step is x' = x + s v + d (F/k - x) and v' = (c0 - p s) v + s (F/m - w2 x).
+d = 1 - Phi11 = 1 - c0 - p s, so one step is x' = x + s v + d (F/k - x) and, as
+Phi22 = c0 - p s = 1 - d - 2 p s, v' = v - d v + s (F/m - w2 x - 2 p v).
 
-Each piece is computed, where it is selected, without cancellation, overflow or 0/0: cos/sin
-when underdamped; the real eigenvalues when overdamped, the slow one as w2 / fast and d from
-expm1 of it; Taylor series in q t^2 near critical damping (through sqrt(q) the gradient would
-lose its digits there); and a series for d when both eigenvalues times dt are small, where
-1 - Phi11 cancels. The series are polynomials in dt whose coefficients depend on the parameters
-only, evaluated as one matmul; branches are joined by `lerp`/`where`. Few, wide operations keep
-the step cheap under `vmap` over a population of parameter vectors.
+Each piece is computed, where it is selected, without cancellation, overflow or 0/0. When both
+eigenvalues times dt are small, s and d (where 1 - Phi11 cancels) come from their Taylor series
+in dt: polynomials with no sqrt(q), exact at critical damping, and c0 is not needed. Otherwise:
+cos/sin when underdamped; the real eigenvalues when overdamped, the slow one as w2 / fast and d
+from expm1 of it; and Taylor series in q t^2 near critical damping (through sqrt(q) the gradient
+would lose its digits there). The series are polynomials in dt whose coefficients depend on the
+parameters only, evaluated as matmuls; branches are joined by `lerp`/`where`.
+
+The parameters may carry a population dimension that broadcasts against the rows. Outside vmap,
+a branch that no element selects is skipped, decided from extremes of dt and of the parameters:
+with the typical short steps only the small-step series is computed, in few wide operations.
 """
 
 from __future__ import annotations
@@ -22,89 +27,158 @@ import math
 
 import torch
 from torch import Tensor
+from torch._C._functorch import is_batchedtensor
 
 from twin.models.base import DTYPE
 
 NEAR_CRITICAL = 0.01  # |q| t^2 below which c0, s and (unless small) d avoid sqrt|q|
-SMALL = 0.5  # (p + sqrt|q|) t, a bound on |eigenvalue| t, below which d comes from its series
+NEAR_RT = math.sqrt(NEAR_CRITICAL)  # the same bound on sqrt|q| t
+SMALL = 0.5  # (p + sqrt|q|) t, a bound on |eigenvalue| t, below which s and d are series
 TINY = 1e-300  # keeps sqrt|q| off zero; a branch that would divide by it is not selected
-DEGREE = 16  # both series stop at t^16: truncation below 1e-17 (relative) in their regions
+DEGREE = 16  # the series stop at t^16: truncation below 1e-17 (relative) in their regions
 Q_TERMS = 6  # q^0..q^5: enough for |q| t^2 < NEAR_CRITICAL
-W_TERMS = DEGREE // 2  # powers of w2 in the series of d
+W_TERMS = DEGREE // 2  # the highest power of w2 in the small-step series
 
 
-def _series_matrix() -> Tensor:
-    """The constant (monomials, 3 * (DEGREE + 1)) matrix that maps the monomials
-    [1, q^1..q^N, w2^1..w2^M, p^i w2^j for i = 1..DEGREE - 2, j = 1..M] (`_monomials`) to the
-    t^0..t^DEGREE coefficients of
+def _small_series_matrix() -> Tensor:
+    """The constant (monomials, 2 * (DEGREE + 1)) matrix that maps the monomials p^i w2^j,
+    i = 0..DEGREE - 1 and j = 0..W_TERMS (row i (W_TERMS + 1) + j), to the t^0..t^DEGREE
+    coefficients of
 
-    cosh(sqrt(q) t) = sum q^n t^2n / (2n)!,  sinh(sqrt(q) t) / sqrt(q) = sum q^n t^(2n+1) / (2n+1)!,
-    d = w2 t^2 sum_n h_n t^n / (n + 2)!,  h_n = sum_j C(n-j, j) (-2p)^(n-2j) (-w2)^j.
+    s = sum_n h_(n-1) t^n / n!,  d = w2 t^2 sum_n h_n t^n / (n + 2)!,
+    h_n = sum_j C(n-j, j) (-2p)^(n-2j) (-w2)^j.
 
-    d / (w2 t^2) is the divided difference of expm1(z) / z at the two eigenvalues times t, and
     h_n is the complete homogeneous polynomial of degree n in the eigenvalues (sum -2p, product
-    w2), so the series holds in every regime and has no cancellation when they are small.
+    w2): s is the divided difference of exp(z t) at the two eigenvalues and d / (w2 t^2) that of
+    expm1(z) / z, so the series hold in every regime and have no cancellation when they are
+    small.
     """
-    n_p, n_w = DEGREE - 2, W_TERMS
-    matrix = torch.zeros(Q_TERMS + n_w * (n_p + 1), 3, DEGREE + 1, dtype=DTYPE)
-    for n in range(Q_TERMS):  # row n: q^n
+    matrix = torch.zeros(DEGREE, W_TERMS + 1, 2, DEGREE + 1, dtype=DTYPE)
+    for n in range(DEGREE):  # h_n, with the monomials p^(n-2j) w2^j (-2)^(n-2j) (-1)^j C(n-j, j)
+        for j in range(n // 2 + 1):
+            h = (-2.0) ** (n - 2 * j) * (-1.0) ** j * math.comb(n - j, j)
+            matrix[n - 2 * j, j, 0, n + 1] = h / math.factorial(n + 1)  # s: t^(n+1)
+            if n + 2 <= DEGREE:
+                matrix[n - 2 * j, j + 1, 1, n + 2] = h / math.factorial(n + 2)  # d: t^(n+2)
+    return matrix.reshape(DEGREE * (W_TERMS + 1), 2 * (DEGREE + 1))
+
+
+def _near_series_matrix() -> Tensor:
+    """The constant (Q_TERMS, 2 * (DEGREE + 1)) matrix that maps q^0..q^(Q_TERMS - 1) to the
+    t^0..t^DEGREE coefficients of cosh(sqrt(q) t) = sum q^n t^2n / (2n)! and
+    sinh(sqrt(q) t) / sqrt(q) = sum q^n t^(2n+1) / (2n+1)!."""
+    matrix = torch.zeros(Q_TERMS, 2, DEGREE + 1, dtype=DTYPE)
+    for n in range(Q_TERMS):
         matrix[n, 0, 2 * n] = 1 / math.factorial(2 * n)
-        if 2 * n + 1 <= DEGREE:
-            matrix[n, 1, 2 * n + 1] = 1 / math.factorial(2 * n + 1)
-    for i in range(n_p + 1):  # row Q_TERMS + i n_w + j: p^i w2^(j+1), = w2 (-2p)^i (-w2)^j / sign
-        for j in range(n_w):
-            n = i + 2 * j
-            if n <= DEGREE - 2:
-                sign = (-2.0) ** i * (-1.0) ** j
-                value = sign * math.comb(i + j, j) / math.factorial(n + 2)
-                matrix[Q_TERMS + i * n_w + j, 2, n + 2] = value
-    return matrix.reshape(matrix.shape[0], -1)
+        matrix[n, 1, 2 * n + 1] = 1 / math.factorial(2 * n + 1)
+    return matrix.reshape(Q_TERMS, 2 * (DEGREE + 1))
 
 
-_SERIES = _series_matrix()
-_ONE = torch.ones(1, dtype=DTYPE)
+_SMALL_SERIES = _small_series_matrix()
+_NEAR_SERIES = _near_series_matrix()
+_LAST_TIMES: tuple = ()  # (t, its version, _time_terms(t)) of the last call
 
 
-def _monomials(q: Tensor, p: Tensor, w2: Tensor) -> Tensor:
-    """The monomials `_SERIES` expects, by cumulative products (pow is slow under vmap)."""
-    powers = torch.cumprod(torch.stack([q, p, w2])[:, None].expand(3, DEGREE - 2), 1)  # (3, n)
-    w_powers = powers[2, :W_TERMS]  # w2^1..w2^M
-    return torch.cat(
-        [_ONE, powers[0, : Q_TERMS - 1], w_powers, torch.outer(powers[1], w_powers).flatten()]
+def _series(monomials: Tensor, matrix: Tensor, t_powers: Tensor) -> Tensor:
+    """(2, ..., B): two series with coefficients `monomials @ matrix`, at the rows' t."""
+    coefficients = (monomials @ matrix).unflatten(-1, (2, DEGREE + 1))
+    return (coefficients @ t_powers).movedim(-2, 0)
+
+
+def _time_terms(t: Tensor) -> tuple[Tensor, Tensor, tuple[float, float] | None]:
+    """-t, t^0..t^DEGREE as (DEGREE + 1, B) and (min t, max t) of the rows' intervals t (B,);
+    the extremes are None under vmap and for no rows. The last answer is reused while the
+    same, unmodified `t` comes back, as it does for every population of one update."""
+    global _LAST_TIMES
+    last = _LAST_TIMES
+    if last and last[0] is t and last[1] == t._version:
+        return last[2]
+    batched = is_batchedtensor(t)
+    t_powers = torch.linalg.vander(t, N=DEGREE + 1).T
+    extremes = None
+    if t.numel() and not batched:
+        extremes = tuple(torch.stack(torch.aminmax(t)).tolist())
+    terms = (-t, t_powers, extremes)
+    if not (batched or t.requires_grad):
+        _LAST_TIMES = (t, t._version, terms)
+    return terms
+
+
+def _branches(times, root: Tensor, rate: Tensor, q: Tensor) -> tuple[bool, ...]:
+    """Whether some and whether every element is near (root t < NEAR_RT), small (rate t <
+    SMALL) and overdamped (q > 0), from the extremes of t (`times`) and of the (..., 1)
+    parameters alone; floating-point products are monotonic, so these agree with the masks.
+    Unsure (some but not every) under vmap, for an empty batch and where NaN leaves it open."""
+    if times is None or not root.numel() or is_batchedtensor(root):
+        return (True, False) * 3
+    t_min, t_max = times
+    low, high = torch.aminmax(torch.cat([root, rate, q], dim=-1).reshape(-1, 3), dim=0)
+    root_min, rate_min, q_min, root_max, rate_max, q_max = torch.cat([low, high]).tolist()
+    return (
+        not t_min * root_min >= NEAR_RT,
+        t_max * root_max < NEAR_RT,
+        not t_min * rate_min >= SMALL,
+        t_max * rate_max < SMALL,
+        not q_max <= 0,
+        q_min > 0,
     )
+
+
+def _select(mask: Tensor | None, value: Tensor, other: Tensor | None) -> Tensor:
+    """`value` where `mask`, else `other`; `other` is None where nothing else was computed."""
+    return value if other is None else torch.where(mask, value, other)
 
 
 def oscillator_step(
     m: Tensor, c: Tensor, k: Tensor, x: Tensor, v: Tensor, force: Tensor, dt: Tensor
 ) -> Tensor:
-    """(B, 2) position and velocity after dt from (x, v) under a held force: m, c, k are ()
-    and positive, the rest (B,). Exact up to rounding for any dt >= 0, smooth in m, c, k."""
+    """(..., B, 2) position and velocity after dt from (x, v) under a held force.
+
+    m, c, k are positive and shaped (...,): () for one parameter set, (S,) for a population
+    that each steps every row; x, v, force, dt are (B,). Exact up to rounding for any dt >= 0,
+    smooth in m, c, k."""
+    m, c, k = m[..., None], c[..., None], k[..., None]  # (..., 1) against the rows
+    force, x, v = torch.stack([force, x, v])  # contiguous rows
+    neg_t, t_powers, times = _time_terms(dt)
     p = c / (2 * m)  # half the damping rate
     w2 = k / m  # natural frequency squared
     q = p * p - w2  # > 0 overdamped, < 0 underdamped
     root = q.abs().clamp_min(TINY).sqrt()
-    fast = -(p + root)  # overdamped eigenvalues: fast, and slow = w2 / fast without cancellation
-    slow = w2 / fast
-    over = (q > 0).to(DTYPE)
-    coefficients = (_monomials(q, p, w2) @ _SERIES).reshape(3, DEGREE + 1)
-
-    t = dt  # (B,)
-    t_powers = torch.cumprod(t[:, None].expand(-1, DEGREE), dim=1)  # (B, DEGREE): t^1..t^DEGREE
-    series = coefficients @ torch.cat([torch.ones_like(t)[:, None], t_powers], dim=1).T  # (3, B)
-    decay = torch.exp(-p * t)
-    e_fast = torch.exp(fast * t)
-    slow_m1 = torch.expm1(slow * t)  # exp(slow t) - 1, accurate when the slow mode barely moves
-    e_slow = slow_m1 + 1
-    wt = root * t
-    c0 = torch.lerp(decay * torch.cos(wt), torch.lerp(e_slow, e_fast, 0.5), over)
-    s = torch.lerp(decay * torch.sin(wt), 0.5 * (e_slow - e_fast), over) / root
-    near = t < math.sqrt(NEAR_CRITICAL) / root  # |q| t^2 < NEAR_CRITICAL
-    scaled = decay * series[:2]  # (2, B)
-    c0 = torch.where(near, scaled[0], c0)
-    s = torch.where(near, scaled[1], s)
-    ps = p * s
-    d = torch.where(near | (q < 0), 1 - c0 - ps, slow * s - slow_m1)  # 1 - Phi11
-    d = torch.where(t < -SMALL / fast, series[2], d)  # (p + root) t < SMALL
+    rate = p + root  # -rate is the fast overdamped eigenvalue; w2 / -rate, the slow one
+    some_near, all_near, some_small, all_small, some_over, all_over = _branches(
+        times, root, rate, q
+    )
+    s = d = None
+    if not all_small:
+        decay = torch.exp(p * neg_t)
+        c0 = near = wt = None
+        if not all_near and not all_over:
+            wt = root * dt
+            c0, s = decay * torch.cos(wt), decay * torch.sin(wt) * (1 / root)
+        if not all_near and some_over:
+            over = q > 0
+            slow = -w2 / rate
+            e_fast = torch.exp(rate * neg_t)
+            slow_m1 = torch.expm1(slow * dt)  # exp(slow t) - 1, accurate when slow barely moves
+            e_slow = slow_m1 + 1
+            c0 = _select(over, torch.lerp(e_slow, e_fast, 0.5), c0)
+            s = _select(over, 0.5 * (e_slow - e_fast) / root, s)
+        if some_near:
+            near = None if all_near else (root * dt if wt is None else wt) < NEAR_RT
+            monomials = torch.linalg.vander(q, N=Q_TERMS)[..., 0, :]
+            scaled = decay * _series(monomials, _NEAR_SERIES, t_powers)
+            c0, s = _select(near, scaled[0], c0), _select(near, scaled[1], s)
+        d = 1 - c0 - p * s  # 1 - Phi11, exact when near or underdamped
+        if not all_near and some_over:
+            exact = q < 0 if near is None else near | (q < 0)
+            d = torch.where(exact, d, slow * s - slow_m1)
+    if some_small:
+        grid = torch.linalg.vander(p, N=DEGREE).mT * torch.linalg.vander(w2, N=W_TERMS + 1)
+        small_s, small_d = _series(grid.flatten(-2), _SMALL_SERIES, t_powers)  # p^i w2^j
+        small = None if all_small else rate * dt < SMALL
+        s, d = _select(small, small_s, s), _select(small, small_d, d)
+    # Phi22 = c0 - p s = 1 - d - 2 p s: v' = v - d v + s (F/m - w2 x - 2 p v)
+    drive = torch.addcmul(torch.addcmul(force * (1 / m), w2, x, value=-1), p, v, value=-2)
     x_next = torch.addcmul(torch.addcmul(x, s, v), d, torch.addcmul(-x, force, 1 / k))
-    v_next = torch.addcmul(s * torch.addcmul(force / m, x, -w2), c0 - ps, v)
-    return torch.stack([x_next, v_next], dim=1)
+    v_next = torch.addcmul(torch.addcmul(v, s, drive), d, v, value=-1)
+    return torch.stack([x_next, v_next]).movedim(0, -1)
