@@ -153,6 +153,9 @@ class DriftEventRead(ReadModel):
     output: str
     detector: str
     statistic: float | None
+    start_seq: int | None = Field(
+        description="The detector's estimate of the first observation of the new regime."
+    )
 
 
 class DriftRead(ReadModel):

@@ -113,4 +113,5 @@ class DriftEvent(Base):
     output: Mapped[str] = mapped_column(String(64))
     detector: Mapped[str] = mapped_column(String(64))
     statistic: Mapped[float] = mapped_column(Float)
+    start_seq: Mapped[int | None] = mapped_column(BigInteger)  # estimated start of the change
     created_at: Mapped[float] = mapped_column(Float)

@@ -15,7 +15,9 @@ class PageHinkley:
 
     m_t = sum_i (x_i - mean_i - delta) and its mirror with + delta; the test fires when m_t rises
     more than `threshold` above its running minimum, or the mirror falls that far below its
-    running maximum, and then starts afresh.
+    running maximum, and then starts afresh. The value after that minimum (maximum) is the
+    estimated start of the change, as in CUSUM; `run_length` counts the values since, up to the
+    one that fired.
     """
 
     def __init__(self, delta: float = 0.25, threshold: float = 25.0, min_instances: int = 30):
@@ -31,6 +33,8 @@ class PageHinkley:
         self.mean = 0.0
         self.sum_up = self.min_up = 0.0
         self.sum_down = self.max_down = 0.0
+        self.n_min_up = self.n_max_down = 0  # n at the running extremes
+        self.run_length = 0
 
     def update(self, x: float) -> float | None:
         """Add one value; return the test statistic if a change is detected (then reset)."""
@@ -38,27 +42,38 @@ class PageHinkley:
         self.mean += (x - self.mean) / self.n
         self.sum_up += x - self.mean - self.delta
         self.sum_down += x - self.mean + self.delta
-        self.min_up = min(self.min_up, self.sum_up)
-        self.max_down = max(self.max_down, self.sum_down)
-        stat = max(self.sum_up - self.min_up, self.max_down - self.sum_down)
+        if self.sum_up < self.min_up:
+            self.min_up, self.n_min_up = self.sum_up, self.n
+        if self.sum_down > self.max_down:
+            self.max_down, self.n_max_down = self.sum_down, self.n
+        up, down = self.sum_up - self.min_up, self.max_down - self.sum_down
+        stat = max(up, down)
         if self.n >= self.min_instances and stat > self.threshold:
+            run = self.n - (self.n_min_up if up >= down else self.n_max_down)
             self.reset()
+            self.run_length = run
             return float(stat)
         return None
 
     def state_dict(self) -> dict[str, Any]:
         keys = ("n", "mean", "sum_up", "min_up", "sum_down", "max_down")
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in (*keys, *_PH_COUNTS)}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.n = int(d["n"])
         for k in ("mean", "sum_up", "min_up", "sum_down", "max_down"):
             setattr(self, k, float(d[k]))
+        for k in _PH_COUNTS:  # absent from states saved before they were kept: 0
+            setattr(self, k, int(d.get(k, 0)))
+
+
+_PH_COUNTS = ("n_min_up", "n_max_down", "run_length")
 
 
 class ADWIN:
     """Adaptive windowing (Bifet & Gavaldà 2007, "Learning from time-changing data with adaptive
-    windowing"), ADWIN2 with its exponential histogram of buckets.
+    windowing"), ADWIN2 with its exponential histogram of buckets. After a change, the width of
+    the window it keeps is its estimate of how many values the new regime has (`run_length`).
 
     The window is a list of rows; row i holds up to `max_buckets` buckets of 2^i values each
     (oldest first), a bucket being [sum, sum of squared deviations]. Every `clock` values, each
@@ -81,6 +96,10 @@ class ADWIN:
     @property
     def width(self) -> int:
         return sum(len(row) << i for i, row in enumerate(self.rows))
+
+    @property
+    def run_length(self) -> int:
+        return self.width
 
     @property
     def mean(self) -> float:

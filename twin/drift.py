@@ -137,16 +137,27 @@ class ErrorStats:
 
 @dataclass(frozen=True)
 class DriftEvent:
-    """A detector alarm on one output, at the observation where it fired."""
+    """A detector alarm on one output, at the observation where it fired; `start_seq` is the
+    detector's estimate of the first observation of the new regime (<= seq)."""
 
     seq: int
     ts: float
     output: str
     detector: str  # "page_hinkley" or "adwin"
     statistic: float
+    start_seq: int
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+DETECTORS = {PageHinkley: "page_hinkley", ADWIN: "adwin"}
+# Page-Hinkley on residuals in scale units: ignore shifts below 1.5 scales, fire once the excess
+# adds up to 10. A 5-scale jump is flagged within 3-4 observations, the learner's cue to jump;
+# two clipped spikes (10 scales) in a row are needed to fire without a change. Smaller shifts are
+# tracked by the learner without a jump, and ADWIN reports them when the error grows.
+PH_DELTA = 1.5
+PH_THRESHOLD = 10.0
 
 
 class DriftMonitor:
@@ -170,8 +181,8 @@ class DriftMonitor:
         scale_half_life: float = 500.0,
         warmup: int = 30,
         scale_floor: float = 1e-12,
-        ph_delta: float = 0.5,
-        ph_threshold: float = 25.0,
+        ph_delta: float = PH_DELTA,
+        ph_threshold: float = PH_THRESHOLD,
         adwin_delta: float = 0.002,
         clip: float = 10.0,
     ):
@@ -212,12 +223,11 @@ class DriftMonitor:
                     continue
                 at = (int(seq[i]), float(ts[i]), name)
                 fired = []
-                stat = self.ph[j].update(z)
-                if stat is not None:
-                    fired.append(DriftEvent(*at, "page_hinkley", stat))
-                stat = self.adwin[j].update(abs(z))
-                if stat is not None:
-                    fired.append(DriftEvent(*at, "adwin", stat))
+                for detector, x in ((self.ph[j], z), (self.adwin[j], abs(z))):
+                    stat = detector.update(x)
+                    if stat is not None:
+                        start = max(int(seq[i]) - detector.run_length + 1, 0)
+                        fired.append(DriftEvent(*at, DETECTORS[type(detector)], stat, start))
                 if fired:
                     self._rewarm(j)
                     events.extend(fired)

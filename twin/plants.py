@@ -99,13 +99,17 @@ class ParamPath:
 @dataclass(frozen=True)
 class Simulation:
     """A simulated run: the observations, the true parameters in force at each observation (the
-    ones that produced it from the previous one) in channel units, and the noise floor: the
-    process-noise variance averaged over outputs (sensor noise and spikes excluded)."""
+    ones that produced it from the previous one) in channel units, the noise floor (the
+    process-noise variance averaged over outputs, sensor noise and spikes excluded), and the
+    oracle: each observation's one-step prediction from the true parameters and the previous
+    true state, (n, n_out), NaN for the first. Without sensor noise the oracle is the optimal
+    one-step predictor, and `observations.outputs - oracle` is the realized process noise."""
 
     observations: Observations
     params: dict[str, np.ndarray]
     noise_floor: float
     plant: Plant
+    oracle: np.ndarray
 
     def spec_dict(self, **model_options: Any) -> dict[str, Any]:
         return self.plant.spec_dict(**model_options)
@@ -194,8 +198,9 @@ class Plant:
         return {name: float(v[0]) for name, v in self._to_units(values).items()}
 
     def simulate(self, n: int, seed: int = 0) -> Simulation:
-        obs, params = _Run(self, seed).next(n)
-        return Simulation(obs, params, self.noise_floor, self)
+        run = _Run(self, seed)
+        obs, params = run.next(n)
+        return Simulation(obs, params, self.noise_floor, self, run.oracle)
 
     def stream(self, batch: int = 100, seed: int = 0) -> Iterator[Observations]:
         """Observations batches forever, the drift continuing (the first `simulate` run, cut up)."""
@@ -229,6 +234,7 @@ class _Run:
         self.level, self.remaining = np.zeros(n_in), np.zeros(n_in, dtype=np.int64)
         self.k, self.t = 0, plant.t0
         self.x: np.ndarray | None = None  # state at the last observation, physical units
+        self.oracle = np.empty((0, len(plant.outputs)))  # (k, n_out) noise-free predictions
         self.u_prev = np.zeros(n_in)
 
     def next(self, n: int) -> tuple[Observations, dict[str, np.ndarray]]:
@@ -247,15 +253,19 @@ class _Run:
                 raise ValueError(f"drift drives {name} to a non-positive value")
         phi, gamma = p._transition(theta, np.where(dt > 0, dt, p.dt))
         u_prev = np.vstack([self.u_prev[None], u[:-1]])  # (n, n_in): held over each interval
-        drive = np.einsum("nij,nj->ni", gamma, np.hstack([u_prev, np.ones((n, 1))]))
-        drive += self.rng_noise.standard_normal((n, len(p.outputs))) * p.noise
+        clean = np.einsum("nij,nj->ni", gamma, np.hstack([u_prev, np.ones((n, 1))]))
+        drive = clean + self.rng_noise.standard_normal((n, len(p.outputs))) * p.noise
         x = np.empty((n, len(p.outputs)))  # (n, n_out) states
+        oracle = np.full_like(x, np.nan)  # (n, n_out) noise-free one-step predictions
         for i in range(n):
             if self.k + i == 0:  # start at rest under the first input and parameters
                 rest = gamma[0] @ np.append(u[0], 1.0)
                 x[i] = np.linalg.lstsq(np.eye(len(p.outputs)) - phi[0], rest, rcond=None)[0]
                 continue
-            x[i] = phi[i] @ (x[i - 1] if i else self.x) + drive[i]
+            x_prev = x[i - 1] if i else self.x
+            x[i] = phi[i] @ x_prev + drive[i]
+            oracle[i] = phi[i] @ x_prev + clean[i]
+        self.oracle = np.vstack([self.oracle, oracle * p.output_scale])
         y = x + self.rng_sensor.standard_normal(x.shape) * p.sensor_noise
         spikes = self.rng_spikes.random((*x.shape, 2))  # (n, n_out, [occurs, sign])
         sign = np.where(spikes[..., 1] < 0.5, -1.0, 1.0)

@@ -139,6 +139,7 @@ def test_drift_reports_metrics_lag_and_events_newest_first(client, make_twin, po
                     "output": "T",
                     "detector": "page_hinkley",
                     "statistic": 0.1 * s,
+                    "start_seq": s - 2,
                     "created_at": time.time(),
                 }
                 for s in (3, 9, 6)
@@ -156,6 +157,7 @@ def test_drift_reports_metrics_lag_and_events_newest_first(client, make_twin, po
         "output": "T",
         "detector": "page_hinkley",
         "statistic": pytest.approx(0.9),
+        "start_seq": 7,
     }
     limited = client.get(f"/twins/{twin['id']}/drift", params={"limit": 1}).json()
     assert [e["seq"] for e in limited["events"]] == [9]

@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from bench.report import RECOVERY_WINDOW, excess_ratio, recovery, recovery_text, rel_param_error
+from bench.report import (
+    RECOVERY_WINDOW,
+    excess_mse,
+    excess_ratio,
+    recovery,
+    recovery_text,
+    rel_param_error,
+)
+from twin.plants import LinearPlant
 
 
 def test_recovery_counts_observations_until_the_rolling_error_is_back_at_the_noise_floor():
@@ -31,7 +39,24 @@ def test_recovery_is_never_when_the_error_stays_high():
 
 
 def test_excess_ratio_compares_error_above_the_noise_floor():
-    assert excess_ratio(mse=1.3, mse_ref=1.1, floor=1.0) == pytest.approx(3.0)
+    assert excess_ratio(0.3, 0.1) == pytest.approx(3.0)
+
+
+def test_excess_mse_is_the_distance_from_the_oracle_ignoring_missing_predictions():
+    oracle = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    preds = oracle + np.array([[0.5, -0.5], [np.nan, np.nan], [1.0, 0.0]])
+    assert excess_mse(preds, oracle) == pytest.approx((0.25 + 0.25 + 1.0) / 4)
+
+
+def test_excess_mse_estimates_mse_above_the_noise_floor():
+    """On a simulation, MSE minus the realized noise power equals the excess on average."""
+    sim = LinearPlant(a=0.6, b=0.8, c=0.3).simulate(20_000, seed=3)
+    y, oracle = sim.observations.outputs, sim.oracle
+    noise = y - oracle
+    preds = oracle + 0.2 * np.sin(np.arange(len(y)))[:, None]  # a biased predictor
+    mse = np.nanmean((y - preds) ** 2)
+    assert mse - np.nanmean(noise**2) == pytest.approx(excess_mse(preds, oracle), rel=0.05)
+    assert np.nanmean(noise**2) == pytest.approx(sim.noise_floor, rel=0.05)
 
 
 def test_relative_parameter_error_skips_parameters_whose_truth_is_zero():

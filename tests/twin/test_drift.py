@@ -113,6 +113,16 @@ def test_page_hinkley_fires_soon_after_a_mean_shift_either_way(shift):
     assert detector.n < 500, "the test starts afresh after firing"
 
 
+@pytest.mark.parametrize("shift", [2.0, -2.0])
+def test_page_hinkley_estimates_where_the_change_began(shift):
+    rng = np.random.default_rng(5)
+    xs = np.concatenate([rng.normal(size=1000), rng.normal(shift, 1.0, size=100)])
+    detector = PageHinkley()
+    fired = detections(detector, xs)[0]
+    start = fired - detector.run_length + 1  # index of the first value of the new regime
+    assert abs(start - 1000) <= 5, (fired, detector.run_length)
+
+
 def test_page_hinkley_waits_for_min_instances():
     hits = detections(PageHinkley(min_instances=30), [0.0] * 5 + [100.0] * 40)
     assert hits == [29]
@@ -139,6 +149,7 @@ def test_adwin_detects_an_abrupt_change_about_when_river_does(seed):
     assert ours[0] - 1000 < 120 and theirs[0] - 1000 < 120
     assert abs(ours[0] - theirs[0]) <= 48, (ours, theirs)
     assert detector.width < 1100, "most of the old part of the window was dropped"
+    assert detector.run_length == detector.width
     assert detector.mean == pytest.approx(1.0, abs=0.2)
 
 
@@ -243,6 +254,9 @@ def test_monitor_flags_a_three_sigma_bias_shift_within_20_observations():
     assert first.ts == pytest.approx(1.7e9 + 0.5 * first.seq)
     assert {e.output for e in events} == {"flow"}
     assert {e.detector for e in events} == {"page_hinkley", "adwin"}
+    ph = next(e for e in events if e.detector == "page_hinkley")
+    assert abs(ph.start_seq - (at + 1)) <= 5, ph  # where the shift began, not where it fired
+    assert all(e.start_seq <= e.seq for e in events)
     assert len(events) <= 8, "one change, not a cascade of alarms"
     assert monitor.summary()["alarms"] == len(events)
 
@@ -262,7 +276,7 @@ def test_monitor_events_are_in_seq_order_and_serializable():
     assert [e.seq for e in events] == sorted(e.seq for e in events)
     assert {e.output for e in events} == {"flow", "pressure"}
     d = events[0].to_dict()
-    assert set(d) == {"seq", "ts", "output", "detector", "statistic"}
+    assert set(d) == {"seq", "ts", "output", "detector", "statistic", "start_seq"}
     assert DriftEvent(**json_round_trip(d)) == events[0]
 
 

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from twin.learners import LEARNERS, make_learner, validate_learner
-from twin.learners.base import Objective, recency_weights, robust_scale, weighted_median
+from twin.learners.base import (
+    MIN_FRESH,
+    Objective,
+    recency_weights,
+    regime_weights,
+    robust_scale,
+    weighted_median,
+)
 from twin.models import model_class
 from twin.models.base import DTYPE, TwinModel, flat_parameters
 from twin.observations import Observations, supervised
@@ -76,6 +83,28 @@ def test_recency_weights_halve_every_half_life_and_sum_to_one():
     assert torch.isclose(w.sum(), torch.tensor(1.0, dtype=DTYPE))
     assert torch.isclose(w[-11] / w[-1], torch.tensor(0.5, dtype=DTYPE))
     assert bool((w[1:] > w[:-1]).all())
+
+
+def test_regime_weights_drop_targets_before_a_detected_change_but_keep_min_fresh():
+    seq = torch.arange(100, 200)
+    assert torch.equal(regime_weights(seq, 10.0, None), recency_weights(100, 10.0))
+    w = regime_weights(seq, 10.0, regime_start=150)
+    assert float(w[:50].abs().sum()) == 0.0
+    assert torch.allclose(w[50:], recency_weights(50, 10.0))
+    recent = regime_weights(seq, 10.0, regime_start=198)  # the change began 2 targets ago
+    assert int((recent > 0).sum()) == MIN_FRESH and float(recent.sum()) == pytest.approx(1.0)
+
+
+def test_learner_fits_only_the_new_regime_until_it_fills_the_window():
+    obs = simulate(600)
+    _, learner = build(make_spec("gradient", window=128))
+    learner.update(obs[:400])
+    learner.on_drift(start_seq=int(obs.seq[380]))
+    assert learner.regime_start == int(obs.seq[380])
+    learner.update(obs[400:420])
+    assert learner.state_dict()["regime_start"] == int(obs.seq[380])
+    learner.update(obs[420:600])
+    assert learner.regime_start is None, "forgotten once the window holds only the new regime"
 
 
 def test_weighted_median_matches_numpy_for_equal_weights():
@@ -202,8 +231,8 @@ def test_on_drift_re_converges_faster_after_an_abrupt_change(method):
         # 16-observation updates with the defaults that went with them (lr 0.02, 20 boosted)
         model, learner = build(make_spec(method, lr=0.02, boost_updates=20))
         feed(learner, obs)
-        if boosted:
-            learner.on_drift()
+        if boosted:  # told where the change began, as the twin's detector tells it
+            learner.on_drift(start_seq=int(jumped.seq[0]))
         errors[boosted] = []
         for s in range(0, 64, 16):
             learner.update(jumped[s : s + 16])

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import functional_call, vmap
+from torch.func import vmap
 from torch.nn.functional import huber_loss
 
 from twin.learners.options import COMMON_OPTIONS, Option, check_options
@@ -19,6 +19,7 @@ from twin.models.base import DTYPE, TwinModel, flat_parameters, load_flat, unfla
 from twin.observations import Observations, supervised
 
 MAD_TO_STD = 1.4826  # makes the median absolute deviation estimate a normal's std
+MIN_FRESH = 16  # targets a fit keeps after a detected change, however recent the change
 
 
 @dataclass
@@ -43,10 +44,12 @@ class UpdateReport:
 
 
 class Window:
-    """The last `capacity` raw observations, oldest first, as float64 tensors (a bounded FIFO)."""
+    """The last `capacity` raw observations, oldest first, as float64 tensors (a bounded FIFO),
+    with their `seq`."""
 
     def __init__(self, capacity: int, n_inputs: int, n_outputs: int):
         self.capacity = capacity
+        self.seq = torch.empty(0, dtype=torch.int64)
         self.ts = torch.empty(0, dtype=DTYPE)
         self.inputs = torch.empty(0, n_inputs, dtype=DTYPE)
         self.outputs = torch.empty(0, n_outputs, dtype=DTYPE)
@@ -57,6 +60,7 @@ class Window:
     def append(self, obs: Observations) -> None:
         """Copy `obs` in (the caller's arrays are never aliased) and drop the oldest rows."""
         keep = -self.capacity
+        self.seq = torch.cat([self.seq, torch.tensor(obs.seq, dtype=torch.int64)])[keep:]
         self.ts = torch.cat([self.ts, torch.tensor(obs.ts, dtype=DTYPE)])[keep:]
         self.inputs = torch.cat([self.inputs, torch.tensor(obs.inputs, dtype=DTYPE)])[keep:]
         self.outputs = torch.cat([self.outputs, torch.tensor(obs.outputs, dtype=DTYPE)])[keep:]
@@ -72,6 +76,7 @@ class Window:
 
     def state_dict(self) -> dict:
         return {
+            "seq": self.seq.clone(),
             "ts": self.ts.clone(),
             "inputs": self.inputs.clone(),
             "outputs": self.outputs.clone(),
@@ -79,6 +84,8 @@ class Window:
 
     def load_state_dict(self, state: dict) -> None:
         self.ts = state["ts"].clone().to(DTYPE)
+        unknown = torch.full(self.ts.shape, -1, dtype=torch.int64)  # saved before seq was kept
+        self.seq = state.get("seq", unknown).clone().to(torch.int64)
         self.inputs = state["inputs"].clone().to(DTYPE)
         self.outputs = state["outputs"].clone().to(DTYPE)
 
@@ -88,6 +95,17 @@ def recency_weights(n: int, half_life: float) -> Tensor:
     age = torch.arange(n - 1, -1, -1, dtype=DTYPE)
     w = torch.pow(0.5, age / half_life)
     return w / w.sum()
+
+
+def regime_weights(seq: Tensor, half_life: float, regime_start: int | None) -> Tensor:
+    """(T,) recency weights of targets with these `seq`, zero before `regime_start` (the start
+    of the current regime, after a detected change) except for the newest MIN_FRESH targets."""
+    n = seq.shape[0]
+    fresh = n if regime_start is None else int((seq >= regime_start).sum())
+    fresh = min(max(fresh, MIN_FRESH), n)
+    w = torch.zeros(n, dtype=DTYPE)
+    w[n - fresh :] = recency_weights(fresh, half_life)
+    return w
 
 
 def weighted_median(x: Tensor, w: Tensor) -> Tensor:
@@ -116,7 +134,14 @@ class Objective:
                   + smoothness * mean(((theta - theta_prev) / scale)^2).
     """
 
-    def __init__(self, model: TwinModel, window: Window, half_life: float, options: dict):
+    def __init__(
+        self,
+        model: TwinModel,
+        window: Window,
+        half_life: float,
+        options: dict,
+        regime_start: int | None = None,
+    ):
         self.model = model
         y_ctx, u_ctx, u_now, dt, y = supervised(
             window.ts, window.inputs, window.outputs, model.context
@@ -131,7 +156,7 @@ class Objective:
         self.low, self.high = (b.to(DTYPE) for b in model.raw_bounds())
         self.theta_prev = self.clamp(flat_parameters(model).to(DTYPE))
         self.z_prev = self.theta_prev / self.scale
-        self.weights = recency_weights(self.n_targets, half_life)  # (T,)
+        self.weights = regime_weights(window.seq[model.context :], half_life, regime_start)
         self.s = torch.ones(y.shape[1], dtype=DTYPE)
         self.center_loss = math.nan
         if self.n_targets:
@@ -150,7 +175,7 @@ class Objective:
 
     def predict(self, theta: Tensor) -> Tensor:
         """(P,) -> (T, n_out) one-step predictions over the window, differentiable in theta."""
-        return functional_call(self.model, unflatten(self.model, theta), self.args)
+        return self.model.forward_with(unflatten(self.model, theta), *self.args)
 
     def loss(self, theta: Tensor) -> Tensor:
         """(P,) -> () the loss, differentiable in theta."""
@@ -158,12 +183,17 @@ class Objective:
 
     @torch.no_grad()
     def losses(self, thetas: Tensor) -> Tensor:
-        """(S, P) -> (S,) the loss of every row, in one batched model call."""
+        """(S, P) -> (S,) the loss of every row, in one batched model call.
 
-        def one(params: dict[str, Tensor]) -> Tensor:
-            return functional_call(self.model, params, self.args)
-
-        yhat = vmap(one)(unflatten(self.model, thetas))  # (S, T, n_out)
+        Any model is batched by `functional_call` (`forward_with`) under `vmap`. A model that
+        `broadcasts_parameters` (the physical kinds: elementwise formulas in a few scalars)
+        takes the (S, ...) parameters directly, which spares vmap's per-operation overhead.
+        """
+        params = unflatten(self.model, thetas)
+        if self.model.broadcasts_parameters:
+            yhat = self.model.forward_with(params, *self.args)  # (S, T, n_out)
+        else:
+            yhat = vmap(lambda one: self.model.forward_with(one, *self.args))(params)
         return self._from_predictions(yhat, thetas)
 
     def _from_predictions(self, yhat: Tensor, theta: Tensor) -> Tensor:
@@ -197,6 +227,7 @@ class Learner:
         )
         self.n_updates = 0
         self.boost_left = 0
+        self.regime_start: int | None = None  # seq where the last detected change began
 
     @classmethod
     def resolve_options(cls, options: dict) -> dict[str, Any]:
@@ -213,10 +244,16 @@ class Learner:
     def update(self, obs: Observations) -> UpdateReport:
         """Add observations to the window, learn from it, write the new center into the model."""
         self.observe(obs)
+        if self.regime_start is not None and int(self.window.seq[0]) >= self.regime_start:
+            self.regime_start = None  # the whole window is from the current regime
         boost = self.boost_factor(self.boost_left)
         lr = self.options["lr"] * boost
         objective = Objective(
-            self.model, self.window, self.options["half_life"] / boost, self.options
+            self.model,
+            self.window,
+            self.options["half_life"],
+            self.options,
+            self.regime_start,
         )
         if objective.n_targets == 0:
             return UpdateReport(math.nan, math.nan, 0.0, self._sigma_summary(), lr, len(obs), 0)
@@ -235,9 +272,12 @@ class Learner:
             objective.n_targets,
         )
 
-    def on_drift(self) -> None:
-        """An abrupt change was detected: boost the learning rate for the next updates."""
+    def on_drift(self, start_seq: int | None = None) -> None:
+        """An abrupt change was detected, beginning at observation `start_seq` if known: boost
+        the learning rate for the next updates, and fit only observations from `start_seq` on."""
         self.boost_left = self.options["boost_updates"]
+        if start_seq is not None:
+            self.regime_start = int(start_seq)
 
     def boost_factor(self, left: int) -> float:
         """boost ** (left / boost_updates): `boost` right after a drift, back to 1 geometrically."""
@@ -267,6 +307,7 @@ class Learner:
             "window": self.window.state_dict(),
             "n_updates": self.n_updates,
             "boost_left": self.boost_left,
+            "regime_start": self.regime_start,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -276,6 +317,8 @@ class Learner:
         self.window.load_state_dict(state["window"])
         self.n_updates = int(state["n_updates"])
         self.boost_left = int(state["boost_left"])
+        start = state.get("regime_start")
+        self.regime_start = None if start is None else int(start)
 
     # -- for subclasses -----------------------------------------------------------------------
     def _learn(self, objective: Objective, lr: float, boost: float) -> tuple[Tensor, float]:

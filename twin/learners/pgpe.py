@@ -70,10 +70,10 @@ class PGPELearner(Learner):
             raise SpecError("learner.sigma", "must lie within [sigma_min, sigma_max]")
         return o
 
-    def on_drift(self) -> None:
+    def on_drift(self, start_seq: int | None = None) -> None:
         """Boost lr and widen sigma (within sigma_max); both decay back over `boost_updates`."""
         before = self.boost_factor(self.boost_left)  # a running boost is replaced, not stacked
-        super().on_drift()
+        super().on_drift(start_seq)
         widen = self.boost_factor(self.boost_left) / before
         self.sigma = (self.sigma * widen).clamp(max=self.options["sigma_max"])
 
