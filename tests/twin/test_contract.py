@@ -20,7 +20,9 @@ CHANNELS = {
     "mlp": (["u"], ["y"]),
 }
 KINDS = [k for k in model_kinds() if k in CHANNELS]
-METHODS = ["pgpe", "gradient"]
+METHODS = ["pgpe", "gradient", "pgpe+walk", "gradient+walk"]
+# "+walk": the random-walk residual model, and Gauss-Newton steps for gradient
+WALK = {"pgpe": {"drift": 1e-4}, "gradient": {"drift": 1e-4, "optimizer": "gauss_newton"}}
 
 
 def test_every_built_in_kind_is_covered():
@@ -29,7 +31,9 @@ def test_every_built_in_kind_is_covered():
 
 def make_spec(kind: str, method: str, seed: int = 7) -> TwinSpec:
     inputs, outputs = CHANNELS[kind]
+    method, walk = method.removesuffix("+walk"), method.endswith("+walk")
     learner = {"method": method, "seed": seed, "update_size": 8, "window": 64}
+    learner |= WALK[method] if walk else {}
     return TwinSpec.from_dict(
         {"inputs": inputs, "outputs": outputs, "model": {"kind": kind}, "learner": learner}
     )

@@ -11,10 +11,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import vmap
+from torch.func import jacrev, vmap
 from torch.nn.functional import huber_loss
 
 from twin.learners.options import COMMON_OPTIONS, Option, check_options
+from twin.learners.walk import RandomWalk
 from twin.models.base import DTYPE, TwinModel, flat_parameters, load_flat, unflatten
 from twin.observations import Observations, supervised
 
@@ -132,6 +133,10 @@ class Objective:
     beyond, so one spike pulls the fit far less than under least squares:
     loss(theta) = sum_t w_t mean_o huber((y - yhat(theta)) / s_o)
                   + smoothness * mean(((theta - theta_prev) / scale)^2).
+
+    With `drift` q > 0 the parameters are taken to random-walk by N(0, q I) per observation in
+    scaled coordinates, and the residuals are whitened by their covariance under that walk before
+    the Huber loss (`twin.learners.walk.RandomWalk`); the recency weights then add to it.
     """
 
     def __init__(
@@ -166,8 +171,32 @@ class Objective:
         self.y_scaled = y / self.s  # (T, n_out)
         # (T * n_out,) recency weight / n_out per residual: the weighted mean as one product
         self.w_flat = (self.weights[:, None] / y.shape[1]).expand_as(y).reshape(-1)
+        self._jacobian: Tensor | None = None
+        self.walk = None
+        if self.n_targets and options["drift"]:
+            self.walk = RandomWalk(self.jacobian(), self.weights, options["drift"])
         if self.n_targets:
             self.center_loss = float(self._from_predictions(yhat, self.theta_prev))
+
+    def jacobian(self) -> Tensor:
+        """(T, n_out, P) derivative of the standardized predictions in scaled coordinates z =
+        theta / scale, at the update's starting center (computed once, by reverse mode)."""
+        if self._jacobian is None:
+            z = self.z_prev
+            self._jacobian = jacrev(lambda z: self.predict(z * self.scale) / self.s)(z).detach()
+        return self._jacobian
+
+    def curvature(self) -> Tensor:
+        """(P, P) Gauss-Newton matrix of the loss in z at the starting center: its Hessian where
+        the Huber loss is quadratic and the model linear."""
+        if self.walk is not None:
+            h = self.walk.curvature(self.jacobian())
+        else:
+            j = self.jacobian()
+            h = torch.einsum("t,top,toq->pq", self.weights, j, j) / j.shape[1]
+        if self.smoothness:
+            h = h + (2.0 * self.smoothness / h.shape[0]) * torch.eye(h.shape[0], dtype=DTYPE)
+        return h
 
     def clamp(self, theta: Tensor) -> Tensor:
         """Project (..., P) raw parameters onto the model's bounds (the guard rails)."""
@@ -198,10 +227,13 @@ class Objective:
 
     def _from_predictions(self, yhat: Tensor, theta: Tensor) -> Tensor:
         """yhat (..., T, n_out), theta (..., P) -> (...)."""
-        h = huber_loss(
-            yhat / self.s, self.y_scaled.expand_as(yhat), reduction="none", delta=self.delta
-        )
-        fit = h.reshape(*h.shape[:-2], -1) @ self.w_flat  # (..., T * n_out) -> (...)
+        if self.walk is not None:
+            fit = self.walk.loss(self.y_scaled - yhat / self.s, self.delta)
+        else:
+            h = huber_loss(
+                yhat / self.s, self.y_scaled.expand_as(yhat), reduction="none", delta=self.delta
+            )
+            fit = h.reshape(*h.shape[:-2], -1) @ self.w_flat  # (..., T * n_out) -> (...)
         if self.smoothness:
             jump = theta / self.scale - self.z_prev
             fit = fit + self.smoothness * (jump * jump).mean(dim=-1)

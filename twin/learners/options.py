@@ -51,6 +51,9 @@ COMMON_OPTIONS: dict[str, Option] = {
     "window": Option("int", 256, 8, 100_000),
     "half_life": positive(64.0, 1e9),
     "smoothness": Option("float", 0.0, 0.0, 1e9),
+    # Per-observation variance of the parameters' random walk in scaled coordinates (0: none,
+    # exponential forgetting alone); see twin.learners.base.RandomWalk.
+    "drift": Option("float", 0.0, 0.0, 1.0),
     # A chunk of update_size observations is predicted with weights up to update_size old, so
     # small chunks track drift more closely (gradient on the linear random walk, seeds 0-3:
     # 1.64-1.87x the Kalman filter's excess MSE with 4, 1.45-1.71x with 1); below 4 the update

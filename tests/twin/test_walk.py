@@ -1,0 +1,101 @@
+"""The random-walk residual model (`learner.drift`) and Gauss-Newton steps: on a model linear in
+its parameters, the window fit is the Kalman filter's estimate."""
+
+import numpy as np
+import pytest
+import torch
+
+from twin.learners import make_learner
+from twin.learners.base import Objective
+from twin.models import model_class
+from twin.models.base import flat_parameters, load_flat
+from twin.observations import Observations
+from twin.spec import LearnerSpec, ModelSpec, TwinSpec
+
+
+def arx_learner(n: int = 120, seed: int = 0, **options):
+    """An ARX(1,1) learner whose window holds n observations of a plant with drifting b."""
+    spec = TwinSpec(
+        inputs=("u",),
+        outputs=("y",),
+        model=ModelSpec("arx", options={"na": 1, "nb": 1}),
+        learner=LearnerSpec("gradient", {"window": n, **options}, seed),
+    )
+    model = model_class("arx").from_spec(spec)
+    learner = make_learner(spec, model)
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal(n + 1)
+    b = 0.8 + np.cumsum(0.02 * rng.standard_normal(n + 1))
+    y = np.zeros(n + 1)
+    for t in range(1, n + 1):
+        y[t] = 0.6 * y[t - 1] + b[t] * u[t - 1] + 0.3 + 0.1 * rng.standard_normal()
+    ts = np.arange(n + 1, dtype=float)
+    learner.observe(Observations(ts, u[:, None], y[:, None], np.arange(n + 1)))
+    model.true_b = b[-1]  # the plant's gain now
+    return model, learner
+
+
+def kalman_last_state(rows: np.ndarray, targets: np.ndarray, q: float) -> np.ndarray:
+    """The Kalman filter's final estimate for targets = rows . z_t + N(0, 1), z a random walk
+    with N(0, q I) steps, from a flat prior."""
+    p = rows.shape[1]
+    z, cov = np.zeros(p), 1e8 * np.eye(p)
+    for t, (x, y) in enumerate(zip(rows, targets, strict=True)):
+        if t:
+            cov = cov + q * np.eye(p)
+        gain = cov @ x / (x @ cov @ x + 1.0)
+        z = z + gain * (y - x @ z)
+        cov = cov - np.outer(gain, x @ cov)
+    return z
+
+
+@pytest.mark.parametrize("q", [0.0, 1e-4, 1e-2])
+def test_gauss_newton_on_a_linear_model_lands_on_the_kalman_estimate(q):
+    opts = {"drift": q, "half_life": 1e9, "huber": 1e6, "optimizer": "gauss_newton"}
+    model, learner = arx_learner(iterations=3, **opts)
+    objective = Objective(model, learner.window, 1e9, learner.options)
+    jac = objective.jacobian()[:, 0, :].numpy()  # (T, P)
+    z0 = objective.z_prev.numpy()
+    with torch.no_grad():
+        e0 = (objective.y_scaled - objective.predict(objective.theta_prev) / objective.s)[:, 0]
+    expected = kalman_last_state(jac, e0.numpy() + jac @ z0, q)
+    theta, _ = learner._learn(objective, 0.0, 1.0)
+    np.testing.assert_allclose((theta / objective.scale).numpy(), expected, rtol=1e-6, atol=1e-8)
+
+
+def fit(model, learner) -> None:
+    objective = Objective(model, learner.window, 1e9, learner.options)
+    load_flat(model, learner._learn(objective, 0.0, 1.0)[0])
+
+
+def test_drift_follows_a_drifting_gain():
+    """Without drift the window's fit is its average gain; with the plant's own drift rate
+    (the gain's random-walk variance 4e-4 per observation), the gain now (over 8 plants)."""
+    errors = {0.0: [], 4e-4: []}
+    for seed in range(8):
+        for q, errs in errors.items():
+            opts = {"half_life": 1e9, "optimizer": "gauss_newton", "iterations": 3, "huber": 1e6}
+            model, learner = arx_learner(n=300, seed=seed, **opts, drift=0.0)
+            fit(model, learner)  # so that the residual scale is the noise's
+            learner.options["drift"] = q
+            fit(model, learner)
+            errs.append(abs(model.named_values()["B1[y,u]"] - model.true_b))
+    assert np.mean(errors[4e-4]) < 0.5 * np.mean(errors[0.0])
+
+
+def test_without_drift_the_walk_loss_is_the_plain_loss():
+    """q = 0 with flat weights whitens by the identity: the same loss as without the model."""
+    model, learner = arx_learner(half_life=1e9)
+    plain = Objective(model, learner.window, 1e9, {**learner.options, "drift": 0.0})
+    walked = Objective(model, learner.window, 1e9, {**learner.options, "drift": 1e-12})
+    theta = flat_parameters(model).to(torch.float64) + 0.1
+    assert float(walked.loss(theta)) == pytest.approx(float(plain.loss(theta)), rel=1e-6)
+    thetas = theta + 0.05 * torch.randn(5, theta.shape[0], dtype=torch.float64)
+    np.testing.assert_allclose(walked.losses(thetas), plain.losses(thetas), rtol=1e-6)
+
+
+def test_gauss_newton_never_raises_the_loss():
+    model, learner = arx_learner(optimizer="gauss_newton", drift=1e-3)
+    objective = Objective(model, learner.window, learner.options["half_life"], learner.options)
+    _, after = learner._learn(objective, 0.0, 1.0)
+    assert after <= objective.center_loss
