@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import jacrev, vmap
+from torch.func import jacfwd, vmap
 from torch.nn.functional import huber_loss
 
 from twin.learners.options import COMMON_OPTIONS, Option, check_options
@@ -180,10 +180,10 @@ class Objective:
 
     def jacobian(self) -> Tensor:
         """(T, n_out, P) derivative of the standardized predictions in scaled coordinates z =
-        theta / scale, at the update's starting center (computed once, by reverse mode)."""
+        theta / scale, at the update's starting center (computed once, by forward mode)."""
         if self._jacobian is None:
             z = self.z_prev
-            self._jacobian = jacrev(lambda z: self.predict(z * self.scale) / self.s)(z).detach()
+            self._jacobian = jacfwd(lambda z: self.predict(z * self.scale) / self.s)(z).detach()
         return self._jacobian
 
     def curvature(self) -> Tensor:
