@@ -1,16 +1,20 @@
 """The random-walk residual model (`learner.drift`) and Gauss-Newton steps: on a model linear in
 its parameters, the window fit is the Kalman filter's estimate."""
 
+import io
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from twin.learners import make_learner
+from twin.learners import LEARNERS, make_learner
 from twin.learners.base import Objective
+from twin.learners.walk import DriftRate
 from twin.models import model_class
 from twin.models.base import flat_parameters, load_flat
 from twin.observations import Observations
-from twin.spec import LearnerSpec, ModelSpec, TwinSpec
+from twin.spec import LearnerSpec, ModelSpec, SpecError, TwinSpec
 
 
 def arx_learner(n: int = 120, seed: int = 0, **options):
@@ -53,7 +57,7 @@ def kalman_last_state(rows: np.ndarray, targets: np.ndarray, q: float) -> np.nda
 def test_gauss_newton_on_a_linear_model_lands_on_the_kalman_estimate(q):
     opts = {"drift": q, "half_life": 1e9, "huber": 1e6, "optimizer": "gauss_newton"}
     model, learner = arx_learner(iterations=200, **opts)  # damped steps: many to converge
-    objective = Objective(model, learner.window, 1e9, learner.options)
+    objective = Objective(model, learner.window, 1e9, learner.options, drift=q)
     jac = objective.jacobian()[:, 0, :].numpy()  # (T, P)
     z0 = objective.z_prev.numpy()
     with torch.no_grad():
@@ -64,7 +68,7 @@ def test_gauss_newton_on_a_linear_model_lands_on_the_kalman_estimate(q):
 
 
 def fit(model, learner) -> None:
-    objective = Objective(model, learner.window, 1e9, learner.options)
+    objective = Objective(model, learner.window, 1e9, learner.options, drift=learner.drift())
     load_flat(model, learner._learn(objective, 0.0, 1.0)[0])
 
 
@@ -86,8 +90,8 @@ def test_drift_follows_a_drifting_gain():
 def test_without_drift_the_walk_loss_is_the_plain_loss():
     """q = 0 with flat weights whitens by the identity: the same loss as without the model."""
     model, learner = arx_learner(half_life=1e9)
-    plain = Objective(model, learner.window, 1e9, {**learner.options, "drift": 0.0})
-    walked = Objective(model, learner.window, 1e9, {**learner.options, "drift": 1e-12})
+    plain = Objective(model, learner.window, 1e9, learner.options, drift=0.0)
+    walked = Objective(model, learner.window, 1e9, learner.options, drift=1e-12)
     theta = flat_parameters(model).to(torch.float64) + 0.1
     assert float(walked.loss(theta)) == pytest.approx(float(plain.loss(theta)), rel=1e-6)
     thetas = theta + 0.05 * torch.randn(5, theta.shape[0], dtype=torch.float64)
@@ -96,6 +100,74 @@ def test_without_drift_the_walk_loss_is_the_plain_loss():
 
 def test_gauss_newton_never_raises_the_loss():
     model, learner = arx_learner(optimizer="gauss_newton", drift=1e-3)
-    objective = Objective(model, learner.window, learner.options["half_life"], learner.options)
+    half_life = learner.options["half_life"]
+    objective = Objective(model, learner.window, half_life, learner.options, drift=1e-3)
     _, after = learner._learn(objective, 0.0, 1.0)
     assert after <= objective.center_loss
+
+
+def walk_window(q: float, n: int = 400, p: int = 3, seed: int = 0):
+    """(n, 1, p) regressors and (n, 1) targets x . z_t + N(0, 1), z a random walk of rate q."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, p))
+    z = np.cumsum(np.sqrt(q) * rng.standard_normal((n, p)), axis=0)
+    y = (x * z).sum(axis=1) + rng.standard_normal(n)
+    return torch.tensor(x[:, None, :]), torch.tensor(y[:, None])
+
+
+@pytest.mark.parametrize("q", [1e-4, 1e-3])
+def test_drift_rate_finds_the_walks_rate(q):
+    rate = DriftRate()
+    for seed in range(20):
+        jac, resid = walk_window(q, seed=seed)
+        rate.observe(jac, resid, torch.ones(resid.shape[0], dtype=torch.float64))
+    assert q / 2 < rate.q < 2 * q
+
+
+def test_drift_rate_of_still_parameters_is_negligible():
+    rate = DriftRate()
+    for seed in range(20):
+        jac, resid = walk_window(0.0, seed=seed)
+        rate.observe(jac, resid, torch.ones(resid.shape[0], dtype=torch.float64))
+    assert rate.q < 1e-5  # a parameter moving 1e-5 per observation in 400 hardly moves
+
+
+def test_drift_rate_waits_for_an_informative_window():
+    rate = DriftRate()
+    jac, resid = walk_window(1e-3, n=40)
+    rate.observe(jac, resid, torch.ones(40, dtype=torch.float64))
+    assert rate.q is None
+
+
+def test_drift_options_accept_auto_and_derive_window_and_half_life():
+    _, learner = arx_learner(drift="auto")
+    assert learner.options["window"] == 120  # given explicitly by arx_learner
+    assert learner.options["half_life"] == math.inf
+    spec = LearnerSpec("gradient", {"drift": 1e-5})
+    options = LEARNERS["gradient"].resolve_options(spec.options)
+    assert (options["window"], options["half_life"]) == (512, math.inf)
+    plain = LEARNERS["gradient"].resolve_options({})
+    assert (plain["window"], plain["half_life"]) == (256, 64.0)
+    with pytest.raises(SpecError, match=r"learner\.drift.*'auto'"):
+        LEARNERS["gradient"].resolve_options({"drift": "fast"})
+
+
+def test_auto_drift_state_round_trips_exactly():
+    opts = {"drift": "auto", "optimizer": "gauss_newton", "window": 200}
+    model, learner = arx_learner(n=200, seed=2, **opts)
+    obs = Observations(
+        *(a[-1:] for a in (np.array([200.0]), np.ones((1, 1)), np.zeros((1, 1)))), np.array([201])
+    )
+    for _ in range(9):  # past DRIFT_EVERY: the estimate has a window behind it
+        learner.update(obs)
+        obs = Observations(obs.ts + 1, obs.inputs, obs.outputs + 0.01, obs.seq + 1)
+    assert learner.drift_rate.q is not None
+    buf = io.BytesIO()
+    torch.save(learner.state_dict(), buf)
+    model2, restored = arx_learner(n=200, seed=2, **opts)
+    restored.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=False))
+    for _ in range(9):
+        assert learner.update(obs) == restored.update(obs)
+        obs = Observations(obs.ts + 1, obs.inputs, obs.outputs - 0.01, obs.seq + 1)
+    assert learner.drift_rate.q == restored.drift_rate.q
+    assert torch.equal(flat_parameters(model), flat_parameters(model2))

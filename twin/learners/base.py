@@ -14,13 +14,14 @@ from torch import Tensor
 from torch.func import jacfwd, vmap
 from torch.nn.functional import huber_loss
 
-from twin.learners.options import COMMON_OPTIONS, Option, check_options
-from twin.learners.walk import RandomWalk
+from twin.learners.options import COMMON_OPTIONS, Option, check_options, derive_defaults
+from twin.learners.walk import DriftRate, RandomWalk
 from twin.models.base import DTYPE, TwinModel, flat_parameters, load_flat, unflatten
 from twin.observations import Observations, supervised
 
 MAD_TO_STD = 1.4826  # makes the median absolute deviation estimate a normal's std
 MIN_FRESH = 16  # targets a fit keeps after a detected change, however recent the change
+DRIFT_EVERY = 8  # updates between windows that inform the drift "auto" estimate
 
 
 @dataclass
@@ -146,6 +147,7 @@ class Objective:
         half_life: float,
         options: dict,
         regime_start: int | None = None,
+        drift: float = 0.0,
     ):
         self.model = model
         y_ctx, u_ctx, u_now, dt, y = supervised(
@@ -164,17 +166,19 @@ class Objective:
         self.weights = regime_weights(window.seq[model.context :], half_life, regime_start)
         self.s = torch.ones(y.shape[1], dtype=DTYPE)
         self.center_loss = math.nan
+        yhat = torch.zeros_like(y)
         if self.n_targets:
             with torch.no_grad():
                 yhat = self.predict(self.theta_prev)
             self.s = robust_scale(y - yhat, self.weights, y)
         self.y_scaled = y / self.s  # (T, n_out)
+        self.residuals = self.y_scaled - yhat / self.s  # (T, n_out) at the starting center
         # (T * n_out,) recency weight / n_out per residual: the weighted mean as one product
         self.w_flat = (self.weights[:, None] / y.shape[1]).expand_as(y).reshape(-1)
         self._jacobian: Tensor | None = None
         self.walk = None
-        if self.n_targets and options["drift"]:
-            self.walk = RandomWalk(self.jacobian(), self.weights, options["drift"])
+        if self.n_targets and drift:
+            self.walk = RandomWalk(self.jacobian(), self.weights, drift)
         if self.n_targets:
             self.center_loss = float(self._from_predictions(yhat, self.theta_prev))
 
@@ -260,11 +264,12 @@ class Learner:
         self.n_updates = 0
         self.boost_left = 0
         self.regime_start: int | None = None  # seq where the last detected change began
+        self.drift_rate = DriftRate()  # the estimate behind drift "auto"
 
     @classmethod
     def resolve_options(cls, options: dict) -> dict[str, Any]:
         """All options with defaults filled in; raise SpecError("learner.<name>", ...)."""
-        return check_options(cls.method, cls.OPTIONS, options)
+        return derive_defaults(check_options(cls.method, cls.OPTIONS, options))
 
     # -- the contract -------------------------------------------------------------------------
     def observe(self, obs: Observations) -> None:
@@ -286,9 +291,12 @@ class Learner:
             self.options["half_life"],
             self.options,
             self.regime_start,
+            self.drift(),
         )
         if objective.n_targets == 0:
             return UpdateReport(math.nan, math.nan, 0.0, self._sigma_summary(), lr, len(obs), 0)
+        if self.options["drift"] == "auto" and self.n_updates % DRIFT_EVERY == 0:
+            self.drift_rate.observe(objective.jacobian(), objective.residuals, objective.weights)
         theta, loss_after = self._learn(objective, lr, boost)
         load_flat(self.model, theta)
         self.n_updates += 1
@@ -303,6 +311,12 @@ class Learner:
             len(obs),
             objective.n_targets,
         )
+
+    def drift(self) -> float:
+        """The random walk's rate q this update assumes (0 while "auto" has no estimate yet)."""
+        if self.options["drift"] == "auto":
+            return self.drift_rate.q or 0.0
+        return self.options["drift"]
 
     def on_drift(self, start_seq: int | None = None) -> None:
         """An abrupt change was detected, beginning at observation `start_seq` if known: boost
@@ -340,6 +354,7 @@ class Learner:
             "n_updates": self.n_updates,
             "boost_left": self.boost_left,
             "regime_start": self.regime_start,
+            "drift_rate": self.drift_rate.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -351,6 +366,7 @@ class Learner:
         self.boost_left = int(state["boost_left"])
         start = state.get("regime_start")
         self.regime_start = None if start is None else int(start)
+        self.drift_rate.load_state_dict(state.get("drift_rate", {"deviance": None}))
 
     # -- for subclasses -----------------------------------------------------------------------
     def _learn(self, objective: Objective, lr: float, boost: float) -> tuple[Tensor, float]:

@@ -12,7 +12,8 @@ from twin.spec import SpecError
 @dataclass(frozen=True)
 class Option:
     """kind: "int", "float" or "choice"; [low, high] inclusive unless `open_low`; a default of
-    None means "derived from other options" and also accepts an explicit null."""
+    None means "derived from other options" and also accepts an explicit null; a number option
+    also accepts the strings in `words` (such as "auto")."""
 
     kind: str
     default: Any
@@ -20,12 +21,15 @@ class Option:
     high: float = math.inf
     open_low: bool = False
     choices: tuple[str, ...] = ()
+    words: tuple[str, ...] = ()
 
     def check(self, name: str, value: Any) -> Any:
         """Return `value` as the option's type; raise SpecError naming `learner.<name>`."""
         field = f"learner.{name}"
         if value is None and self.default is None:
             return None
+        if isinstance(value, str) and value in self.words:
+            return value
         if self.kind == "choice":
             if value not in self.choices:
                 raise SpecError(field, f"must be one of {', '.join(self.choices)}; got {value!r}")
@@ -34,7 +38,8 @@ class Option:
         if self.kind == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
             raise SpecError(field, f"must be an integer, got {value!r}")
         if not is_number or not math.isfinite(value):
-            raise SpecError(field, f"must be a finite number, got {value!r}")
+            also = "".join(f" or {w!r}" for w in self.words)
+            raise SpecError(field, f"must be a finite number{also}, got {value!r}")
         too_low = value <= self.low if self.open_low else value < self.low
         if too_low or value > self.high:
             lower = f"> {self.low:g}" if self.open_low else f">= {self.low:g}"
@@ -47,13 +52,19 @@ def positive(default: float | None, high: float = math.inf) -> Option:
     return Option("float", default, 0.0, high, open_low=True)
 
 
+WINDOW, WALK_WINDOW = 256, 512
+HALF_LIFE = 64.0
+
 COMMON_OPTIONS: dict[str, Option] = {
-    "window": Option("int", 256, 8, 100_000),
-    "half_life": positive(64.0, 1e9),
+    # window and half_life default to WINDOW and HALF_LIFE; with a drift model to WALK_WINDOW
+    # and no exponential forgetting (the walk is the forgetting; REML wants the longer window)
+    "window": Option("int", None, 8, 100_000),
+    "half_life": positive(None, 1e9),
     "smoothness": Option("float", 0.0, 0.0, 1e9),
-    # Per-observation variance of the parameters' random walk in scaled coordinates (0: none,
-    # exponential forgetting alone); see twin.learners.base.RandomWalk.
-    "drift": Option("float", 0.0, 0.0, 1.0),
+    # Per-observation variance of the parameters' random walk in scaled coordinates, relative to
+    # the residuals' (0: none, exponential forgetting alone; "auto": estimated from the data);
+    # see twin.learners.walk.
+    "drift": Option("float", 0.0, 0.0, 1.0, words=("auto",)),
     # A chunk of update_size observations is predicted with weights up to update_size old, so
     # small chunks track drift more closely (gradient on the linear random walk, seeds 0-3:
     # 1.64-1.87x the Kalman filter's excess MSE with 4, 1.45-1.71x with 1); below 4 the update
@@ -67,6 +78,16 @@ COMMON_OPTIONS: dict[str, Option] = {
     "boost_updates": Option("int", 80, 0, 100_000),
     "huber": positive(1.345),
 }
+
+
+def derive_defaults(options: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the defaults that depend on other options (`window`, `half_life` on `drift`)."""
+    walk = options["drift"] != 0
+    if options["window"] is None:
+        options["window"] = WALK_WINDOW if walk else WINDOW
+    if options["half_life"] is None:
+        options["half_life"] = math.inf if walk else HALF_LIFE
+    return options
 
 
 def check_options(method: str, table: dict[str, Option], options: Any) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Residual whitening for parameters that random-walk: the Kalman filter's drift model inside a
-window loss."""
+"""Residual whitening for parameters that random-walk (the Kalman filter's drift model inside a
+window loss), and the estimate of how fast they walk."""
 
 from __future__ import annotations
 
@@ -8,6 +8,23 @@ from torch import Tensor
 from torch.nn.functional import huber_loss
 
 from twin.models.base import DTYPE
+
+# log10 of the drift rates the estimate chooses from (q per observation, scaled coordinates,
+# relative to the residuals' variance): half-decade steps from 1e-8 to 0.1
+LOG_RATES = torch.arange(-8.0, -0.99, 0.5, dtype=DTYPE)
+MIN_TARGETS = 48  # targets a window needs (and 4 per parameter) before it informs the estimate
+MEMORY = 0.1  # weight of the newest window's deviance in the running one
+
+
+def _walk_cholesky(jac: Tensor, weights: Tensor, q: float | Tensor) -> Tensor:
+    """(n_out, n, n) Cholesky factors of Sigma_o for a (n, n_out, P) Jacobian of kept targets
+    with recency weights (n,) (see RandomWalk)."""
+    n = weights.shape[0]
+    age = torch.arange(n - 1, -1, -1, dtype=DTYPE)
+    shared = torch.minimum(age[:, None], age[None, :])  # (n, n) walk steps both targets share
+    j = jac.permute(1, 0, 2)  # (n_out, n, P)
+    cov = q * (j @ j.transpose(1, 2)) * shared + torch.diag(weights.max() / weights)
+    return torch.linalg.cholesky(cov)
 
 
 class RandomWalk:
@@ -29,13 +46,7 @@ class RandomWalk:
 
     def __init__(self, jac: Tensor, weights: Tensor, q: float):
         self.keep = weights > 0  # a contiguous tail: the current regime
-        w = weights[self.keep]
-        n = w.shape[0]
-        age = torch.arange(n - 1, -1, -1, dtype=DTYPE)
-        shared = torch.minimum(age[:, None], age[None, :])  # (n, n) walk steps both targets share
-        j = jac[self.keep].permute(1, 0, 2)  # (n_out, n, P)
-        cov = q * (j @ j.transpose(1, 2)) * shared + torch.diag(w.max() / w)
-        self.chol = torch.linalg.cholesky(cov)  # (n_out, n, n)
+        self.chol = _walk_cholesky(jac[self.keep], weights[self.keep], q)  # (n_out, n, n)
 
     def whiten(self, x: Tensor) -> Tensor:
         """(n_out, n, k) -> L^-1 x, output by output."""
@@ -54,3 +65,64 @@ class RandomWalk:
         white = self.whiten(jac[self.keep].permute(1, 0, 2))  # (n_out, n, P)
         n_out, n, _ = white.shape
         return torch.einsum("onp,onq->pq", white, white) / (n * n_out)
+
+
+class DriftRate:
+    """Estimates the random walk's rate q from the windows, by restricted maximum likelihood
+    (REML; Patterson & Thompson 1971), as one tunes a Kalman filter's process noise.
+
+    For a window's residuals e at the current center (standardized, Jacobian J), e = J b + v
+    with v ~ N(0, s2 Sigma(q)): the restricted deviance, with the scale s2 profiled out,
+        (n - P) log(s2_hat) + log det Sigma(q) + log det(J^T Sigma(q)^-1 J),
+    is evaluated on the LOG_RATES grid and summed over outputs. Its running average over windows
+    (weight MEMORY for the newest) is minimized, with a parabola through the best grid point and
+    its neighbours. Before the first informative window there is no estimate (q is None).
+    """
+
+    def __init__(self):
+        self.deviance: Tensor | None = None  # (len(LOG_RATES),) running restricted deviance
+
+    @property
+    def q(self) -> float | None:
+        if self.deviance is None:
+            return None
+        d = self.deviance
+        i = int(torch.argmin(d))
+        log_q = float(LOG_RATES[i])
+        if 0 < i < d.shape[0] - 1:
+            curve = float(d[i - 1] - 2 * d[i] + d[i + 1])
+            if curve > 0:
+                log_q += 0.25 * float(d[i - 1] - d[i + 1]) / curve  # half-decade grid steps
+        return 10.0**log_q
+
+    def observe(self, jac: Tensor, residuals: Tensor, weights: Tensor) -> None:
+        """Fold in one window: (T, n_out, P) Jacobian, (T, n_out) standardized residuals at the
+        center, (T,) recency weights (zero before a detected change)."""
+        keep = weights > 0
+        n, p = int(keep.sum()), jac.shape[-1]
+        if n < max(MIN_TARGETS, 4 * p):
+            return
+        jac, e, w = jac[keep], residuals[keep], weights[keep]
+        used = jac.abs().amax(dim=0) > 0  # (n_out, P) parameters each output depends on
+        ridge = 1e-9 * torch.eye(p, dtype=DTYPE)
+        rows = []
+        for log_q in LOG_RATES:
+            chol = _walk_cholesky(jac, w, 10.0 ** float(log_q))
+            white_j = torch.linalg.solve_triangular(chol, jac.permute(1, 0, 2), upper=False)
+            white_e = torch.linalg.solve_triangular(chol, e.T[..., None], upper=False)
+            gram = white_j.transpose(1, 2) @ white_j + ridge  # (n_out, P, P)
+            fit = torch.linalg.solve(gram, white_j.transpose(1, 2) @ white_e)
+            rss = (white_e - white_j @ fit).square().sum(dim=(1, 2))  # (n_out,)
+            dof = n - used.sum(dim=1)  # (n_out,)
+            logdet = 2 * chol.diagonal(dim1=1, dim2=2).log().sum(dim=1)
+            _, gram_logdet = torch.linalg.slogdet(gram)
+            rows.append((dof * (rss / dof).log() + logdet + gram_logdet).sum())
+        deviance = torch.stack(rows)
+        self.deviance = deviance if self.deviance is None else self.deviance.lerp(deviance, MEMORY)
+
+    def state_dict(self) -> dict:
+        return {"deviance": None if self.deviance is None else self.deviance.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        d = state["deviance"]
+        self.deviance = None if d is None else d.clone().to(DTYPE)
