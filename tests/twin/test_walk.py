@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from twin.learners import LEARNERS, make_learner
-from twin.learners.base import Objective
+from twin.learners.base import DRIFT_EVERY, Objective
 from twin.learners.walk import DriftRate
 from twin.models import model_class
 from twin.models.base import flat_parameters, load_flat
 from twin.observations import Observations
+from twin.plants import Drift, FirstOrderPlant, LinearPlant
+from twin.replica import Twin
 from twin.spec import LearnerSpec, ModelSpec, SpecError, TwinSpec
 
 
@@ -158,16 +160,60 @@ def test_auto_drift_state_round_trips_exactly():
     obs = Observations(
         *(a[-1:] for a in (np.array([200.0]), np.ones((1, 1)), np.zeros((1, 1)))), np.array([201])
     )
-    for _ in range(9):  # past DRIFT_EVERY: the estimate has a window behind it
+    for _ in range(DRIFT_EVERY + 1):  # the estimate has had a window
         learner.update(obs)
         obs = Observations(obs.ts + 1, obs.inputs, obs.outputs + 0.01, obs.seq + 1)
     assert learner.drift_rate.q is not None
+    assert learner.summary()["drift_rate"] == learner.drift_rate.q > 0
     buf = io.BytesIO()
     torch.save(learner.state_dict(), buf)
     model2, restored = arx_learner(n=200, seed=2, **opts)
     restored.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=False))
-    for _ in range(9):
+    for _ in range(DRIFT_EVERY + 1):
         assert learner.update(obs) == restored.update(obs)
         obs = Observations(obs.ts + 1, obs.inputs, obs.outputs - 0.01, obs.seq + 1)
     assert learner.drift_rate.q == restored.drift_rate.q
     assert torch.equal(flat_parameters(model), flat_parameters(model2))
+
+
+WALK = {"method": "gradient", "optimizer": "gauss_newton", "drift": "auto"}
+
+
+def track(plant, learner: dict, n: int, seed: int):
+    """A twin fed the plant's run in update_size chunks; its one-step predictions (N, n_out)."""
+    sim = plant.simulate(n, seed=seed)
+    spec = sim.spec_dict()
+    spec["learner"] = learner
+    twin = Twin.create(TwinSpec.from_dict(spec))
+    preds = [twin.step(sim.observations[s : s + 4]).predictions for s in range(0, n, 4)]
+    return sim, np.vstack(preds), twin
+
+
+@pytest.mark.slow
+def test_auto_drift_tracks_a_random_walk_closer_than_exponential_forgetting():
+    """The excess error over the true parameters' predictions, as in bench/tracking.py; one
+    seed's ratio ranges 0.66-0.99, so four are averaged."""
+    walk = {"a": [Drift.random_walk(0.003)], "b": [Drift.random_walk(0.004)]}
+    plant = LinearPlant(a=0.6, b=0.8, c=0.3, drift=walk)
+    ratios = []
+    for seed in range(4):
+        excess = {}
+        for name, learner in (("forgetting", {"method": "gradient"}), ("walk", WALK)):
+            sim, preds, twin = track(plant, learner, 3000, seed=seed)
+            excess[name] = float(np.nanmean((preds[200:] - sim.oracle[200:]) ** 2))
+        ratios.append(excess["walk"] / excess["forgetting"])
+        # the plant's walk in the twin's scaled coordinates is a few 1e-6 per observation
+        assert 1e-6 < twin.learner.drift_rate.q < 2e-5
+    assert np.mean(ratios) < 0.95, ratios
+
+
+@pytest.mark.slow
+def test_auto_drift_on_a_stationary_plant_converges_like_a_long_memory():
+    """No drift: the estimated rate is small, the fit keeps its memory and converges."""
+    plant = FirstOrderPlant(noise=0.005)
+    sim, _, twin = track(plant, WALK, 2000, seed=3)
+    assert twin.learner.drift_rate.q < 1e-6
+    found = twin.parameters()
+    for name in ("K", "tau"):
+        truth = sim.params[name][-1]
+        assert abs(found[name] - truth) / truth < 0.02, (name, found[name], truth)

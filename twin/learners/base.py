@@ -21,7 +21,7 @@ from twin.observations import Observations, supervised
 
 MAD_TO_STD = 1.4826  # makes the median absolute deviation estimate a normal's std
 MIN_FRESH = 16  # targets a fit keeps after a detected change, however recent the change
-DRIFT_EVERY = 8  # updates between windows that inform the drift "auto" estimate
+DRIFT_EVERY = 16  # updates between windows that inform the drift "auto" estimate
 
 
 @dataclass
@@ -338,6 +338,8 @@ class Learner:
             "n_updates": float(self.n_updates),
             "window": float(len(self.window)),
         }
+        if self.options["drift"] != 0:
+            out["drift_rate"] = self.drift()  # the random walk's rate in use (estimated: "auto")
         sigma = self._sigma_summary()
         return out if sigma is None else {"sigma": sigma, **out}
 
