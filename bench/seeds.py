@@ -44,7 +44,7 @@ def check_targets(results, ratios: dict[str, dict], timing, twins) -> list[tuple
         text = f"{sc.label}: the twins beat RLS and river (MSE/noise^2: {measured})"
         out.append((text, worst < min(rel["rls"], rel["river"])))
     slowest = {}  # threads: (median, kind) of the slowest kind under that many threads
-    for (kind, threads), (median, _) in timing.items():
+    for (kind, threads), (median, *_) in timing.items():
         slowest[threads] = max(slowest.get(threads, (median, kind)), (median, kind))
     threads = min(slowest, key=lambda k: slowest[k][0])  # the target allows 1 or 2 threads
     median, kind = slowest[threads]

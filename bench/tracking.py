@@ -40,6 +40,7 @@ from bench.report import (  # noqa: E402
     rel_param_error,
 )
 from bench.seeds import check_targets, print_seed_tables  # noqa: E402
+from bench.timing import print_timing, time_pgpe_update  # noqa: E402
 from twin.plants import (  # noqa: E402
     Drift,
     FirstOrderPlant,
@@ -310,32 +311,6 @@ def linear_ratios(linear, seeds, n: int, done_seed: int, results) -> dict[str, d
     return out
 
 
-# -- one pgpe update ------------------------------------------------------------------------------
-def time_pgpe_update(
-    seed: int, calls: int = 200, window: int = 256
-) -> dict[tuple[str, int], tuple]:
-    """Median and p90 milliseconds of one pgpe update on 1-observation batches with a full window,
-    by (physical kind, torch threads): a twin of every physical kind under 1 and 2 threads."""
-    out = {}
-    for plant in (FirstOrderPlant, ThermalRCPlant, MassSpringDamperPlant):
-        sim = plant(jitter=0.5).simulate(window + calls + 1, seed=seed)
-        spec = sim.spec_dict()
-        spec["learner"] = {"method": "pgpe"}
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            learner = Twin.create(TwinSpec.from_dict(spec)).learner
-            obs = sim.observations
-            learner.observe(obs[: window + 1])
-            ms = []
-            for i in range(window + 1, window + 1 + calls):
-                t0 = time.perf_counter()
-                learner.update(obs[i : i + 1])
-                ms.append(1000 * (time.perf_counter() - t0))
-            out[plant.kind, threads] = (float(np.median(ms)), float(np.percentile(ms, 90)))
-    torch.set_num_threads(2)
-    return out
-
-
 # -- main -----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -381,12 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     ratios = linear_ratios([sc for sc, _ in results if sc.linear], seeds, n, args.seed, results)
     print_seed_tables(ratios, seeds)
     timing = time_pgpe_update(args.seed)
-    print("One pgpe update per physical kind, 256-observation window, 1-observation batches:")
-    for (kind, threads), (median, p90) in timing.items():
-        print(
-            f"  {kind:<18} {threads} thread(s): median {median:.2f} ms, p90 {p90:.2f} ms "
-            "(target < 5 ms)"
-        )
+    print_timing(timing)
     print_targets(check_targets(results, ratios, timing, list(TWINS)))
 
 
