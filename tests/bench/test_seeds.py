@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from bench.report import Row
 from bench.seeds import check_targets, print_seed_tables
 
-TWINS = ["pgpe", "gradient", "gradient, drift auto"]
+TWINS = ["pgpe", "gradient", "gradient, drift auto"]  # a third row the targets also judge
 
 
 def rows(mse: dict[str, float]) -> dict[str, Row]:

@@ -176,7 +176,8 @@ def test_auto_drift_state_round_trips_exactly():
     assert torch.equal(flat_parameters(model), flat_parameters(model2))
 
 
-WALK = {"method": "gradient", "optimizer": "gauss_newton", "drift": "auto"}
+WALK = {"method": "gradient", "optimizer": "gauss_newton", "drift": "auto"}  # its defaults here
+FORGETTING = {"method": "gradient", "optimizer": "adam", "drift": 0}
 
 
 def track(plant, learner: dict, n: int, seed: int):
@@ -198,7 +199,7 @@ def test_auto_drift_tracks_a_random_walk_closer_than_exponential_forgetting():
     ratios = []
     for seed in range(4):
         excess = {}
-        for name, learner in (("forgetting", {"method": "gradient"}), ("walk", WALK)):
+        for name, learner in (("forgetting", FORGETTING), ("walk", WALK)):
             sim, preds, twin = track(plant, learner, 3000, seed=seed)
             excess[name] = float(np.nanmean((preds[200:] - sim.oracle[200:]) ** 2))
         ratios.append(excess["walk"] / excess["forgetting"])
@@ -217,3 +218,13 @@ def test_auto_drift_on_a_stationary_plant_converges_like_a_long_memory():
     for name in ("K", "tau"):
         truth = sim.params[name][-1]
         assert abs(found[name] - truth) / truth < 0.02, (name, found[name], truth)
+
+
+def test_gradient_defaults_to_the_drift_model_on_small_models_only():
+    small = LEARNERS["gradient"].resolve_options({}, n_params=3)
+    assert (small["drift"], small["optimizer"], small["window"]) == ("auto", "gauss_newton", 512)
+    large = LEARNERS["gradient"].resolve_options({}, n_params=300)
+    assert (large["drift"], large["optimizer"], large["half_life"]) == (0.0, "adam", 64.0)
+    given = LEARNERS["gradient"].resolve_options({"drift": 1e-4}, n_params=300)
+    assert given["optimizer"] == "gauss_newton"
+    assert LEARNERS["pgpe"].resolve_options({}, n_params=3)["drift"] == 0.0

@@ -256,7 +256,7 @@ class Learner:
 
     def __init__(self, model: TwinModel, options: dict, seed: int):
         self.model = model
-        self.options = self.resolve_options(options)
+        self.options = self.resolve_options(options, flat_parameters(model).numel())
         self.seed = int(seed)
         self.window = Window(
             self.options["window"] + model.context, model.n_inputs, model.n_outputs
@@ -267,9 +267,16 @@ class Learner:
         self.drift_rate = DriftRate()  # the estimate behind drift "auto"
 
     @classmethod
-    def resolve_options(cls, options: dict) -> dict[str, Any]:
-        """All options with defaults filled in; raise SpecError("learner.<name>", ...)."""
-        return derive_defaults(check_options(cls.method, cls.OPTIONS, options))
+    def resolve_options(cls, options: dict, n_params: int | None = None) -> dict[str, Any]:
+        """All options with defaults filled in, some derived from the model's number of
+        parameters where known; raise SpecError("learner.<name>", ...)."""
+        o = check_options(cls.method, cls.OPTIONS, options)
+        return derive_defaults(cls.derive_method_defaults(o, n_params))
+
+    @classmethod
+    def derive_method_defaults(cls, options: dict, n_params: int | None) -> dict[str, Any]:
+        """Fill in the method's own defaults that depend on the model (none here)."""
+        return options
 
     # -- the contract -------------------------------------------------------------------------
     def observe(self, obs: Observations) -> None:

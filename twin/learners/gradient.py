@@ -22,15 +22,22 @@ CLIP = 10.0
 # overshoot 30-fold after an alarm (seed 2), 0.1 does not and tracks the random walk as closely.
 DAMPING = 0.1
 HALVINGS = 4  # a Gauss-Newton step that raises the loss is halved up to this many times
+# Models with at most this many parameters (the physical kinds, small arx) default to the
+# random-walk drift model at an estimated rate with Gauss-Newton steps; larger ones (mlp) to
+# exponential forgetting with Adam: their Gauss-Newton system and likelihood grow as P^2.
+WALK_MAX_PARAMS = 32
 
 OPTIONS: dict[str, Option] = {
     **COMMON_OPTIONS,
     "iterations": Option("int", ITERATIONS, 1, 10_000),
     "lr": positive(LR, 10.0),
     "clip": positive(CLIP),
+    # default: "auto" for models of at most WALK_MAX_PARAMS parameters, else 0
+    "drift": Option("float", None, 0.0, 1.0, words=("auto",)),
     # "gauss_newton": the step solves the loss's Gauss-Newton system (lr and clip unused); it
-    # reaches the window's minimum in a few iterations where Adam trails it.
-    "optimizer": Option("choice", "adam", choices=("adam", "gauss_newton")),
+    # reaches the window's minimum in a few iterations where Adam trails it. Default: it with a
+    # drift model, else "adam".
+    "optimizer": Option("choice", None, choices=("adam", "gauss_newton")),
 }
 
 
@@ -43,6 +50,15 @@ class GradientLearner(Learner):
     def __init__(self, model: TwinModel, options: dict, seed: int):
         super().__init__(model, options, seed)
         self.optimizer = Adam(self.model.parameter_scales().numel())
+
+    @classmethod
+    def derive_method_defaults(cls, options: dict, n_params: int | None) -> dict:
+        if options["drift"] is None:
+            small = n_params is not None and n_params <= WALK_MAX_PARAMS
+            options["drift"] = "auto" if small else 0.0
+        if options["optimizer"] is None:
+            options["optimizer"] = "gauss_newton" if options["drift"] != 0 else "adam"
+        return options
 
     def _learn(self, objective: Objective, lr: float, boost: float) -> tuple[Tensor, float]:
         if self.options["optimizer"] == "gauss_newton":

@@ -62,8 +62,8 @@ class PGPELearner(Learner):
         self.generator = torch.Generator().manual_seed(self.seed)
 
     @classmethod
-    def resolve_options(cls, options: dict) -> dict:
-        o = super().resolve_options(options)
+    def resolve_options(cls, options: dict, n_params: int | None = None) -> dict:
+        o = super().resolve_options(options, n_params)
         if o["sigma_min"] > o["sigma_max"]:
             raise SpecError("learner.sigma_min", "must not exceed sigma_max")
         if not o["sigma_min"] <= o["sigma"] <= o["sigma_max"]:
