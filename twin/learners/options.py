@@ -66,9 +66,9 @@ COMMON_OPTIONS: dict[str, Option] = {
     # see twin.learners.walk.
     "drift": Option("float", 0.0, 0.0, 1.0, words=("auto",)),
     # A chunk of update_size observations is predicted with weights up to update_size old, so
-    # small chunks track drift more closely (gradient on the linear random walk, seeds 0-3:
-    # 1.64-1.87x the Kalman filter's excess MSE with 4, 1.45-1.71x with 1); below 4 the update
-    # time caps throughput.
+    # small chunks track drift more closely (gradient with forgetting, linear random walk, seeds
+    # 0-3: 1.64-1.87x the Kalman filter's excess MSE with 4, 1.45-1.71x with 1); below 4 the
+    # update time caps throughput.
     "update_size": Option("int", 4, 1, 100_000),
     # After a detected change the fit sees only the new regime, so a large step is safe: 8 beat
     # 4 and 16 on bench/tracking.py's step plant (8 seeds).
