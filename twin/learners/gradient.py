@@ -83,31 +83,31 @@ class GradientLearner(Learner):
 
     def _gauss_newton(self, objective: Objective) -> tuple[Tensor, float]:
         """Damped Gauss-Newton (Levenberg-Marquardt) steps on z = theta / scale with the
-        curvature at the starting center, each halved until the loss does not rise."""
+        curvature at the starting center, each halved until the loss does not rise. A point's
+        loss is evaluated once, with its graph: the accepted one's gradient drives the next step."""
         scale = objective.scale
         h = objective.curvature()
         damping = DAMPING * h.diagonal().mean().clamp(min=1e-12)
         h = h + damping * torch.eye(h.shape[0], dtype=h.dtype)
         theta = objective.theta_prev
-        loss = objective.center_loss
+        z = (theta / scale).requires_grad_(True)
+        value = objective.loss(z * scale)
+        loss = float(value.detach())
         for _ in range(self.options["iterations"]):
-            z = (theta / scale).requires_grad_(True)
-            value = objective.loss(z * scale)
             (grad,) = torch.autograd.grad(value, z)
-            value = float(value.detach())
             step = torch.linalg.solve(h, grad)
             if not bool(torch.isfinite(step).all()):
                 break
             for _ in range(HALVINGS + 1):
                 candidate = objective.clamp((z.detach() - step) * scale)
-                with torch.no_grad():
-                    new = float(objective.loss(candidate))
-                if new <= value:
+                z_new = (candidate / scale).requires_grad_(True)
+                value_new = objective.loss(z_new * scale)
+                if float(value_new.detach()) <= loss:
                     break
                 step = step / 2
             else:
                 break
-            theta, loss = candidate, new
+            theta, z, value, loss = candidate, z_new, value_new, float(value_new.detach())
         return theta, loss
 
     def state_dict(self) -> dict:
