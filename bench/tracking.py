@@ -202,16 +202,21 @@ def run_reference(name: str, make, sim, linear: bool, setting: str = "") -> Run:
     return Run(name, full, seconds, error, setting)
 
 
+def kalman(sc: Scenario, sim, q):
+    """`make` for run_reference: per output j, a Kalman filter with random-walk variance q and
+    output j's noise variance, from zero."""
+    r = (sc.plant.noise * sc.plant.output_scale) ** 2  # (n_out,) each output's noise variance
+    n_features = sim.observations.outputs.shape[1] + sim.observations.inputs.shape[1] + 1
+    return lambda j: KalmanFilter(q, r[j], np.zeros(n_features), 10.0)
+
+
 def kalman_run(sc: Scenario, sim, n: int, seed: int) -> Run:
     """The linear scenario's reference: a Kalman filter given the per-parameter variance of the
     random walk (the plant's own, or on the step plant the random-walk plant's) and the noise."""
     q = true_q(sim if sc.kf_plant is None else sc.kf_plant.simulate(n, seed=seed))
-    r = (sc.plant.noise * sc.plant.output_scale) ** 2
-    n_features = sim.observations.outputs.shape[1] + sim.observations.inputs.shape[1] + 1
     setting = "q=" + ",".join(f"{v:.1e}" for v in q)
     label = KF_LABEL if sc.kf_plant is None else KF_SMOOTH_LABEL
-    make = lambda j: KalmanFilter(q, r[j], np.zeros(n_features), 10.0)  # noqa: E731
-    return run_reference(label, make, sim, True, setting)
+    return run_reference(label, kalman(sc, sim, q), sim, True, setting)
 
 
 def true_q(sim) -> np.ndarray:
@@ -234,12 +239,6 @@ def run_scenario(sc: Scenario, n: int, seed: int, cold: bool) -> tuple[list[Row]
     """All methods on one simulation of the scenario; references tuned on another seed."""
     sim = sc.plant.simulate(n, seed=seed)
     tune_sim = sc.plant.simulate(n, seed=seed + TUNE_SEED_OFFSET)
-    r = (sc.plant.noise * sc.plant.output_scale) ** 2  # (n_out,) each output's noise variance
-    n_features = sim.observations.outputs.shape[1] + sim.observations.inputs.shape[1] + 1
-
-    def kalman(q):
-        return lambda j: KalmanFilter(q, r[j], np.zeros(n_features), 10.0)
-
     lam = tune(lambda v: lambda j: RLS(v), RLS_LAMS, tune_sim, sc.linear)
     mu = tune(lambda v: lambda j: NLMS(v), NLMS_MUS, tune_sim, sc.linear)
     lr = tune(lambda v: lambda j: RiverLinear(v), RIVER_LRS, tune_sim, sc.linear)
@@ -247,11 +246,12 @@ def run_scenario(sc: Scenario, n: int, seed: int, cold: bool) -> tuple[list[Row]
     if sc.linear:
         runs.append(kalman_run(sc, sim, n, seed))
         if sc.step_at is not None:
-            runs.append(run_reference("kalman (q=0)", kalman(0.0), sim, True, "stationary"))
+            make = kalman(sc, sim, 0.0)
+            runs.append(run_reference("kalman (q=0)", make, sim, True, "stationary"))
         tuned = ""
     else:
-        q = tune(kalman, KF_QS, tune_sim, False)
-        runs.append(run_reference("kalman (tuned q)", kalman(q), sim, False, f"q={q:.0e}"))
+        q = tune(lambda v: kalman(sc, tune_sim, v), KF_QS, tune_sim, False)
+        runs.append(run_reference("kalman (tuned q)", kalman(sc, sim, q), sim, False, f"q={q:.0e}"))
         tuned = f", kalman q={q:.0e}"
     runs += [
         run_reference("rls", lambda j: RLS(lam), sim, sc.linear, f"lam={lam}"),
