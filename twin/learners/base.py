@@ -173,8 +173,10 @@ class Objective:
             self.s = robust_scale(y - yhat, self.weights, y)
         self.y_scaled = y / self.s  # (T, n_out)
         self.residuals = self.y_scaled - yhat / self.s  # (T, n_out) at the starting center
-        # (T * n_out,) recency weight / n_out per residual: the weighted mean as one product
-        self.w_flat = (self.weights[:, None] / y.shape[1]).expand_as(y).reshape(-1)
+        # Output-major, as physical kinds lay out their predictions (see _from_predictions):
+        self.y_rows = self.y_scaled.T.contiguous()  # (n_out, T)
+        self.inv_s = 1 / self.s  # (n_out,)
+        self.w_mean = self.weights / y.shape[1]  # (T,) recency weight / n_out per residual
         self._jacobian: Tensor | None = None
         self.walk = None
         if self.n_targets and drift:
@@ -234,10 +236,14 @@ class Objective:
         if self.walk is not None:
             fit = self.walk.loss(self.y_scaled - yhat / self.s, self.delta)
         else:
-            h = huber_loss(
-                yhat / self.s, self.y_scaled.expand_as(yhat), reduction="none", delta=self.delta
-            )
-            fit = h.reshape(*h.shape[:-2], -1) @ self.w_flat  # (..., T * n_out) -> (...)
+            # Output by output, (n_out, ..., T): rows contiguous in time where yhat's memory is
+            # output-major (physical kinds), so every operation runs along whole rows.
+            rows = yhat.movedim(-1, 0)
+            lead = (-1,) + (1,) * (rows.dim() - 2)
+            target = self.y_rows.view(lead + (rows.shape[-1],)).expand_as(rows)
+            scaled = rows * self.inv_s.view(lead + (1,))
+            h = huber_loss(scaled, target, reduction="none", delta=self.delta)
+            fit = (h @ self.w_mean).sum(dim=0)  # (n_out, ...) -> (...)
         if self.smoothness:
             jump = theta / self.scale - self.z_prev
             fit = fit + self.smoothness * (jump * jump).mean(dim=-1)

@@ -15,6 +15,8 @@ with an abrupt and a slow drift it gave slightly lower one-step error than ranks
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -79,41 +81,47 @@ class PGPELearner(Learner):
 
     def _learn(self, objective: Objective, lr: float, boost: float) -> tuple[Tensor, float]:
         o = self.options
-        n, P = o["popsize"], self.sigma.numel()
+        n, P, iterations = o["popsize"], self.sigma.numel(), o["iterations"]
         max_speed = (o["max_speed"] or 2 * o["lr"]) * boost
         scale = objective.scale
         theta = objective.theta_prev
         sigma = self.sigma
-        for _ in range(o["iterations"]):
+        # Each iteration's directions: rows [0, zeta, -zeta] score the center, z + eps, z - eps.
+        zetas = torch.randn(iterations, n, P, generator=self.generator, dtype=DTYPE)
+        signed = torch.cat([torch.zeros(iterations, 1, P, dtype=DTYPE), zetas, -zetas], dim=1)
+        # Sehnke's estimates are products with the losses l = [l0, l+, l-] (below):
+        # signed.T @ l = sum_i zeta_i (l+_i - l-_i); with zeta2 = zeta^2 - 1 on rows 1.. and
+        # minus their sum on row 0, zeta2.T @ l = sum_i (zeta_i^2 - 1) (l+_i + l-_i - 2 l0).
+        zeta2 = signed * signed - 1
+        zeta2[:, 0] = -zeta2[:, 1:].sum(dim=1)
+        to_gradient = signed.mT / (2 * n)  # (iterations, P, 1 + 2n)
+        to_log_sigma = zeta2.mT * (-o["lr_sigma"] / (2 * n))
+        for i in range(iterations):
             z = theta / scale
-            zeta = torch.randn(n, P, generator=self.generator, dtype=DTYPE)  # (n, P)
-            eps = zeta * sigma
-            zs = torch.cat([z[None], z + eps, z - eps])  # (1 + 2n, P): center, plus, minus
-            losses = objective.losses(objective.clamp(zs * scale))  # (1 + 2n,)
-            if not bool(torch.isfinite(losses).all()):
+            losses = objective.losses(objective.clamp((z + signed[i] * sigma) * scale))
+            spread = float(losses.std(correction=0))  # non-finite if any loss is
+            if not math.isfinite(spread):
                 finite = torch.isfinite(losses)
                 if not finite.any():
                     break
                 losses = torch.where(finite, losses, losses[finite].max())
-            # Rewards are -losses divided by their standard deviation (see the module docstring).
-            spread = float(losses.std(correction=0))
+                spread = float(losses.std(correction=0))
             if not spread > 0:
                 break
-            diff = losses[1 : n + 1] - losses[n + 1 :]  # (n,) loss(z + eps) - loss(z - eps)
-            curv = (losses[1 : n + 1] + losses[n + 1 :]) / 2 - losses[0]  # (n,)
-            # Loss gradient times sigma (Sehnke's symmetric estimate divided by sigma): O(1)
-            # whatever sigma is, so the optimizer's moments do not drift as sigma adapts.
-            g_mu = zeta.T @ diff / (2 * n * spread)  # (P,)
-            # d E[reward] / d log sigma (Sehnke's sigma gradient divided by sigma).
-            g_log_sigma = (zeta.square() - 1).T @ curv / (-n * spread)  # (P,)
+            # Rewards are -losses divided by their standard deviation (see the module docstring).
+            losses = losses / spread
+            # The loss gradient times sigma (Sehnke's symmetric estimate divided by sigma) is
+            # O(1) whatever sigma is, so the optimizer's moments do not drift as sigma adapts.
+            g_mu = to_gradient[i] @ losses  # (P,)
+            # sigma steps along d E[reward] / d log sigma (Sehnke's sigma gradient / sigma).
+            sigma = (sigma * (to_log_sigma[i] @ losses).exp_()).clamp_(
+                o["sigma_min"], o["sigma_max"]
+            )
             if isinstance(self.optimizer, ClipUp):
                 delta = self.optimizer.step(g_mu, lr, max_speed)
             else:
                 delta = self.optimizer.step(g_mu, lr)
             theta = objective.clamp((z - delta) * scale)
-            sigma = (sigma * torch.exp(o["lr_sigma"] * g_log_sigma)).clamp(
-                o["sigma_min"], o["sigma_max"]
-            )
         decay = self.boost_factor(self.boost_left - 1) / boost  # undo this update's share of boost
         self.sigma = (sigma * decay).clamp(o["sigma_min"], o["sigma_max"])
         with torch.no_grad():

@@ -145,8 +145,12 @@ def unflatten(model: nn.Module, flat: Tensor) -> dict[str, Tensor]:
     Leading batch dimensions are kept, so the result feeds `forward_with` under `vmap` (or
     directly, for a model that `broadcasts_parameters`).
     """
+    named = list(model.named_parameters())
+    if all(p.dim() == 0 for _, p in named):  # scalars (the physical kinds): one operation
+        assert len(named) == flat.shape[-1], "flat vector does not match the model's parameters"
+        return {name: value for (name, _), value in zip(named, flat.unbind(-1), strict=True)}
     out, i = {}, 0
-    for name, p in model.named_parameters():
+    for name, p in named:
         n = p.numel()
         if p.dim() == 0:  # a scalar: one indexing operation
             out[name] = flat[..., i]

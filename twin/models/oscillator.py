@@ -79,10 +79,10 @@ _NEAR_SERIES = _near_series_matrix()
 _LAST_TIMES: tuple = ()  # (t, its version, _time_terms(t)) of the last call
 
 
-def _series(monomials: Tensor, matrix: Tensor, t_powers: Tensor) -> Tensor:
-    """(2, ..., B): two series with coefficients `monomials @ matrix`, at the rows' t."""
+def _series(monomials: Tensor, matrix: Tensor, t_powers: Tensor) -> tuple[Tensor, ...]:
+    """Two (..., B) series with coefficients `monomials @ matrix`, at the rows' t."""
     coefficients = (monomials @ matrix).unflatten(-1, (2, DEGREE + 1))
-    return (coefficients @ t_powers).movedim(-2, 0)
+    return (coefficients @ t_powers).unbind(-2)
 
 
 def _time_terms(t: Tensor) -> tuple[Tensor, Tensor, tuple[float, float] | None]:
@@ -124,6 +124,16 @@ def _branches(times, root: Tensor, rate: Tensor, q: Tensor) -> tuple[bool, ...]:
     )
 
 
+def _all_small(times, p: Tensor, w2: Tensor) -> bool:
+    """Whether every element is small (rate t < SMALL), from the bound rate = p + sqrt|q| <=
+    p + max(p, sqrt(w2)) and the longest interval: a check in a few operations that settles
+    the typical case before the eigenvalues' regimes are sorted out. False where unsure."""
+    if times is None or not p.numel() or is_batchedtensor(p):
+        return False
+    bound = float((p + torch.maximum(p, w2.sqrt())).max())
+    return times[1] * bound < SMALL  # False for NaN
+
+
 def _select(mask: Tensor | None, value: Tensor, other: Tensor | None) -> Tensor:
     """`value` where `mask`, else `other`; `other` is None where nothing else was computed."""
     return value if other is None else torch.where(mask, value, other)
@@ -138,10 +148,28 @@ def oscillator_step(
     that each steps every row; x, v, force, dt are (B,). Exact up to rounding for any dt >= 0,
     smooth in m, c, k."""
     m, c, k = m[..., None], c[..., None], k[..., None]  # (..., 1) against the rows
-    force, x, v = torch.stack([force, x, v])  # contiguous rows
     neg_t, t_powers, times = _time_terms(dt)
     p = c / (2 * m)  # half the damping rate
     w2 = k / m  # natural frequency squared
+    if _all_small(times, p, w2):
+        s, d = _small_series(p, w2, t_powers)
+    else:
+        s, d = _large_steps(p, w2, dt, neg_t, t_powers, times)
+    # x' = x + s v + d (F/k - x);  Phi22 = c0 - p s = 1 - d - 2 p s: v' = v - d v + s drive
+    drive = torch.addcmul(torch.addcmul(force / m, w2, x, value=-1), p, v, value=-2)
+    x_next = torch.addcmul(torch.addcmul(x, s, v), d, force / k - x)
+    v_next = torch.addcmul(torch.addcmul(v, s, drive), d, v, value=-1)
+    return torch.stack([x_next, v_next]).movedim(0, -1)  # output-major memory
+
+
+def _small_series(p: Tensor, w2: Tensor, t_powers: Tensor) -> tuple[Tensor, Tensor]:
+    """s and d (..., B) from their series in t, for steps where every |eigenvalue| t < SMALL."""
+    grid = torch.linalg.vander(p, N=DEGREE).mT * torch.linalg.vander(w2, N=W_TERMS + 1)
+    return _series(grid.flatten(-2), _SMALL_SERIES, t_powers)  # monomials p^i w2^j
+
+
+def _large_steps(p, w2, dt, neg_t, t_powers, times) -> tuple[Tensor, Tensor]:
+    """s and d (..., B) in every regime, each piece where it is accurate."""
     q = p * p - w2  # > 0 overdamped, < 0 underdamped
     root = q.abs().clamp_min(TINY).sqrt()
     rate = p + root  # -rate is the fast overdamped eigenvalue; w2 / -rate, the slow one
@@ -166,19 +194,14 @@ def oscillator_step(
         if some_near:
             near = None if all_near else (root * dt if wt is None else wt) < NEAR_RT
             monomials = torch.linalg.vander(q, N=Q_TERMS)[..., 0, :]
-            scaled = decay * _series(monomials, _NEAR_SERIES, t_powers)
+            scaled = decay * torch.stack(_series(monomials, _NEAR_SERIES, t_powers))
             c0, s = _select(near, scaled[0], c0), _select(near, scaled[1], s)
         d = 1 - c0 - p * s  # 1 - Phi11, exact when near or underdamped
         if not all_near and some_over:
             exact = q < 0 if near is None else near | (q < 0)
             d = torch.where(exact, d, slow * s - slow_m1)
     if some_small:
-        grid = torch.linalg.vander(p, N=DEGREE).mT * torch.linalg.vander(w2, N=W_TERMS + 1)
-        small_s, small_d = _series(grid.flatten(-2), _SMALL_SERIES, t_powers)  # p^i w2^j
+        small_s, small_d = _small_series(p, w2, t_powers)
         small = None if all_small else rate * dt < SMALL
         s, d = _select(small, small_s, s), _select(small, small_d, d)
-    # Phi22 = c0 - p s = 1 - d - 2 p s: v' = v - d v + s (F/m - w2 x - 2 p v)
-    drive = torch.addcmul(torch.addcmul(force * (1 / m), w2, x, value=-1), p, v, value=-2)
-    x_next = torch.addcmul(torch.addcmul(x, s, v), d, torch.addcmul(-x, force, 1 / k))
-    v_next = torch.addcmul(torch.addcmul(v, s, drive), d, v, value=-1)
-    return torch.stack([x_next, v_next]).movedim(0, -1)
+    return s, d
