@@ -142,11 +142,8 @@ class PhysicalModel(TwinModel):
             return {name: float(v) for name, v in self.values().items()}
 
     def parameter_scales(self) -> Tensor:
-        scales = [
-            torch.ones((), dtype=DTYPE) if p.positive else self.y_std[p.scale_output].detach()
-            for p in self.PARAMS
-        ]
-        return torch.stack(scales).to(DTYPE)  # (P,), one per scalar parameter
+        scales = [1.0 if p.positive else float(self.y_std[p.scale_output]) for p in self.PARAMS]
+        return torch.tensor(scales, dtype=DTYPE)  # (P,), one per scalar parameter
 
     def raw_bounds(self) -> tuple[Tensor, Tensor]:
         low, high = [], []
