@@ -240,6 +240,27 @@ def test_on_drift_re_converges_faster_after_an_abrupt_change(method):
     assert np.mean(errors[True]) < 0.5 * np.mean(errors[False])
 
 
+@pytest.mark.parametrize(
+    ("method", "options", "momentum"),
+    [
+        ("pgpe", {}, "m"),
+        ("pgpe", {"optimizer": "clipup"}, "velocity"),
+        ("gradient", {"drift": 0, "optimizer": "adam"}, "m"),
+    ],
+)
+def test_on_drift_drops_the_optimizers_momentum_and_keeps_its_scale(method, options, momentum):
+    model, learner = build(make_spec(method, **options))
+    feed(learner, simulate(512))
+    before = learner.optimizer.state_dict()
+    assert torch.count_nonzero(before[momentum]) > 0
+    learner.on_drift()
+    after = learner.optimizer.state_dict()
+    assert torch.count_nonzero(after[momentum]) == 0
+    assert after["t"] == before["t"]  # bias corrections go on: the next steps start small
+    if "v" in before:
+        assert torch.equal(after["v"], before["v"])
+
+
 # -- contract -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("method", "options"),

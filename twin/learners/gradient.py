@@ -60,6 +60,11 @@ class GradientLearner(Learner):
             options["optimizer"] = "gauss_newton" if options["drift"] != 0 else "adam"
         return options
 
+    def on_drift(self, start_seq: int | None = None) -> None:
+        """Boost lr (see Learner) and drop Adam's momentum: it belongs to the regime before."""
+        super().on_drift(start_seq)
+        self.optimizer.drop_momentum()
+
     def _learn(self, objective: Objective, lr: float, boost: float) -> tuple[Tensor, float]:
         if self.options["optimizer"] == "gauss_newton":
             return self._gauss_newton(objective)

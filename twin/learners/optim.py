@@ -35,6 +35,12 @@ class Adam:
         denom = (self.v / (1 - b2**self.t)).sqrt_().add_(self.eps)
         return (lr / (1 - b1**self.t)) * self.m / denom
 
+    def drop_momentum(self) -> None:
+        """Forget the mean gradient (after an abrupt change it points the old regime's way);
+        the scale of the gradients and the bias corrections are kept, so the next steps start
+        small and grow as the new gradient builds up."""
+        self.m.zero_()
+
     def state_dict(self) -> dict:
         return {"m": self.m.clone(), "v": self.v.clone(), "t": self.t}
 
@@ -64,6 +70,10 @@ class ClipUp:
             velocity = velocity * (max_speed / speed)
         self.velocity = velocity
         return velocity
+
+    def drop_momentum(self) -> None:
+        """Forget the velocity (after an abrupt change it points the old regime's way)."""
+        self.velocity = torch.zeros_like(self.velocity)
 
     def state_dict(self) -> dict:
         return {"velocity": self.velocity.clone(), "t": self.t}

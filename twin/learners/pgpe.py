@@ -85,11 +85,13 @@ class PGPELearner(Learner):
         return o
 
     def on_drift(self, start_seq: int | None = None) -> None:
-        """Boost lr and widen sigma (within sigma_max); both decay back over `boost_updates`."""
+        """Boost lr and widen sigma (within sigma_max), both decaying back over `boost_updates`,
+        and drop the optimizer's momentum (it belongs to the regime before the change)."""
         before = self.boost_factor(self.boost_left)  # a running boost is replaced, not stacked
         super().on_drift(start_seq)
         widen = self.boost_factor(self.boost_left) / before
         self.sigma = (self.sigma * widen).clamp(max=self.options["sigma_max"])
+        self.optimizer.drop_momentum()
 
     def _learn(self, objective: Objective, lr: float, boost: float) -> tuple[Tensor, float]:
         o = self.options
