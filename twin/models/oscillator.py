@@ -130,6 +130,7 @@ def _all_small(times, p: Tensor, w2: Tensor) -> bool:
     the typical case before the eigenvalues' regimes are sorted out. False where unsure."""
     if times is None or not p.numel() or is_batchedtensor(p):
         return False
+    p, w2 = p.detach(), w2.detach()  # a decision, not part of the result
     bound = float((p + torch.maximum(p, w2.sqrt())).max())
     return times[1] * bound < SMALL  # False for NaN
 
