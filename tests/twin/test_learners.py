@@ -204,7 +204,8 @@ def test_a_single_huge_spike_moves_the_parameters_far_less_than_without_huber(me
 @pytest.mark.parametrize("method", METHODS)
 def test_on_drift_widens_the_search_then_settles(method):
     obs = simulate(1024)
-    model, learner = build(make_spec(method, boost=4.0, boost_updates=10))
+    adam = {"drift": 0, "optimizer": "adam"} if method == "gradient" else {}  # steps with lr
+    model, learner = build(make_spec(method, boost=4.0, boost_updates=10, **adam))
     feed(learner, obs)
     calm = learner.summary()
     learner.on_drift()
@@ -238,6 +239,16 @@ def test_on_drift_re_converges_faster_after_an_abrupt_change(method):
             learner.update(jumped[s : s + 16])
             errors[boosted].append(abs(math.log(model.named_values()["K"] / 3.0)))
     assert np.mean(errors[True]) < 0.5 * np.mean(errors[False])
+
+
+def test_gauss_newton_reports_no_learning_rate():
+    """Its steps solve for the window's minimum: an `lr` in its summary would be a figure that
+    sets nothing."""
+    for optimizer, reported in (("gauss_newton", False), ("adam", True)):
+        model, learner = build(make_spec("gradient", optimizer=optimizer, drift=1e-4))
+        reports = feed(learner, simulate(128))
+        assert ("lr" in learner.summary()) is reported
+        assert (reports[-1].to_dict()["lr"] is not None) is reported
 
 
 @pytest.mark.parametrize(

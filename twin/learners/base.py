@@ -306,8 +306,11 @@ class Learner:
             self.regime_start,
             self.drift(),
         )
+        reported_lr = lr if self.steps_with_lr() else math.nan
         if objective.n_targets == 0:
-            return UpdateReport(math.nan, math.nan, 0.0, self._sigma_summary(), lr, len(obs), 0)
+            return UpdateReport(
+                math.nan, math.nan, 0.0, self._sigma_summary(), reported_lr, len(obs), 0
+            )
         if self.options["drift"] == "auto" and self.n_updates % DRIFT_EVERY == 0:
             self.drift_rate.observe(objective.jacobian(), objective.residuals, objective.weights)
         theta, loss_after = self._learn(objective, lr, boost)
@@ -320,7 +323,7 @@ class Learner:
             loss_after,
             float(step),
             self._sigma_summary(),
-            lr,
+            reported_lr,
             len(obs),
             objective.n_targets,
         )
@@ -344,6 +347,10 @@ class Learner:
             return 1.0
         return self.options["boost"] ** (left / self.options["boost_updates"])
 
+    def steps_with_lr(self) -> bool:
+        """Whether `lr` sizes this learner's steps (reported only then)."""
+        return True
+
     def summary(self) -> dict[str, float]:
         out = {
             "lr": self.options["lr"] * self.boost_factor(self.boost_left),
@@ -351,6 +358,8 @@ class Learner:
             "n_updates": float(self.n_updates),
             "window": float(len(self.window)),
         }
+        if not self.steps_with_lr():
+            del out["lr"]
         if self.options["drift"] != 0:
             out["drift_rate"] = self.drift()  # the random walk's rate in use (estimated: "auto")
         sigma = self._sigma_summary()

@@ -60,6 +60,9 @@ class GradientLearner(Learner):
             options["optimizer"] = "gauss_newton" if options["drift"] != 0 else "adam"
         return options
 
+    def steps_with_lr(self) -> bool:
+        return self.options["optimizer"] != "gauss_newton"  # its steps solve for the minimum
+
     def on_drift(self, start_seq: int | None = None) -> None:
         """Boost lr (see Learner) and drop Adam's momentum: it belongs to the regime before."""
         super().on_drift(start_seq)
