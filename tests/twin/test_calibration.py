@@ -22,7 +22,11 @@ def calibrate(plant, n: int, method: str, initial: dict | None = None, seed: int
 
 
 def rolling_mse(residuals: np.ndarray, window: int = 25) -> np.ndarray:
-    sq = np.nanmean(residuals**2, axis=1)
+    """Rolling mean over `window` observations of the mean squared residual over outputs; NaN
+    where an observation has no residual yet (no prediction before its context)."""
+    seen = np.isfinite(residuals).sum(axis=1)  # (N,)
+    total = np.nansum(residuals**2, axis=1)
+    sq = np.divide(total, seen, out=np.full(total.shape, np.nan), where=seen > 0)
     return np.convolve(sq, np.ones(window) / window, mode="valid")
 
 
