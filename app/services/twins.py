@@ -101,12 +101,12 @@ def twin_statuses(session: Session, twins: Sequence[Twin]) -> list[TwinStatus]:
             )
         )
     }
-    # the lag is measured from the newest learned observation, or the oldest pending one
+    # the lag in seconds is the age of the oldest observation not yet learned (seq wm + 1)
     anchors = {}
     for t in twins:
         wm = latest.get(t.id, (0, 0))[1]
         if t.last_seq > wm:
-            anchors[t.id] = max(wm, 1)
+            anchors[t.id] = wm + 1
     received = {}
     if anchors:
         key = tuple_(Observation.twin_id, Observation.seq)
@@ -114,13 +114,14 @@ def twin_statuses(session: Session, twins: Sequence[Twin]) -> list[TwinStatus]:
             key.in_(list(anchors.items()))
         )
         received = dict(session.execute(query).all())
+    now = time.time()
     out = []
     for t in twins:
         number, wm = latest.get(t.id, (0, 0))
         pending = max(t.last_seq - wm, 0)
         seconds = 0.0
-        if pending and t.id in received and t.last_received_at is not None:
-            seconds = max(t.last_received_at - received[t.id], 0.0)
+        if pending and t.id in received:
+            seconds = max(now - received[t.id], 0.0)
         lag = CalibrationLag(observations=pending, seconds=seconds)
         out.append(
             TwinStatus(t.id, t.name, t.spec, t.created_at, number, wm, t.last_seq, t.last_ts, lag)

@@ -1,6 +1,8 @@
 """Creating, listing, reading and deleting twins."""
 
-from sqlalchemy import func, select
+import time
+
+from sqlalchemy import func, select, update
 
 from app import tables as t
 from tests.app.conftest import SPEC, thermal_rows
@@ -93,6 +95,25 @@ def test_status_reports_calibration_lag(client, make_twin, post, learn):
     assert status["version"] == 1 and status["watermark"] == 5
     assert status["calibration_lag"]["observations"] == 2
     assert status["calibration_lag"]["seconds"] >= 0.0
+
+
+def test_calibration_lag_seconds_is_the_age_of_the_oldest_unlearned_observation(
+    client, make_twin, post, learn, sessions
+):
+    twin = make_twin()
+    post(twin["id"], thermal_rows(5))
+    learn(twin["id"])
+    assert client.get(f"/twins/{twin['id']}").json()["calibration_lag"]["seconds"] == 0.0
+    post(twin["id"], thermal_rows(3, start=2_000.0))
+    with sessions.begin() as session:  # seq 6, the oldest pending one, arrived 100 s ago
+        session.execute(
+            update(t.Observation)
+            .where(t.Observation.twin_id == twin["id"], t.Observation.seq == 6)
+            .values(received_at=time.time() - 100.0)
+        )
+    lag = client.get(f"/twins/{twin['id']}").json()["calibration_lag"]
+    assert lag["observations"] == 3
+    assert 100.0 <= lag["seconds"] < 130.0
 
 
 def test_unknown_twin_is_404(client):
