@@ -41,10 +41,15 @@ class TooLarge(DomainError):
     status_code, code = 413, "too_large"
 
 
+class UnsupportedMedia(DomainError):
+    status_code, code = 415, "unsupported_media_type"
+
+
 ERROR_DESCRIPTIONS = {
     404: "No such twin",
     409: "Conflicts with the twin's state",
     413: "Batch or body too large",
+    415: "Content type not accepted",
     422: "Invalid request; `errors` names each field (and row)",
 }
 

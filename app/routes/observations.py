@@ -37,6 +37,15 @@ BATCH_BODY = {
         "application/x-ndjson": {
             "schema": {"type": "string", "description": "One observation object per line."}
         },
+        "text/csv": {
+            "schema": {
+                "type": "string",
+                "description": "A header row `ts,<channel>,...` (every input and output of the "
+                "twin, any order), then one observation per row; an empty cell is a missing "
+                "value.",
+            },
+            "example": "ts,heat,T\n2025-01-01T00:00:00Z,1.0,21.0\n",
+        },
     },
 }
 
@@ -45,7 +54,7 @@ BATCH_BODY = {
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=IngestResult,
-    responses=error_responses(404, 413, 422),
+    responses=error_responses(404, 413, 415, 422),
     openapi_extra={"requestBody": BATCH_BODY},
 )
 async def post_observations(
@@ -57,12 +66,13 @@ async def post_observations(
 ) -> IngestResult:
     """Store a batch of observations, all or nothing; duplicates of stored `ts` are counted and
     skipped. The response comes after the commit: a 202 means the batch is durable."""
-    body = await _read_body(request, settings.max_body_bytes)
     content_type = request.headers.get("content-type")
+    ingestion.media_kind(content_type)  # 415 before reading a body it would not take
+    body = await _read_body(request, settings.max_body_bytes)
     inputs, outputs = twin.spec["inputs"], twin.spec["outputs"]
 
     def ingest() -> IngestResult:
-        raw = ingestion.parse_batch(body, content_type, settings.max_batch_rows)
+        raw = ingestion.parse_batch(body, content_type, settings.max_batch_rows, inputs, outputs)
         rows = ingestion.check_rows(raw, inputs, outputs)
         return ingestion.store(session, twin.id, rows)
 

@@ -9,6 +9,8 @@ is refused, because the learner consumes observations in time order.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import time
 from collections.abc import Sequence
@@ -19,11 +21,13 @@ import orjson
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.errors import Invalid, NotFound, TooLarge
+from app.errors import Invalid, NotFound, TooLarge, UnsupportedMedia
 from app.schemas import IngestResult
 from app.tables import Observation, Twin
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/ndjson"})
+CSV_TYPES = frozenset({"text/csv", "application/csv"})
+ACCEPTED_TYPES = ("application/json", *sorted(NDJSON_TYPES), *sorted(CSV_TYPES))
 DUPLICATE_LOOKUP_CHUNK = 500  # ts values per `IN (...)` when looking for stored duplicates
 ROW_KEYS = frozenset({"ts", "inputs", "outputs"})
 _MISSING = object()
@@ -32,11 +36,36 @@ _MISSING = object()
 Row = tuple[float, int, list[float], list[float]]
 
 
-def parse_batch(body: bytes, content_type: str | None, max_rows: int) -> list[Any]:
-    """The raw observation objects of a JSON (`{"observations": [...]}`) or NDJSON body."""
+def media_kind(content_type: str | None) -> str:
+    """ "json", "ndjson" or "csv" for a request's content type (none: JSON); 415 otherwise.
+    The one place that decides which bodies observations may come in."""
     media = (content_type or "application/json").split(";")[0].strip().lower()
     if media in NDJSON_TYPES:
+        return "ndjson"
+    if media in CSV_TYPES:
+        return "csv"
+    if media == "application/json" or media.endswith("+json"):
+        return "json"
+    raise UnsupportedMedia(
+        f"observations cannot be sent as {media!r}; send one of {', '.join(ACCEPTED_TYPES)}",
+        [{"field": "content-type", "message": f"{media!r} is not accepted"}],
+    )
+
+
+def parse_batch(
+    body: bytes,
+    content_type: str | None,
+    max_rows: int,
+    inputs: Sequence[str] = (),
+    outputs: Sequence[str] = (),
+) -> list[Any]:
+    """The raw observation objects of a JSON (`{"observations": [...]}`), NDJSON or CSV body
+    (CSV needs the twin's channels)."""
+    kind = media_kind(content_type)
+    if kind == "ndjson":
         rows = _parse_ndjson(body)
+    elif kind == "csv":
+        rows = _parse_csv(body, inputs, outputs, max_rows)
     else:
         try:
             data = orjson.loads(body)
@@ -51,6 +80,71 @@ def parse_batch(body: bytes, content_type: str | None, max_rows: int) -> list[An
     if len(rows) > max_rows:
         raise TooLarge(f"{len(rows)} observations in one batch; the limit is {max_rows}")
     return rows
+
+
+def _parse_csv(
+    body: bytes, inputs: Sequence[str], outputs: Sequence[str], max_rows: int
+) -> list[Any]:
+    """Rows of a CSV body whose header is `ts` and the twin's channels, in any order. A number
+    stays a number, an empty cell is a missing value (null), anything else is passed on as
+    text for `check_rows` to name."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise Invalid(f"the CSV body is not UTF-8: {e}") from e
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [name.strip() for name in next(reader, [])]
+    kinds = {"ts": "ts", **dict.fromkeys(inputs, "inputs"), **dict.fromkeys(outputs, "outputs")}
+    errors = [
+        {"line": 1, "field": name or f"column {k + 1}", "message": "unknown column"}
+        for k, name in enumerate(header)
+        if name not in kinds
+    ]
+    errors += [
+        {"line": 1, "field": name, "message": "missing column"}
+        for name in kinds
+        if name not in header
+    ]
+    if len(set(header)) != len(header):
+        errors.append({"line": 1, "field": None, "message": "a column is named twice"})
+    if errors:
+        raise Invalid("the CSV header must be ts and the twin's channels", errors)
+    rows: list[Any] = []
+    ragged: list[dict[str, Any]] = []
+    for cells in reader:
+        if not cells:
+            continue
+        if len(rows) >= max_rows:
+            raise TooLarge(
+                f"more than {max_rows} observations in one batch; the limit is {max_rows}"
+            )
+        if len(cells) != len(header):
+            message = f"{len(cells)} cells under a header of {len(header)} columns"
+            ragged.append(
+                {"index": len(rows), "line": reader.line_num, "field": None, "message": message}
+            )
+        row: dict[str, Any] = {"inputs": {}, "outputs": {}}
+        for name, cell in zip(header, cells, strict=False):
+            value = _csv_value(cell)
+            kind = kinds[name]
+            if kind == "ts":
+                row["ts"] = value
+            else:
+                row[kind][name] = value
+        rows.append(row)
+    if ragged:
+        raise Invalid(f"{len(ragged)} CSV rows do not match the header; nothing was stored", ragged)
+    return rows
+
+
+def _csv_value(cell: str) -> float | str | None:
+    cell = cell.strip()
+    if not cell:
+        return None
+    try:
+        return float(cell)
+    except ValueError:
+        return cell
 
 
 def _parse_ndjson(body: bytes) -> list[Any]:
