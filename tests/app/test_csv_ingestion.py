@@ -64,7 +64,9 @@ def test_a_csv_batch_over_the_row_limit_is_413(database_url):
     from app.main import create_app
     from tests.app.conftest import SPEC
 
-    settings = Settings(database_url=database_url, worker=False, max_batch_rows=2)
+    settings = Settings(
+        database_url=database_url, worker=False, run_migrations=True, max_batch_rows=2
+    )
     with TestClient(create_app(settings)) as client:
         twin_id = client.post("/twins", json={"name": "hx", **SPEC}).json()["id"]
         body = "ts,heat,ambient,T\n" + "".join(f"{i},1,20,21\n" for i in range(3))
