@@ -1,19 +1,25 @@
-"""The `tandem` command: serve, worker, migrate, demo."""
+"""The `tandem` command: serve, worker, migrate, demo, import."""
 
 from __future__ import annotations
 
 import gc
 import logging
 import signal
+import sys
 import threading
 
 import typer
+
+from app.importing import import_command
 
 cli = typer.Typer(
     help="Tandem: digital twins that keep up with the systems they copy.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
+
+cli.command("import")(import_command)
 
 
 @cli.command()
@@ -85,4 +91,12 @@ def demo(
 
 
 def main() -> None:
-    cli()
+    """Run the CLI; `tandem import`'s errors are one line on stderr and exit code 1."""
+    from tandem_client import ApiError
+    from tandem_client.tabular import ImportFailed
+
+    try:
+        cli()
+    except (ApiError, ImportFailed) as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)

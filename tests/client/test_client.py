@@ -20,7 +20,7 @@ def api(service):
 def test_importing_the_client_loads_neither_torch_nor_numpy_nor_the_server():
     heavy = ["torch", "numpy", "fastapi", "sqlalchemy", "pydantic", "app", "twin"]
     code = (
-        "import sys, tandem_client\n"
+        "import sys, tandem_client, tandem_client.tabular\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
