@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -39,6 +39,16 @@ def make_engine(url: str, **kwargs) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def describe_database(url: str) -> str:
+    """A database URL for people: a SQLite file as its absolute path, a password masked."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            return "an in-memory SQLite database"
+        return f"SQLite file {Path(parsed.database).resolve()}"
+    return parsed.render_as_string()
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -93,6 +103,48 @@ def upgrade(target: str | Engine, revision: str = "head") -> None:
 def downgrade(target: str | Engine, revision: str) -> None:
     """Migrate the database at `target` down to `revision` (`base` drops everything)."""
     _run(target, lambda config: command.downgrade(config, revision))
+
+
+class MigrationRefused(Exception):
+    """A migration that would go back to an older revision, not asked for as a downgrade."""
+
+
+def migrate_to(
+    url: str, revision: str, allow_downgrade: bool = False
+) -> tuple[str | None, str | None]:
+    """Move the database at `url` to `revision`: up, or down when `revision` is older than the
+    database's and `allow_downgrade`; returns the revisions before and after."""
+    engine = make_engine(url)
+    try:
+        before = current_revision(engine)
+        if _is_older(before, revision):
+            if not allow_downgrade:
+                raise MigrationRefused(
+                    f"the database is at {before}, and {revision} is older: pass --downgrade to "
+                    "go back to it (that drops what the later revisions added)"
+                )
+            downgrade(engine, revision)
+        else:
+            upgrade(engine, revision)
+        return before, current_revision(engine)
+    finally:
+        engine.dispose()
+
+
+def _is_older(current: str | None, revision: str) -> bool:
+    """Whether `revision` is an ancestor of `current` (`base` and `-N` always are)."""
+    if current is None:
+        return False
+    if revision == "base" or revision.startswith("-"):
+        return True
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        target = script.get_revision(revision)
+    except Exception:  # unknown or ambiguous: `upgrade` says so in Alembic's words
+        return False
+    if target is None or target.revision == current:
+        return False
+    return target.revision in {r.revision for r in script.iterate_revisions(current, "base")}
 
 
 def _run(target: str | Engine, fn: Callable[[Config], None]) -> None:

@@ -11,6 +11,7 @@ import httpx
 import uvicorn
 
 from app.config import Settings
+from app.db import describe_database
 from app.main import create_app
 from twin.plants import Drift, ThermalRCPlant
 
@@ -25,14 +26,17 @@ def demo_plant() -> ThermalRCPlant:
     return ThermalRCPlant(R=R0, C=C0, dt=10.0, jitter=0.3, drift={"R": [ramp]}, t0=time.time())
 
 
-def run_demo(host: str, port: int, rate: float, duration: float) -> None:
-    settings = Settings()
+SEED = 1  # of the plant's noise and jitter
+
+
+def run_demo(settings: Settings, host: str, port: int, rate: float, duration: float) -> None:
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning")
     )
     threading.Thread(target=server.run, name="http", daemon=True).start()
     base = f"http://{host}:{port}"
-    print(f"Tandem on {base} (database {settings.database_url}); API docs at {base}/docs")
+    print(f"Tandem on {base}, API docs at {base}/docs")
+    print(f"database: {describe_database(settings.database_url)}")
     try:
         with httpx.Client(base_url=base, timeout=30.0) as client:
             wait_ready(client)
@@ -80,11 +84,13 @@ def _feed(client: httpx.Client, twin_id: int, plant, rate: float, duration: floa
     batch = max(1, round(rate / 5))
     started = last_print = time.monotonic()
     sent = 0
+    names = list(plant.true_params(0, seed=SEED))  # the physical parameters: R, C
     print(
-        f"{'observations':>12} {'true R':>8} {'twin R':>8} {'twin C':>8} "
-        f"{'rmse':>7} {'uncal.':>7} {'lag':>5} {'alarms':>6}"
+        f"{'observations':>12} "
+        + " ".join(f"{'true ' + n:>9} {'twin ' + n:>9}" for n in names)
+        + f" {'rmse':>7} {'uncal.':>7} {'lag':>5} {'alarms':>6}"
     )
-    for obs in plant.stream(batch=batch, seed=1):
+    for obs in plant.stream(batch=batch, seed=SEED):
         rows = [
             {
                 "ts": float(ts),
@@ -98,25 +104,30 @@ def _feed(client: httpx.Client, twin_id: int, plant, rate: float, duration: floa
         now = time.monotonic()
         if now - last_print >= 2.0:
             last_print = now
-            _print_status(client, twin_id, sent, plant.true_params(sent - 1)["R"])
+            _print_status(client, twin_id, sent, plant.true_params(sent - 1, seed=SEED))
         if duration and now - started >= duration:
             return
         time.sleep(max(0.0, started + sent / rate - time.monotonic()))
 
 
-def _print_status(client: httpx.Client, twin_id: int, sent: int, true_r: float) -> None:
+def _print_status(client: httpx.Client, twin_id: int, sent: int, truth: dict[str, float]) -> None:
     params = client.get(f"/twins/{twin_id}/parameters").json()
     drift = client.get(f"/twins/{twin_id}/drift").json()
     errors = drift.get("outputs", {}).get("T", {})
     rmse = (errors.get("twin") or {}).get("rmse")
     frozen = (errors.get("frozen") or {}).get("rmse")
     values = params.get("parameters", {})
+    pairs = " ".join(f"{_num(true)} {_num(values.get(n))}" for n, true in truth.items())
     print(
-        f"{sent:>12} {true_r:>8.4f} {values.get('R', math.nan):>8.4f} "
-        f"{values.get('C', math.nan):>8.0f} {_fmt(rmse):>7} {_fmt(frozen):>7} "
+        f"{sent:>12} {pairs} {_fmt(rmse):>7} {_fmt(frozen):>7} "
         f"{drift['calibration_lag']['observations']:>5} {len(drift.get('events', [])):>6}",
         flush=True,
     )
+
+
+def _num(x: float | None) -> str:
+    """9 characters: 4 significant digits, whatever the parameter's scale (R 0.05, C 4000)."""
+    return f"{'—':>9}" if x is None or not math.isfinite(x) else f"{x:>9.4g}"
 
 
 def _fmt(x: float | None) -> str:
