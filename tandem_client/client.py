@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import random
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -82,8 +83,8 @@ class Client:
 
     `retries` is how many times one request is resent (0: never); waits grow from `backoff`
     seconds, doubling, with jitter, up to `max_backoff`; a `Retry-After` header sets the wait
-    (up to `max_backoff`). `transport` and `sleep` are for tests. Use as a context manager or
-    call `close()`.
+    (up to `max_backoff`). `verify`: TLS certificate checking (False, or a CA bundle's path).
+    `transport` and `sleep` are for tests. Use as a context manager or call `close()`.
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class Client:
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         batch_rows: int = DEFAULT_BATCH_ROWS,
+        verify: bool | str = True,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -103,7 +105,11 @@ class Client:
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
         self._http = httpx.Client(
-            base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+            base_url=url.rstrip("/"),
+            headers=headers,
+            timeout=timeout,
+            verify=ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify,
+            transport=transport,
         )
         self.url = url.rstrip("/")
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
