@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from app.importing import import_command
+from app.keys_cli import keys_cli
 
 cli = typer.Typer(
     help="Tandem: digital twins that keep up with the systems they copy. Every setting is also "
@@ -95,7 +96,9 @@ def serve(
 
     from app.main import create_app
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = create_app(make_settings(database_url=database_url, worker=worker))
+    app.state.listen_host = host  # for the authentication rule (docs/security.md)
     tune_garbage_collector()
     uvicorn.run(app, host=host, port=port, log_level="info")
 
@@ -176,6 +179,9 @@ def demo(
     from app.demo import run_demo
 
     run_demo(make_settings(database_url=database_url), host, port, rate, duration)
+
+
+cli.add_typer(keys_cli, name="keys")
 
 
 def main() -> None:

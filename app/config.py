@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -30,6 +32,26 @@ class Settings(BaseSettings):
     keep_checkpoints: int = Field(3, gt=0, description="Newest versions that keep full state.")
     version_retention: int = Field(20_000, ge=0, description="Versions kept per twin (0: all).")
     torch_threads: int = Field(1, gt=0, description="torch intra-op threads of a worker.")
+
+    # access (app.auth): API keys, rate limits, CORS
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: on when listening beyond loopback or when any API key exists."
+    )
+    rate_limit: float = Field(50.0, ge=0, description="Requests/s per API key (0: no limit).")
+    rate_burst: int = Field(100, gt=0, description="Requests a key may send at once.")
+    key_refresh_seconds: float = Field(
+        1.0, ge=0, description="How old the API's snapshot of the keys table may be."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed cross-site (comma-separated)."
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
 
     @property
     def is_sqlite(self) -> bool:

@@ -4,6 +4,7 @@ exchanger whose thermal resistance creeps up as it fouls, while the twin follows
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 
@@ -30,15 +31,17 @@ SEED = 1  # of the plant's noise and jitter
 
 
 def run_demo(settings: Settings, host: str, port: int, rate: float, duration: float) -> None:
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning")
-    )
+    app = create_app(settings)
+    app.state.listen_host = host  # authentication is on beyond loopback (docs/security.md)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     threading.Thread(target=server.run, name="http", daemon=True).start()
     base = f"http://{host}:{port}"
     print(f"Tandem on {base}, API docs at {base}/docs")
     print(f"database: {describe_database(settings.database_url)}")
     try:
-        with httpx.Client(base_url=base, timeout=30.0) as client:
+        key = os.environ.get("TANDEM_KEY")  # needed once authentication is on
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        with httpx.Client(base_url=base, timeout=30.0, headers=headers) as client:
             wait_ready(client)
             twin_id = _fresh_twin(client, demo_plant())
             print(f"twin {DEMO_TWIN!r} is id {twin_id}: curl {base}/twins/{twin_id}/drift")

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from app.auth import install_access
 from app.config import Settings
 from app.db import make_engine, make_session_factory, upgrade
 from app.errors import install_error_handlers
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.twin_cache = TwinCache(settings.twin_cache_size)
     app.state.metrics = ServiceMetrics(lambda: app.state.sessions)
     install_error_handlers(app)
+    install_access(app, settings)  # keys routes, access control, CORS
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     for module in (twins, observations, reads, ops):
         app.include_router(module.router)

@@ -6,7 +6,7 @@ with plain code for speed, and these classes only document their shape in the Op
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -166,3 +166,41 @@ class DriftRead(ReadModel):
     parameters: dict[str, Any] = Field(description="Per parameter: change since creation.")
     alarms: int
     events: list[DriftEventRead]
+
+
+# -- API keys ---------------------------------------------------------------------------------
+Scope = Literal["read", "ingest", "admin"]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "gateway-1", "scopes": ["ingest"], "twins": [1]}]},
+    )
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+    scopes: list[Scope] = Field(
+        min_length=1,
+        description="`read`: GETs and predict; `ingest`: posting observations; "
+        "`admin`: creating and deleting twins, managing keys, and everything else.",
+    )
+    twins: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] | None = Field(
+        None, description="Limit the key to these twin ids (null: every twin)."
+    )
+    rate: PositiveFloat | None = Field(
+        None, description="Requests per second for this key (null: the service's setting)."
+    )
+
+
+class KeyRead(ReadModel):
+    id: int
+    name: str
+    prefix: str = Field(description="The key's first characters, to recognize it.")
+    scopes: list[str]
+    twins: list[int] | None
+    rate: float | None
+    created_at: float
+
+
+class KeyCreated(KeyRead):
+    key: str = Field(description="The key itself: shown this once, stored only as a hash.")

@@ -115,3 +115,19 @@ class DriftEvent(Base):
     statistic: Mapped[float] = mapped_column(Float)
     start_seq: Mapped[int | None] = mapped_column(BigInteger)  # estimated start of the change
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class ApiKey(Base):
+    """An API key: its SHA-256 (never the key itself), what it may do, and to which twins."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = {"sqlite_autoincrement": True}  # a revoked key's id is never reused
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, to recognize it
+    hash: Mapped[str] = mapped_column(String(64), unique=True)  # hex SHA-256 of the whole key
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    twins: Mapped[list[int] | None] = mapped_column(JSON)  # null: every twin
+    rate: Mapped[float | None] = mapped_column(Float)  # requests/s; null: the service default
+    created_at: Mapped[float] = mapped_column(Float)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
+from app.auth import AccessDep
 from app.db import after_commit
 from app.deps import MetricsDep, SessionDep, TwinCacheDep, TwinDep
 from app.errors import error_responses
@@ -27,9 +28,10 @@ def create_twin(body: TwinCreate, session: SessionDep, response: Response) -> Tw
 
 
 @router.get("", response_model=list[TwinRead])
-def list_twins(session: SessionDep) -> list[TwinRead]:
-    """All twins with their status, oldest first."""
-    statuses = service.twin_statuses(session, service.list_twins(session))
+def list_twins(session: SessionDep, access: AccessDep) -> list[TwinRead]:
+    """All twins with their status, oldest first (those of the key, if it is limited)."""
+    twins = [t for t in service.list_twins(session) if access.sees(t.id)]
+    statuses = service.twin_statuses(session, twins)
     return [TwinRead.model_validate(s) for s in statuses]
 
 

@@ -19,7 +19,7 @@ from app.db import (
 )
 from app.tables import Base
 
-TABLES = {"twins", "observations", "predictions", "versions", "drift_events"}
+TABLES = {"twins", "observations", "predictions", "versions", "drift_events", "api_keys"}
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -33,7 +33,7 @@ def test_upgrade_head_on_an_empty_database(database_url):
         assert current_revision(engine) is None and not schema_is_current(engine)
         upgrade(database_url)
         assert tables(engine) == TABLES
-        assert current_revision(engine) == head_revision() == "0002"
+        assert current_revision(engine) == head_revision() == "0003"
         assert schema_is_current(engine)
     finally:
         engine.dispose()
