@@ -33,17 +33,20 @@ SCOPE_OF = {
 # routes without a twin in their path that show a twin-limited key only its own twins
 FILTERS_TWINS = frozenset({("GET", "/twins")})
 
-# bodies a JSON endpoint accepts; a browser cannot send any of them cross-site unpreflighted
-JSON_TYPES = frozenset(
-    {"application/json", "application/x-ndjson", "application/ndjson", "application/jsonl"}
-)
+# package assets (API docs, dashboard scripts and styles): no data, open to GET
+STATIC_PREFIX = "/static/"
+
+# bodies a web page can make a browser send cross-site without asking first (a CORS preflight):
+# the Fetch standard's CORS-safelisted content types. Refused (415), as is a body without a
+# type; every other type makes the browser ask, and endpoints check the types they take.
+SIMPLE_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def required_scope(method: str, path: str) -> str | None:
     """The scope a route needs (None: open to anyone)."""
     method = "GET" if method == "HEAD" else method
-    if (method, path) in OPEN:
+    if (method, path) in OPEN or (method == "GET" and path.startswith(STATIC_PREFIX)):
         return None
     return SCOPE_OF.get((method, path), "read" if method == "GET" else "admin")
 

@@ -39,7 +39,7 @@ def run_demo(settings: Settings, host: str, port: int, rate: float, duration: fl
     print(f"Tandem on {base}, API docs at {base}/docs")
     print(f"database: {describe_database(settings.database_url)}")
     try:
-        key = os.environ.get("TANDEM_KEY")  # needed once authentication is on
+        key = os.environ.get("TANDEM_API_KEY")  # needed once authentication is on
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         with httpx.Client(base_url=base, timeout=30.0, headers=headers) as client:
             wait_ready(client)

@@ -92,6 +92,18 @@ def test_json_and_ndjson_are_accepted(client, make_twin):
     assert client.delete(url.rsplit("/", 1)[0]).status_code == 204  # no body, no type: fine
 
 
+def test_other_content_types_are_left_to_the_endpoint(client, make_twin):
+    """A type outside the three a browser sends unasked needs a preflight, which fails without
+    CORS; the endpoint decides whether it reads it (here: not JSON, 422)."""
+    twin = make_twin()
+    response = client.post(
+        f"/twins/{twin['id']}/observations",
+        content=b"ts,T\n1,20\n",
+        headers={"content-type": "application/xml"},
+    )
+    assert response.status_code not in (415, 202), response.text
+
+
 def test_cors_answers_only_configured_origins(database_url):
     settings = Settings(
         database_url=database_url,

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app import tables as t
-from app.access_rules import beyond_loopback
+from app.access_rules import beyond_loopback, required_scope
 from app.config import Settings
 from app.main import create_app
 from tests.app.conftest import SPEC
@@ -247,3 +247,11 @@ def test_keys_that_cannot_be_read_give_503_not_an_open_door(database_url):
         assert response.status_code == 503 and response.json()["error"] == "unavailable"
         assert response.headers["retry-after"] == "1"
         assert client.get("/healthz").status_code == 200
+
+
+def test_package_assets_are_open_and_unknown_routes_are_not():
+    assert required_scope("GET", "/static/api-docs/{path:path}") is None
+    assert required_scope("HEAD", "/healthz") is None
+    assert required_scope("POST", "/static/upload") == "admin"
+    assert required_scope("GET", "/some/new/route") == "read"
+    assert required_scope("PUT", "/twins/{twin_id}") == "admin"
