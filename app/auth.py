@@ -200,11 +200,15 @@ class AccessControl:
             media = declared.decode("latin-1").split(";")[0].strip().lower()
             if media not in SIMPLE_TYPES:
                 return None  # a type the browser asks about first; the endpoint checks it
-        return _refusal(
+        return JSONResponse(
+            error_body(
+                "unsupported_media_type",
+                f"Content-Type {media!r} is not accepted: any web page can make a browser send "
+                "it. Send application/json (observations also take application/x-ndjson and "
+                "text/csv)",
+                [{"field": "content-type", "message": f"{media!r} is not accepted"}],
+            ),
             415,
-            "unsupported_media_type",
-            f"Content-Type {media!r} is not accepted (a browser can send it from any web "
-            "page): send application/json, or application/x-ndjson for observations",
         )
 
     def _counting(self, send, name: str):

@@ -85,9 +85,10 @@ def test_a_content_type_the_endpoint_does_not_take_is_415(client, make_twin, con
     assert "text/csv" in body["detail"] and content_type in body["detail"]
 
 
-def test_a_body_without_a_content_type_is_read_as_json(client, make_twin):
+def test_a_body_without_a_content_type_is_refused(client, make_twin):
+    """A browser sends a body without a type (a Blob) cross-site without a preflight."""
     twin = make_twin()
     body = (
         b'{"observations": [{"ts": 1, "inputs": {"heat": 1, "ambient": 20}, "outputs": {"T": 2}}]}'
     )
-    assert post_body(client, twin["id"], body, None).status_code == 202
+    assert post_body(client, twin["id"], body, None).status_code == 415
