@@ -31,15 +31,18 @@ class Drift:
 
     Random walks move the base value (in log space for a positive value, else by steps of
     std * |value0|; `additive=True`: steps of `std` in the parameter's own units); ramps
-    (value0 * (1 + rate * k)) and steps (factor from observation `at` on) then multiply it.
+    (value0 * (1 + rate * k)), steps (factor from observation `at` on) and seasons
+    (1 + amplitude * sin(2 pi k / period)) then multiply it.
     """
 
-    kind: str  # "random_walk", "ramp" or "step"
+    kind: str  # "random_walk", "ramp", "step" or "seasonal"
     std: float = 0.0
     rate: float = 0.0
     at: int = 0
     factor: float = 1.0
     additive: bool = False
+    amplitude: float = 0.0
+    period: float = 1.0
 
     @classmethod
     def random_walk(cls, std: float, additive: bool = False) -> Drift:
@@ -52,6 +55,13 @@ class Drift:
     @classmethod
     def step(cls, at: int, factor: float) -> Drift:
         return cls("step", at=int(at), factor=float(factor))
+
+    @classmethod
+    def seasonal(cls, amplitude: float, period: float) -> Drift:
+        """A periodic swing of +-amplitude (relative) with `period` observations."""
+        if not (0 <= amplitude < 1 and period > 0):
+            raise ValueError("a season needs 0 <= amplitude < 1 and period > 0")
+        return cls("seasonal", amplitude=float(amplitude), period=float(period))
 
     def apply(self, value0: float, n: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """(n,) values at observations 0..n-1, starting at `value0`."""
@@ -92,6 +102,8 @@ class ParamPath:
                 v = v * (1.0 + d.rate * k)
             elif d.kind == "step":
                 v = np.where(k >= d.at, v * d.factor, v)
+            elif d.kind == "seasonal":
+                v = v * (1.0 + d.amplitude * np.sin(2 * np.pi * k / d.period))
         self.k += n
         return v
 

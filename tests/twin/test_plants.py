@@ -80,10 +80,12 @@ def test_observations_are_numbered_from_one_and_start_at_t0():
 
 
 # -- drift --------------------------------------------------------------------------------------
-def test_drift_ramp_and_step_follow_their_formulas():
+def test_drift_ramp_step_and_season_follow_their_formulas():
     k = np.arange(100)
     assert np.allclose(Drift.ramp(0.01).apply(2.0, 100), 2.0 * (1 + 0.01 * k))
     assert np.allclose(Drift.step(40, 1.5).apply(2.0, 100), np.where(k >= 40, 3.0, 2.0))
+    season = Drift.seasonal(0.2, 25.0).apply(2.0, 100)
+    assert np.allclose(season, 2.0 * (1 + 0.2 * np.sin(2 * np.pi * k / 25.0)))
 
 
 def test_drift_random_walk_moves_in_log_space_with_the_given_std():
