@@ -9,9 +9,9 @@
   a variance to follow it: there the filter takes the true path's variances times the factor
   of INFORMED_FACTORS that does best on the plant (an oracle's choice).
 - `estimated`: the same filter knowing neither level. A bank of filters with random-walk
-  variances on a grid (q relative to the noise, per parameter scaled by its mean squared
-  Jacobian) estimates each filter's noise variance by innovation matching (Sage-Husa) and
-  predicts with the filter of the highest recent likelihood.
+  variances on a grid (relative to the noise, per parameter over its mean squared Jacobian),
+  each estimating the noise variance by maximum likelihood, predicts with the filter of the
+  highest recent likelihood.
 - `rls_best`: RLS on the linear regressors at the forgetting factor that did best on this very
   plant (an oracle's choice from a grid); `river_best`: river's linear regression likewise.
 
@@ -26,12 +26,13 @@ from bench.references import RLS, RiverLinear, run_online
 
 INFORMED_FACTORS = (1.0, 10.0, 100.0, 1e3, 1e4)
 P0 = 1e-2  # the filters start at the true initial parameters with this variance each
-Q_GRID = tuple(10.0**e for e in range(-10, 0))  # relative random-walk variances of the bank
+Q_GRID = tuple(10.0**e for e in range(-12, 2))  # relative random-walk variances of the bank
 LIKELIHOOD_DECAY = 0.99  # the bank's recent log-likelihood forgets with this factor per step
 NOISE_MEMORY = 200  # observations in the noise variances' running means, at most
 RLS_LAMS = (0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 1.0)
 RIVER_LRS = (0.003, 0.01, 0.03, 0.1)
 STEP = 1e-6  # central-difference step in the filters' coordinates
+SETTLE = 20  # observations the adaptive filters only predict, measuring the noise's size
 
 
 def true_q(case) -> np.ndarray:
@@ -68,9 +69,14 @@ def _bank(case, q: np.ndarray, r: np.ndarray | None, adaptive: bool) -> np.ndarr
 
 class FilterBank:
     """K extended Kalman filters over the case's parameters, run side by side from the true
-    initial parameters; q (K, d): absolute random-walk variances, or with `adaptive` relative
-    ones (times the estimated noise variance over the parameter's mean squared Jacobian), and
-    then each filter estimates its noise variance r by innovation matching."""
+    initial parameters.
+
+    Informed (`adaptive` False): q (K, d) absolute random-walk variances, r (n_out,) the noise.
+    Adaptive: the noise variance factors out of a linear filter (P, Q and R all scale with it, the
+    gain does not), so each filter runs in units of it: R = diag(w) with w the outputs' relative
+    noise (mean 1), Q = q / (the parameter's mean squared Jacobian over w), and the scale r is
+    estimated as the running mean of e' S^-1 e / n_out, the likelihood's own estimate.
+    """
 
     def __init__(self, case, q: np.ndarray, r: np.ndarray | None, adaptive: bool):
         self.case, self.q, self.adaptive = case, q, adaptive
@@ -79,9 +85,10 @@ class FilterBank:
         self.theta = np.tile(case.truth[0], (K, 1))  # (K, d)
         self.P = np.tile(np.eye(d) * P0, (K, 1, 1))  # (K, d, d)
         self.offsets = np.vstack([np.zeros(d), STEP * np.eye(d), -STEP * np.eye(d)])  # (2d+1, d)
-        self.r = np.ones((K, n_out)) if r is None else np.tile(r, (K, 1))  # (K, n_out)
+        self.w = np.ones((K, n_out)) if r is None else np.tile(r, (K, 1))  # (K, n_out)
+        self.scale = np.ones(K)  # adaptive: the noise scale r
         self.e2_mean = np.ones((K, n_out))
-        self.h2_mean = np.ones((K, d))
+        self.info = np.ones((K, d))
         self.loglik = np.zeros(K)
         self.seen = 0
 
@@ -95,26 +102,36 @@ class FilterBank:
         H = np.transpose(f[:, 1 : d + 1] - f[:, d + 1 :], (0, 2, 1)) / (2 * STEP)  # (K, n_out, d)
         alive = np.where(np.isfinite(self.loglik), self.loglik, -np.inf)
         out = pred[int(np.argmax(alive))]
+        e = y - pred  # (K, n_out)
+        n_out = e.shape[1]
         self.seen += 1
         beta = max(1.0 / self.seen, 1.0 / NOISE_MEMORY)  # 1 at first: a plain running mean
         Q = self.q
         if self.adaptive:
-            self.h2_mean += beta * ((H**2).sum(axis=1) - self.h2_mean)
-            Q = Q * self.r.mean(axis=1, keepdims=True) / np.maximum(self.h2_mean, 1e-12)
+            if self.seen <= SETTLE:  # predict from the true start to learn the noise's size
+                self.e2_mean += beta * (e**2 - self.e2_mean)
+                self.w = self.e2_mean / self.e2_mean.mean(axis=1, keepdims=True)
+                self.scale = self.e2_mean.mean(axis=1)
+                if self.seen == SETTLE:
+                    self.P = self.P / self.scale[:, None, None]
+                return out
+            self.info += beta * ((H**2 / self.w[:, :, None]).sum(axis=1) - self.info)
+            Q = Q / np.maximum(self.info, 1e-300)
         P = self.P + Q[:, :, None] * np.eye(d)  # time update: the parameters random-walk a step
-        e = y - pred  # (K, n_out)
         HP = H @ P  # (K, n_out, d)
-        HPH = HP @ np.transpose(H, (0, 2, 1))  # (K, n_out, n_out)
-        if self.adaptive:
-            self.e2_mean += beta * (e**2 - self.e2_mean)
-            target = np.maximum(e**2 - np.einsum("kjj->kj", HPH), 0.0)
-            self.r += beta * (target - self.r)
-            self.r = np.maximum(self.r, 1e-3 * self.e2_mean)
-        S = HPH + self.r[:, :, None] * np.eye(e.shape[1])
+        S = HP @ np.transpose(H, (0, 2, 1)) + self.w[:, :, None] * np.eye(n_out)
         S_inv = np.linalg.inv(S)
-        logdet = np.linalg.slogdet(S)[1]
-        fit = logdet + np.einsum("ki,kij,kj->k", e, S_inv, e)
-        self.loglik = LIKELIHOOD_DECAY * self.loglik - 0.5 * fit
+        fit = np.einsum("ki,kij,kj->k", e, S_inv, e)
+        if self.adaptive:
+            self.scale += beta * (fit / n_out - self.scale)
+            if n_out > 1:  # the outputs' relative noise: their errors less the parameters' part
+                spread = self.scale[:, None] * np.einsum(
+                    "kjj->kj", S - self.w[:, :, None] * np.eye(n_out)
+                )
+                self.e2_mean += beta * (np.maximum(e**2 - spread, 0.01 * e**2) - self.e2_mean)
+                self.w = self.e2_mean / self.e2_mean.mean(axis=1, keepdims=True)
+        logdet = np.linalg.slogdet(S)[1] + n_out * np.log(self.scale)
+        self.loglik = LIKELIHOOD_DECAY * self.loglik - 0.5 * (logdet + fit / self.scale)
         gain = np.transpose(HP, (0, 2, 1)) @ S_inv  # (K, d, n_out)
         self.theta = self.theta + np.einsum("kij,kj->ki", gain, e)
         P = P - gain @ HP
