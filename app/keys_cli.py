@@ -12,13 +12,23 @@ import typer
 
 keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="TANDEM_DATABASE_URL",
+        show_default="sqlite:///./tandem.db",
+        help="The service's database (SQLite file or PostgreSQL URL).",
+    ),
+]
+
 
 @contextmanager
-def _session():
+def _session(database_url: str | None):
     from app.config import Settings
     from app.db import make_engine, make_session_factory, upgrade
 
-    settings = Settings()
+    settings = Settings(**({"database_url": database_url} if database_url else {}))
     engine = make_engine(settings.database_url)
     try:
         if settings.migrate_on_startup:  # as `tandem serve` would, so a fresh SQLite file works
@@ -47,13 +57,14 @@ def create(
     rate: Annotated[
         float | None, typer.Option(help="Requests per second (default: TANDEM_RATE_LIMIT).")
     ] = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Create a key and print it: it is shown this once and stored only as a hash."""
     from app.errors import DomainError
     from app.services.keys import create_key
 
     try:
-        with _session() as session:
+        with _session(database_url) as session:
             key, secret = create_key(session, name, scope, twin or None, rate)
             summary = _line(key)
     except DomainError as e:
@@ -63,11 +74,11 @@ def create(
 
 
 @keys_cli.command("list")
-def list_() -> None:
+def list_(database_url: DatabaseUrl = None) -> None:
     """List the keys (never the keys themselves)."""
     from app.services.keys import list_keys
 
-    with _session() as session:
+    with _session(database_url) as session:
         lines = [_line(k) for k in list_keys(session)]
     typer.echo("\n".join(lines) if lines else "no API keys")
 
@@ -75,13 +86,14 @@ def list_() -> None:
 @keys_cli.command("revoke")
 def revoke(
     key_id: Annotated[int, typer.Argument(help="The key's id (from `tandem keys list`).")],
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Revoke a key (running API processes refuse it within TANDEM_KEY_REFRESH_SECONDS)."""
     from app.errors import DomainError
     from app.services.keys import revoke_key
 
     try:
-        with _session() as session:
+        with _session(database_url) as session:
             summary = _line(revoke_key(session, key_id))
     except DomainError as e:
         _fail(e)

@@ -212,7 +212,7 @@ def test_the_openapi_schema_declares_the_bearer_scheme(client):
     assert "security" not in schema["paths"]["/healthz"]["get"]
 
 
-def test_tandem_keys_create_list_revoke(database_url, monkeypatch):
+def test_tandem_keys_create_list_revoke(database_url, monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
     from app.cli import cli
@@ -225,6 +225,10 @@ def test_tandem_keys_create_list_revoke(database_url, monkeypatch):
     secret = created.stdout.strip()
     assert secret.startswith("tdm_") and "not shown again" in created.stderr
     listed = runner.invoke(cli, ["keys", "list"])
+    elsewhere = f"sqlite:///{tmp_path / 'other.db'}"  # --database-url wins over the variable
+    assert (
+        runner.invoke(cli, ["keys", "list", "--database-url", elsewhere]).stdout == "no API keys\n"
+    )
     assert "gw" in listed.stdout and "read+ingest" in listed.stdout
     assert secret not in listed.stdout and secret[:12] in listed.stdout
     refused = runner.invoke(cli, ["keys", "create", "x", "-s", "write"])
