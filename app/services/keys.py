@@ -114,6 +114,8 @@ class KeyRing:
         self.max_age = max_age
         self._keys: dict[str, KeyInfo] | None = None
         self._loaded_at = -float("inf")
+        self._changes = 0  # invalidations so far; a snapshot read across one is not fresh
+        self._trusted = 0  # the value of _changes the current snapshot was read after
         self._lock = threading.Lock()
 
     def fresh(self) -> dict[str, KeyInfo] | None:
@@ -124,15 +126,21 @@ class KeyRing:
         return None
 
     def invalidate(self) -> None:
+        self._changes += 1
         self._loaded_at = -float("inf")
 
     def load(self) -> dict[str, KeyInfo]:
-        """The keys by hash, reloaded if stale (blocking: call it from a thread). When the
-        database cannot be read, a previous snapshot is kept; without one, it raises."""
+        """The keys by hash, reloaded if stale (blocking: call it from a thread). While another
+        thread reloads, the snapshot in hand is used, unless this process changed the keys since
+        it was read; when the database cannot be read, likewise; without one, it raises."""
         started = time.monotonic()
-        with self._lock:
+        usable = self._keys is not None and self._trusted == self._changes
+        if not self._lock.acquire(blocking=not usable):
+            return self._keys  # a reload is under way (a slow database): do not queue behind it
+        try:
             if self._keys is not None and self._loaded_at >= started - self.max_age:
                 return self._keys  # another thread reloaded while this one waited
+            changes = self._changes
             try:
                 factory = self.sessions()
                 if factory is None:
@@ -140,7 +148,7 @@ class KeyRing:
                 with factory() as session:
                     rows = session.scalars(select(ApiKey)).all()
             except Exception:
-                if self._keys is None:
+                if self._keys is None or self._trusted != self._changes:
                     raise
                 return self._keys
             self._keys = {
@@ -153,5 +161,9 @@ class KeyRing:
                 )
                 for r in rows
             }
-            self._loaded_at = time.monotonic()
+            self._trusted = changes
+            if changes == self._changes:  # else a change landed during the read: read again
+                self._loaded_at = time.monotonic()
             return self._keys
+        finally:
+            self._lock.release()

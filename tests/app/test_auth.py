@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -259,3 +260,55 @@ def test_package_assets_are_open_and_unknown_routes_are_not():
     assert required_scope("POST", "/static/upload") == "admin"
     assert required_scope("GET", "/some/new/route") == "read"
     assert required_scope("PUT", "/twins/{twin_id}") == "admin"
+
+
+class _SlowKeysTable:
+    """A session factory whose keys query waits for `release` (a stalled database)."""
+
+    def __init__(self):
+        import threading
+
+        self.release, self.reads = threading.Event(), 0
+
+    def __call__(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        return False
+
+    def scalars(self, _query):
+        self.reads += 1
+        if self.reads > 1:
+            assert self.release.wait(10)
+        return self
+
+    def all(self):
+        return []
+
+
+def test_a_stalled_keys_read_does_not_hold_up_requests_with_a_trusted_snapshot():
+    import threading
+
+    from app.services.keys import KeyRing
+
+    table = _SlowKeysTable()
+    ring = KeyRing(lambda: table, max_age=0)
+    assert ring.load() == {}  # first read: fast
+    reloading = threading.Thread(target=ring.load)
+    reloading.start()  # the second read stalls
+    deadline = time.monotonic() + 5
+    while table.reads < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ring.load() == {}  # answered from the snapshot at once, not queued
+    ring.invalidate()  # this process changed the keys: the snapshot is no longer trusted
+    waiting = threading.Thread(target=ring.load)
+    waiting.start()
+    waiting.join(0.2)
+    assert waiting.is_alive()  # waits for a read that started after the change
+    table.release.set()
+    reloading.join(5)
+    waiting.join(5)
+    assert not waiting.is_alive() and table.reads == 3
