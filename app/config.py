@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     keep_checkpoints: int = Field(3, gt=0, description="Newest versions that keep full state.")
     version_retention: int = Field(20_000, ge=0, description="Versions kept per twin (0: all).")
     torch_threads: int = Field(1, gt=0, description="torch intra-op threads of a worker.")
+    calibration_budget: float = Field(
+        1.0, ge=0, description="Seconds of learning per twin and pass (0: no limit)."
+    )
+    retry_cap: float = Field(60.0, gt=0, description="Longest wait before retrying a failing twin.")
 
     # access (app.auth): API keys, rate limits, CORS
     auth: Literal["auto", "on", "off"] = Field(

@@ -24,6 +24,8 @@ def calibrator_config(settings: Settings) -> CalibratorConfig:
         poll_interval=settings.poll_interval,
         keep_checkpoints=settings.keep_checkpoints,
         version_retention=settings.version_retention,
+        budget_seconds=settings.calibration_budget or None,
+        retry_cap_seconds=settings.retry_cap,
     )
 
 

@@ -87,6 +87,16 @@ class TwinCollector(Collector):
                 "Receive-time span of the observations no version has learned yet.",
                 labels=["twin"],
             ),
+            "failing": GaugeMetricFamily(
+                "twin_calibration_failing",
+                "1 while the calibrator cannot learn the twin (status failing).",
+                labels=["twin"],
+            ),
+            "failures": GaugeMetricFamily(
+                "twin_calibration_failures",
+                "Failed calibration attempts in a row.",
+                labels=["twin"],
+            ),
             "rmse": GaugeMetricFamily(
                 "twin_rmse",
                 "Rolling one-step RMSE of the twin's latest version per output.",
@@ -127,6 +137,8 @@ class TwinCollector(Collector):
             gauges["version"].add_metric([s.name], s.version)
             gauges["lag_obs"].add_metric([s.name], s.calibration_lag.observations)
             gauges["lag_s"].add_metric([s.name], s.calibration_lag.seconds)
+            gauges["failing"].add_metric([s.name], int(s.status == "failing"))
+            gauges["failures"].add_metric([s.name], s.failures)
             outputs = (metrics.get(s.id) or {}).get("outputs") or {}
             for output, m in outputs.items():
                 rmse = (m.get("twin") or {}).get("rmse")

@@ -74,6 +74,13 @@ class TwinRead(ReadModel):
     last_seq: int = Field(description="Newest accepted seq (0: no observation yet).")
     last_ts: float | None
     calibration_lag: CalibrationLag
+    status: Literal["ok", "failing"] = Field(
+        description="`failing` while the calibrator cannot learn this twin's observations: it "
+        "stays at its last good version and is retried with backoff."
+    )
+    error: str | None = Field(description="Why the latest calibration attempt failed.")
+    failures: int = Field(description="Failed calibration attempts in a row.")
+    retry_at: float | None = Field(description="Epoch seconds of the next retry, if waiting.")
 
 
 # -- observations -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -52,6 +53,11 @@ class Twin(Base):
     last_received_at: Mapped[float | None] = mapped_column(Float)
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    # calibration health: "failing" while the twin's steps raise (see app.calibrator)
+    calibration_status: Mapped[str] = mapped_column(String(16), default="ok", server_default="ok")
+    calibration_error: Mapped[str | None] = mapped_column(Text)
+    calibration_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retry_at: Mapped[float | None] = mapped_column(Float)
 
 
 class Observation(Base):

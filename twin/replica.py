@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,8 +73,13 @@ class Twin:
         return cls(spec)
 
     # -- calibration --------------------------------------------------------------------------
-    def step(self, obs: Observations) -> StepResult:
-        """Predict, monitor and learn a run of observations that follows the watermark."""
+    def step(self, obs: Observations, deadline: float | None = None) -> StepResult:
+        """Predict, monitor and learn a run of observations that follows the watermark.
+
+        With a `deadline` (a `time.monotonic()` value), stop at the first update boundary after
+        it has passed and return only what was done (at least one update). The cut falls on a
+        multiple of `update_size`, where an uncut run starts a chunk too, so learning the rest
+        in a later call gives the same parameters as one call over all of it."""
         n_out = len(self.spec.outputs)
         preds = np.full((len(obs), n_out), np.nan)
         frozen = np.full((len(obs), n_out), np.nan)
@@ -105,6 +111,12 @@ class Twin:
             else:
                 result.reports.append(self.learner.update(chunk))
             self.watermark = int(chunk.seq[-1])
+            done = start + len(chunk)
+            if deadline is not None and done < len(obs) and time.monotonic() > deadline:
+                obs = obs[:done]
+                preds, frozen = preds[:done], frozen[:done]
+                result.seq, result.predictions, result.frozen_predictions = obs.seq, preds, frozen
+                break
         result.residuals = obs.outputs - preds
         if len(obs):
             self.tracker.update(self.model.named_values())

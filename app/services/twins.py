@@ -29,6 +29,10 @@ class TwinStatus:
     last_seq: int
     last_ts: float | None
     calibration_lag: CalibrationLag
+    status: str = "ok"
+    error: str | None = None
+    failures: int = 0
+    retry_at: float | None = None
 
 
 def get_twin(session: Session, twin_id: int) -> Twin:
@@ -124,7 +128,21 @@ def twin_statuses(session: Session, twins: Sequence[Twin]) -> list[TwinStatus]:
             seconds = max(now - received[t.id], 0.0)
         lag = CalibrationLag(observations=pending, seconds=seconds)
         out.append(
-            TwinStatus(t.id, t.name, t.spec, t.created_at, number, wm, t.last_seq, t.last_ts, lag)
+            TwinStatus(
+                t.id,
+                t.name,
+                t.spec,
+                t.created_at,
+                number,
+                wm,
+                t.last_seq,
+                t.last_ts,
+                lag,
+                t.calibration_status,
+                t.calibration_error,
+                t.calibration_failures,
+                t.retry_at,
+            )
         )
     return out
 

@@ -33,7 +33,7 @@ def test_upgrade_head_on_an_empty_database(database_url):
         assert current_revision(engine) is None and not schema_is_current(engine)
         upgrade(database_url)
         assert tables(engine) == TABLES
-        assert current_revision(engine) == head_revision() == "0003"
+        assert current_revision(engine) == head_revision() == "0004"
         assert schema_is_current(engine)
     finally:
         engine.dispose()

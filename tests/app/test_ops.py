@@ -28,7 +28,7 @@ def test_healthz(client):
 def test_readyz_when_schema_is_at_head(client):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "revision": "0003"}
+    assert response.json() == {"status": "ready", "revision": "0004"}
 
 
 def test_readyz_is_503_without_the_schema(database_url):
@@ -38,7 +38,7 @@ def test_readyz_is_503_without_the_schema(database_url):
         assert response.status_code == 503
         body = response.json()
         assert body["error"] == "not_ready"
-        assert "no revision" in body["detail"] and "0003" in body["detail"]
+        assert "no revision" in body["detail"] and "0004" in body["detail"]
 
 
 def test_readyz_is_503_when_the_database_is_unreachable(tmp_path):
