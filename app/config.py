@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     calibration_budget: float = Field(
         1.0, ge=0, description="Seconds of learning per twin and pass (0: no limit)."
     )
+    heartbeat_timeout: float = Field(
+        10.0, gt=0, description="/readyz fails when the embedded worker is silent this long."
+    )
     retry_cap: float = Field(60.0, gt=0, description="Longest wait before retrying a failing twin.")
 
     # access (app.auth): API keys, rate limits, CORS

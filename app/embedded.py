@@ -1,8 +1,14 @@
-"""Running the calibrator: beside `tandem serve` (a child process) or as `tandem worker`.
+"""Running the calibrator: beside `tandem serve` (a supervised child process) or as `tandem worker`.
 
 The embedded worker is a process, not a thread, so torch's learning and the HTTP server's
 parsing use separate cores and never contend for one interpreter lock: on a 2-core machine
 that doubled ingestion throughput while calibrating.
+
+Nothing shared with the child can be left held by it when it dies: the parent stops it with
+SIGTERM (then SIGKILL), the child writes its heartbeat into a lock-free shared double, and the
+child notices its parent's death by polling its parent pid. A supervisor thread in the parent
+restarts a child that died (with backoff) and releases the dead child's leases at once, so
+calibration resumes without waiting for them to run out.
 """
 
 from __future__ import annotations
@@ -11,10 +17,24 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
 
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import tables as t
 from app.calibrator import Calibrator, CalibratorConfig
 from app.config import Settings
 from app.db import make_engine, make_session_factory
+
+log = logging.getLogger("tandem.worker")
+
+STOP_GRACE = 3.0  # seconds a stopping child gets to finish its twin and release its leases
+RESTART_DELAY = (0.5, 30.0)  # first and longest wait before restarting a dead child
+STABLE_AFTER = 60.0  # a child that lived this long restarts after the shortest wait again
 
 
 def calibrator_config(settings: Settings) -> CalibratorConfig:
@@ -29,50 +49,162 @@ def calibrator_config(settings: Settings) -> CalibratorConfig:
     )
 
 
-def run_worker(settings: Settings, stop) -> None:
+def run_worker(
+    settings: Settings,
+    stop: threading.Event,
+    owner: str | None = None,
+    heartbeat: Callable[[], None] | None = None,
+) -> None:
     """A worker's life: calibrate until `stop` is set, then release its leases. torch gets the
     worker's thread budget."""
     import torch
 
     torch.set_num_threads(settings.torch_threads)
     engine = make_engine(settings.database_url)
-    calibrator = Calibrator(make_session_factory(engine), calibrator_config(settings))
+    calibrator = Calibrator(make_session_factory(engine), calibrator_config(settings), owner)
+    calibrator.on_progress = heartbeat
     try:
         calibrator.run_until(stop)
     finally:
         engine.dispose()
 
 
-def _child(settings_json: str, stop) -> None:
+def release_leases(sessions: sessionmaker[Session], owner: str) -> None:
+    """Free the twins a (dead) worker had claimed."""
+    with sessions.begin() as session:
+        session.execute(
+            update(t.Twin)
+            .where(t.Twin.lease_owner == owner)
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+
+
+def _child(settings_json: str, owner: str, beat, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the worker stops
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     os.nice(10)  # ingestion never waits for the learner: on a busy machine, HTTP goes first
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    run_worker(Settings.model_validate_json(settings_json), stop)
+
+    def orphaned() -> None:  # the parent was killed: nobody will stop us
+        while not stop.wait(0.5):
+            if os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=orphaned, daemon=True).start()
+
+    def heartbeat() -> None:
+        beat.value = time.time()
+
+    run_worker(Settings.model_validate_json(settings_json), stop, owner, heartbeat)
 
 
 class EmbeddedWorker:
-    """The calibrator in a child process of the API, started and stopped with it."""
+    """The calibrator in a supervised child process of the API, started and stopped with it."""
 
-    def __init__(self, settings: Settings):
-        context = multiprocessing.get_context("spawn")  # no forked torch or database state
-        self._stop = context.Event()
-        self._process = context.Process(
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        on_restart: Callable[[], None] | None = None,
+    ):
+        self._settings_json = settings.model_dump_json()
+        self._sessions = sessions
+        self._on_restart = on_restart
+        self._context = multiprocessing.get_context("spawn")  # no forked torch or database state
+        self._beat = self._context.RawValue("d", 0.0)  # no lock: a dead writer holds nothing
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # the parent's own threads only
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._owner = ""
+        self._started_at = 0.0
+        self.restarts = 0
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="tandem-supervisor", daemon=True
+        )
+
+    # -- status -------------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def reporting(self) -> bool:
+        """Whether the current child has reported since it started (it is past its imports)."""
+        return self._beat.value > 0
+
+    def heartbeat_age(self) -> float:
+        """Seconds since the child last reported progress (since its start when it has not)."""
+        beat = self._beat.value or self._started_at
+        return max(time.time() - beat, 0.0)
+
+    # -- life ---------------------------------------------------------------------------------
+    def start(self) -> EmbeddedWorker:
+        with self._lock:
+            self._spawn()
+        self._supervisor.start()
+        return self
+
+    def _spawn(self) -> None:
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:embedded-{self.restarts}"
+        self._beat.value = 0.0
+        self._started_at = time.time()
+        self._process = self._context.Process(
             target=_child,
-            args=(settings.model_dump_json(), self._stop),
+            args=(self._settings_json, self._owner, self._beat, os.getpid()),
             name="tandem-calibrator",
             daemon=True,
         )
-
-    def start(self) -> EmbeddedWorker:
         self._process.start()
-        return self
 
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self._process.join(timeout)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
+    def _supervise(self) -> None:
+        delay = RESTART_DELAY[0]
+        while not self._stopping.is_set():
+            process = self._process
+            process.join(0.2)
+            if process.is_alive() or self._stopping.is_set():
+                continue
+            lived = time.time() - self._started_at
+            delay = RESTART_DELAY[0] if lived > STABLE_AFTER else delay
+            log.warning(
+                "calibration worker %s exited (code %s); restarting in %.1f s",
+                process.pid,
+                process.exitcode,
+                delay,
+            )
+            self._release(self._owner)
+            if self._stopping.wait(delay):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.restarts += 1
+                self._spawn()
+            if self._on_restart is not None:
+                self._on_restart()
+            delay = min(delay * 2, RESTART_DELAY[1])
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """SIGTERM the child, SIGKILL it after `grace` seconds, release its leases."""
+        self._stopping.set()
+        if self._supervisor.is_alive():
+            self._supervisor.join(2.0)  # so that only this thread waits on the child now
+        with self._lock:
+            process, owner = self._process, self._owner
+        if process is not None:
+            process.terminate()  # SIGTERM; a child that is gone already is no error
+            process.join(grace)
+            if process.is_alive():
+                log.warning("calibration worker %s did not stop in time; killed", process.pid)
+                process.kill()
+                process.join(2.0)
+            self._release(owner)
+
+    def _release(self, owner: str) -> None:
+        try:
+            release_leases(self._sessions, owner)
+        except Exception as exc:  # the database may be gone too; the leases then run out
+            log.warning("could not release the worker's leases: %s", exc)
 
 
-__all__ = ["EmbeddedWorker", "run_worker"]
+__all__ = ["EmbeddedWorker", "release_leases", "run_worker"]

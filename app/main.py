@@ -36,7 +36,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.worker:
             from app.embedded import EmbeddedWorker  # torch-heavy; only when the worker runs here
 
-            worker = EmbeddedWorker(settings).start()
+            metrics = app.state.metrics
+            worker = EmbeddedWorker(
+                settings, app.state.sessions, on_restart=metrics.worker_restarts.inc
+            ).start()
+            metrics.worker_heartbeat_age.set_function(worker.heartbeat_age)
         app.state.worker = worker
         try:
             yield
@@ -49,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Tandem", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.sessions = None
+    app.state.worker = None
     app.state.twin_cache = TwinCache(settings.twin_cache_size)
     app.state.metrics = ServiceMetrics(lambda: app.state.sessions)
     install_error_handlers(app)

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -45,6 +45,16 @@ class ServiceMetrics:
             "http_request_duration_seconds",
             "Time to handle an HTTP request.",
             ["method", "route"],
+            registry=self.registry,
+        )
+        self.worker_restarts = Counter(
+            "worker_restarts",
+            "Times the embedded calibration worker died and was restarted.",
+            registry=self.registry,
+        )
+        self.worker_heartbeat_age = Gauge(
+            "worker_heartbeat_age_seconds",
+            "Seconds since the embedded calibration worker last reported progress.",
             registry=self.registry,
         )
         self.registry.register(TwinCollector(sessions))

@@ -20,9 +20,13 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Database unreachable or not at head"}})
+@router.get(
+    "/readyz",
+    responses={503: {"description": "Database unreachable or not at head, or worker silent"}},
+)
 def readyz(request: Request) -> JSONResponse:
-    """Ready when the database answers and its schema is at the newest migration."""
+    """Ready when the database answers, its schema is at the newest migration, and the embedded
+    calibration worker (if this process runs one) reported within `TANDEM_HEARTBEAT_TIMEOUT`."""
     engine = request.app.state.engine
     try:
         with engine.connect() as conn:
@@ -33,11 +37,27 @@ def readyz(request: Request) -> JSONResponse:
     head = head_revision()
     if revision != head:
         return _not_ready(f"database schema is at {revision or 'no revision'}, not at {head}")
-    return JSONResponse({"status": "ready", "revision": revision})
+    body = {"status": "ready", "revision": revision}
+    worker = request.app.state.worker
+    if worker is not None:
+        age = worker.heartbeat_age()
+        body["worker"] = {
+            "pid": worker.pid,
+            "reporting": worker.reporting,
+            "heartbeat_age": age,
+            "restarts": worker.restarts,
+        }
+        limit = request.app.state.settings.heartbeat_timeout
+        if age > limit:
+            return _not_ready(
+                f"the calibration worker has not reported for {age:.0f} s (limit {limit:g} s)",
+                worker=body["worker"],
+            )
+    return JSONResponse(body)
 
 
-def _not_ready(reason: str) -> JSONResponse:
-    return JSONResponse({"status": "unavailable", **error_body("not_ready", reason)}, 503)
+def _not_ready(reason: str, **extra) -> JSONResponse:
+    return JSONResponse({"status": "unavailable", **error_body("not_ready", reason), **extra}, 503)
 
 
 @router.get("/metrics", response_class=Response)
