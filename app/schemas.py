@@ -59,9 +59,19 @@ class TwinCreate(BaseModel):
 class CalibrationLag(ReadModel):
     observations: int = Field(description="Accepted observations no version has learned yet.")
     seconds: float = Field(
-        description="Receive time of the newest observation minus that of the newest learned "
-        "one (of the oldest pending one when none is learned); 0 when nothing is pending."
+        description="Age of the oldest observation not yet learned: now minus when it was "
+        "received; 0 when nothing is pending."
     )
+
+
+class OutputError(BaseModel):
+    twin: float | None = Field(description="The twin's rolling RMSE.")
+    first_guess: float | None = Field(description="What the first guess's RMSE would be.")
+
+
+class DriftSummary(BaseModel):
+    events: int = Field(description="Drift events recorded for the twin.")
+    last_at: float | None = Field(description="When (server clock) the newest was recorded.")
 
 
 class TwinRead(ReadModel):
@@ -81,6 +91,12 @@ class TwinRead(ReadModel):
     error: str | None = Field(description="Why the latest calibration attempt failed.")
     failures: int = Field(description="Failed calibration attempts in a row.")
     retry_at: float | None = Field(description="Epoch seconds of the next retry, if waiting.")
+    rmse: dict[str, OutputError] = Field(
+        default_factory=dict,
+        description="Per output: the twin's rolling RMSE and its first guess's, as of the "
+        "latest version.",
+    )
+    drift: DriftSummary | None = None
 
 
 # -- observations -----------------------------------------------------------------------------
@@ -148,6 +164,9 @@ class ParametersRead(ReadModel):
 class VersionRead(ReadModel):
     number: int
     watermark: int
+    watermark_ts: float | None = Field(
+        description="ts of the newest observation this version learned (null for none)."
+    )
     created_at: float
     parameters: dict[str, float | None]
     loss: float | None
@@ -163,6 +182,7 @@ class DriftEventRead(ReadModel):
     start_seq: int | None = Field(
         description="The detector's estimate of the first observation of the new regime."
     )
+    start_ts: float | None = Field(description="ts of the observation `start_seq`.")
 
 
 class DriftRead(ReadModel):
@@ -211,3 +231,23 @@ class KeyRead(ReadModel):
 
 class KeyCreated(KeyRead):
     key: str = Field(description="The key itself: shown this once, stored only as a hash.")
+
+
+class SeriesStats(BaseModel):
+    min: list[float | None]
+    max: list[float | None]
+    mean: list[float | None]
+
+
+class SeriesRead(BaseModel):
+    """One output over a time range in equal-width buckets (min, max and mean per bucket)."""
+
+    output: str
+    start: float | None
+    end: float | None
+    bucket_seconds: float = Field(description="Width of a bucket (0 when the range is empty).")
+    ts: list[float] = Field(description="Mean observation time of each non-empty bucket.")
+    count: list[int] = Field(description="Observations in each bucket.")
+    observed: SeriesStats
+    predicted: SeriesStats = Field(description="The prequential predictions (null: not yet).")
+    residual: SeriesStats

@@ -116,12 +116,13 @@ def read_observations(
     output (null until a version has learned the observation)."""
     limit = min(limit or settings.history_limit, settings.max_history_limit)
     page = history.observation_history(
-        session, twin, _time(start, "start"), _time(end, "end"), after_seq, limit
+        session, twin, query_time(start, "start"), query_time(end, "end"), after_seq, limit
     )
     return Response(orjson.dumps(page), media_type="application/json")
 
 
-def _time(value: str | None, field: str) -> float | None:
+def query_time(value: str | None, field: str) -> float | None:
+    """A query parameter given as epoch seconds or RFC 3339, as epoch seconds; 422 otherwise."""
     if value is None:
         return None
     try:

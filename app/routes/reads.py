@@ -8,8 +8,16 @@ from fastapi import APIRouter, Query
 
 from app.deps import SessionDep, SettingsDep, TwinCacheDep, TwinDep
 from app.errors import error_responses
-from app.schemas import DriftRead, ParametersRead, PredictRequest, PredictResult, VersionRead
-from app.services import checkpoints, history
+from app.routes.observations import query_time
+from app.schemas import (
+    DriftRead,
+    ParametersRead,
+    PredictRequest,
+    PredictResult,
+    SeriesRead,
+    VersionRead,
+)
+from app.services import checkpoints, history, series
 from app.services.twins import twin_status
 
 router = APIRouter(prefix="/twins/{twin_id}", tags=["reads"])
@@ -46,3 +54,19 @@ def versions(twin: TwinDep, session: SessionDep, limit: Limit = 100) -> list[Ver
 def drift(twin: TwinDep, session: SessionDep, limit: Limit = 100) -> DriftRead:
     """Drift metrics of the latest version, calibration lag and the newest drift events."""
     return history.drift(session, twin, twin_status(session, twin).calibration_lag, limit)
+
+
+@router.get("/series", response_model=SeriesRead, responses=error_responses(404, 422))
+def output_series(
+    twin: TwinDep,
+    session: SessionDep,
+    output: Annotated[str | None, Query(description="Output channel (default: the first).")] = None,
+    start: Annotated[str | None, Query(description="Epoch seconds or RFC 3339.")] = None,
+    end: Annotated[str | None, Query(description="Epoch seconds or RFC 3339.")] = None,
+    points: Annotated[int, Query(ge=2, le=10_000, description="Buckets, at most.")] = 1000,
+) -> SeriesRead:
+    """One output's observed values, predictions and residuals over a time range, downsampled
+    on the server to min, max and mean per bucket: a month of 1 Hz data in a thousand points."""
+    return series.output_series(
+        session, twin, output, query_time(start, "start"), query_time(end, "end"), points
+    )

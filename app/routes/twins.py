@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response, status
 
 from app.auth import AccessDep
 from app.db import after_commit
 from app.deps import MetricsDep, SessionDep, TwinCacheDep, TwinDep
 from app.errors import error_responses
 from app.schemas import TwinCreate, TwinRead
+from app.services import fleet
 from app.services import twins as service
 
 router = APIRouter(prefix="/twins", tags=["twins"])
@@ -28,17 +31,38 @@ def create_twin(body: TwinCreate, session: SessionDep, response: Response) -> Tw
 
 
 @router.get("", response_model=list[TwinRead])
-def list_twins(session: SessionDep, access: AccessDep) -> list[TwinRead]:
-    """All twins with their status, oldest first (those of the key, if it is limited)."""
-    twins = [t for t in service.list_twins(session) if access.sees(t.id)]
-    statuses = service.twin_statuses(session, twins)
-    return [TwinRead.model_validate(s) for s in statuses]
+def list_twins(
+    session: SessionDep,
+    access: AccessDep,
+    response: Response,
+    prefix: Annotated[str | None, Query(max_length=128, description="Name prefix.")] = None,
+    sort: Annotated[
+        Literal["id", "name", "last_ts", "lag"],
+        Query(description="Order: id, name, newest observation, or pending observations."),
+    ] = "id",
+    desc: Annotated[bool, Query(description="Descending order.")] = False,
+    limit: Annotated[int | None, Query(ge=1, le=10_000, description="Twins per page.")] = None,
+    offset: Annotated[int, Query(ge=0, le=2**31, description="Twins skipped.")] = 0,
+) -> list[TwinRead]:
+    """Twins with their status and health (those of the key, if it is limited), oldest first
+    unless sorted otherwise; every twin unless `limit` pages them. `X-Total-Count` says how
+    many match the filter."""
+    only = None if access.key is None else access.key.twins
+    statuses, total = fleet.page_twins(session, prefix, sort, desc, limit, offset, only)
+    response.headers["X-Total-Count"] = str(total)
+    return _reads(session, statuses)
 
 
 @router.get("/{twin_id}", response_model=TwinRead, responses=error_responses(404))
 def read_twin(twin: TwinDep, session: SessionDep) -> TwinRead:
-    """One twin with its status: latest version, newest seq, watermark and calibration lag."""
-    return TwinRead.model_validate(service.twin_status(session, twin))
+    """One twin with its status (latest version, newest seq, watermark, calibration lag) and
+    health (current error against the first guess, drift events)."""
+    return _reads(session, [service.twin_status(session, twin)])[0]
+
+
+def _reads(session, statuses) -> list[TwinRead]:
+    health = fleet.health(session, [s.id for s in statuses])
+    return [TwinRead.model_validate({**vars(s), **health[s.id]}) for s in statuses]
 
 
 @router.delete("/{twin_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404))

@@ -70,9 +70,11 @@ def latest_version(session: Session, twin_id: int) -> Version:
 
 def versions(session: Session, twin_id: int, limit: int) -> list[VersionRead]:
     """Version history, newest first."""
+    o = Observation
     query = (
-        select(Version)
+        select(Version, o.ts)
         .options(defer(Version.checkpoint))
+        .outerjoin(o, (o.twin_id == Version.twin_id) & (o.seq == Version.watermark))
         .where(Version.twin_id == twin_id)
         .order_by(Version.number.desc())
         .limit(limit)
@@ -81,20 +83,23 @@ def versions(session: Session, twin_id: int, limit: int) -> list[VersionRead]:
         VersionRead(
             number=v.number,
             watermark=v.watermark,
+            watermark_ts=ts,
             created_at=v.created_at,
             parameters=v.parameters,
             loss=_number(v.metrics.get("loss")),
             rmse=_rmse(v.metrics),
         )
-        for v in session.scalars(query)
+        for v, ts in session.execute(query)
     ]
 
 
 def drift(session: Session, twin: Twin, lag: CalibrationLag, limit: int) -> DriftRead:
     """The latest version's drift metrics and the newest drift events."""
     version = latest_version(session, twin.id)
-    events = session.scalars(
-        select(DriftEvent)
+    o = Observation
+    events = session.execute(
+        select(DriftEvent, o.ts)
+        .outerjoin(o, (o.twin_id == DriftEvent.twin_id) & (o.seq == DriftEvent.start_seq))
         .where(DriftEvent.twin_id == twin.id)
         .order_by(DriftEvent.seq.desc(), DriftEvent.id.desc())
         .limit(limit)
@@ -107,7 +112,18 @@ def drift(session: Session, twin: Twin, lag: CalibrationLag, limit: int) -> Drif
         outputs=metrics.get("outputs", {}),
         parameters=metrics.get("parameters", {}),
         alarms=int(metrics.get("alarms", 0) or 0),
-        events=[DriftEventRead.model_validate(e) for e in events],
+        events=[
+            DriftEventRead(
+                seq=e.seq,
+                ts=e.ts,
+                output=e.output,
+                detector=e.detector,
+                statistic=e.statistic,
+                start_seq=e.start_seq,
+                start_ts=start_ts,
+            )
+            for e, start_ts in events
+        ],
     )
 
 

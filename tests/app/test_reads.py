@@ -158,6 +158,7 @@ def test_drift_reports_metrics_lag_and_events_newest_first(client, make_twin, po
         "detector": "page_hinkley",
         "statistic": pytest.approx(0.9),
         "start_seq": 7,
+        "start_ts": 1_006.0,
     }
     limited = client.get(f"/twins/{twin['id']}/drift", params={"limit": 1}).json()
     assert [e["seq"] for e in limited["events"]] == [9]
