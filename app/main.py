@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from app import dashboard
 from app.auth import install_access
 from app.config import Settings
 from app.db import make_engine, make_session_factory, upgrade
@@ -61,4 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     for module in (twins, observations, reads, ops):
         app.include_router(module.router)
+    app.include_router(dashboard.router)
+    app.mount("/static", dashboard.static, name="static")
     return app
