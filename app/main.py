@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from app import dashboard
+from app.apidocs import install_api_docs
 from app.auth import install_access
 from app.config import Settings
 from app.db import make_engine, make_session_factory, upgrade
@@ -51,7 +52,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.sessions = None
             engine.dispose()
 
-    app = FastAPI(title="Tandem", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Tandem",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.sessions = None
     app.state.worker = None
@@ -63,5 +71,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (twins, observations, reads, ops):
         app.include_router(module.router)
     app.include_router(dashboard.router)
+    install_api_docs(app)  # before /static: its assets live under /static/api-docs
     app.mount("/static", dashboard.static, name="static")
     return app

@@ -93,3 +93,13 @@ def test_what_if_panel_draws_the_prediction_with_its_band(served, page):
     ).json()
     assert mean == [row["T"] for row in api["outputs"]]
     assert page.errors == [] and page.refused == []
+
+
+@pytest.mark.parametrize(
+    ("path", "title"), [("/docs", ".swagger-ui .info .title"), ("/redoc", "h1")]
+)
+def test_api_docs_render_with_no_network(served, page, path, title):
+    page.page.goto(f"{served.base}{path}")
+    page.page.wait_for_selector(title, timeout=30_000)
+    assert "Tandem" in page.page.inner_text(title)
+    assert page.refused == [] and page.errors == []

@@ -8,7 +8,8 @@ const twinId = Number(document.getElementById("twin").dataset.twinId);
 const base = `/twins/${twinId}`;
 // What the page shows now (charts, the series and the queries behind them), exposed as
 // window.tandem for tests and for the curious.
-const state = { twin: null, range: 3600, zoom: null, charts: {}, series: {}, queries: {}, events: [], seen: null };
+const initial = new URLSearchParams(location.search).get("range"); // seconds; 0: all
+const state = { twin: null, range: initial === null ? 3600 : Number(initial), zoom: null, charts: {}, series: {}, queries: {}, events: [], seen: null };
 window.tandem = state;
 
 function span() {
@@ -165,6 +166,7 @@ document.getElementById("ranges").addEventListener("click", (e) => {
   if (seconds === undefined) return;
   state.range = Number(seconds);
   state.zoom = null;
+  history.replaceState(null, "", `?range=${state.range}`); // a link to this view
   refresh(true);
 });
 
