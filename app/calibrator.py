@@ -317,9 +317,14 @@ class Calibrator:
                         "version": number,
                         "prediction": _json_row(p),
                         "residual": _json_row(r),
+                        "first_guess": _json_row(f),
                     }
-                    for s, p, r in zip(
-                        result.seq, result.predictions, result.residuals, strict=True
+                    for s, p, r, f in zip(
+                        result.seq,
+                        result.predictions,
+                        result.residuals,
+                        result.frozen_predictions,
+                        strict=True,
                     )
                 ],
             )

@@ -251,3 +251,4 @@ class SeriesRead(BaseModel):
     observed: SeriesStats
     predicted: SeriesStats = Field(description="The prequential predictions (null: not yet).")
     residual: SeriesStats
+    first_guess: SeriesStats = Field(description="What the first guess predicted.")

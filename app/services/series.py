@@ -3,7 +3,8 @@ few thousand points however many observations the range holds.
 
 The database does the work: observations (joined with their predictions) in the range are
 grouped into equal-width time buckets, and each bucket gives its mean time, count, and the
-minimum, maximum and mean of the observed value, the prediction and the residual. A plot that
+minimum, maximum and mean of the observed value, the prediction, the residual and what the
+first guess predicted. A plot that
 draws min and max per pixel-wide bucket shows every spike a full-resolution plot would; where
 the range holds fewer rows than buckets, most buckets hold one row and the plot is exact.
 """
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from app.errors import Invalid
 from app.tables import Observation, Prediction, Twin
 
-MEASURES = ("observed", "predicted", "residual")
+MEASURES = ("observed", "predicted", "residual", "first_guess")
 
 
 def output_series(
@@ -60,6 +61,7 @@ def output_series(
         "observed": o.outputs[j].as_float(),
         "predicted": p.prediction[j].as_float(),
         "residual": p.residual[j].as_float(),
+        "first_guess": p.first_guess[j].as_float(),
     }
     # a hair wider than an even split, so that `end` itself falls in the last bucket
     width = (end - start) / points * (1 + 1e-9) if end > start else 1.0

@@ -150,8 +150,15 @@ def learn(sessions):
                         "version": number,
                         "prediction": _nulls(p),
                         "residual": _nulls(r),
+                        "first_guess": _nulls(f),
                     }
-                    for s, p, r in zip(seq, result.predictions, result.residuals, strict=True)
+                    for s, p, r, f in zip(
+                        seq,
+                        result.predictions,
+                        result.residuals,
+                        result.frozen_predictions,
+                        strict=True,
+                    )
                 ],
             )
             session.add(

@@ -34,6 +34,13 @@ def test_series_of_a_time_range_and_of_a_learned_twin(client, make_twin, post, l
         o - p for o, p in zip(body["observed"]["mean"], body["predicted"]["mean"], strict=True)
     ]
     assert body["residual"]["mean"] == pytest.approx(residual)
+    guess = body["first_guess"]["mean"]  # the spec's R, C: off the plant's, so worse
+    assert all(g is not None for g in guess)
+    rmse = sum(r * r for r in residual) ** 0.5
+    assert (
+        sum((o - g) ** 2 for o, g in zip(body["observed"]["mean"], guess, strict=True)) ** 0.5
+        > rmse
+    )
 
 
 def test_series_names_a_bad_output_or_time(client, make_twin):

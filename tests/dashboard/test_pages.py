@@ -49,10 +49,11 @@ def test_twin_page_plots_the_points_the_api_returns(served, page):
     page.page.wait_for_timeout(200)
     query = page.page.evaluate("window.tandem.queries.T")
     api = served.http.get(query).json()
-    ts, observed, _, _, predicted = chart_data(page, "out-T")
+    ts, observed, _, _, predicted, first_guess = chart_data(page, "out-T")
     assert ts == api["ts"] and len(ts) > 100
     assert observed == api["observed"]["mean"]
     assert predicted == api["predicted"]["mean"]
+    assert first_guess == api["first_guess"]["mean"] and first_guess[-1] is not None
     assert sum(api["count"]) == 600
     residual = chart_data(page, "res-T")[1]
     assert residual == api["residual"]["mean"]

@@ -64,11 +64,12 @@ async function drawSeries(t, s) {
   }));
   all.forEach((d) => {
     state.series[d.output] = d;
-    const o = d.observed, p = d.predicted, r = d.residual;
+    const o = d.observed, p = d.predicted, r = d.residual, g = d.first_guess;
     upsert(`out-${d.output}`, outputs, d.output, [
       { label: "observed", color: COLORS.observed }, { label: "observed max", color: "transparent" },
       { label: "observed min", color: "transparent" }, { label: "predicted", color: COLORS.predicted },
-    ], [d.ts, o.mean, o.max, o.min, p.mean], { bands: [[2, 3]], ...zoomOpts });
+      { label: "first guess", color: COLORS.guess, dash: [6, 4] },
+    ], [d.ts, o.mean, o.max, o.min, p.mean, g.mean], { bands: [[2, 3]], ...zoomOpts });
     upsert(`res-${d.output}`, residuals, `residual of ${d.output}`, [
       { label: "residual", color: COLORS.residual }, { label: "residual max", color: "transparent" },
       { label: "residual min", color: "transparent" },
