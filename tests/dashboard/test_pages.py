@@ -83,6 +83,7 @@ def test_what_if_panel_draws_the_prediction_with_its_band(served, page):
     twin_id = make_twin(served, "hx-1", 200)
     served.learn()
     page.open(f"{served.base}/ui/twins/{twin_id}")
+    page.page.wait_for_selector("#whatif-rows[data-ready]")  # prefilled with the latest inputs
     page.page.fill("#whatif-rows", "10, 20\n10, 20\n0, 20")
     page.page.fill("#whatif-dt", "30")
     page.page.click("#whatif button[type=submit]")

@@ -178,7 +178,9 @@ async function prepareWhatIf() {
   const { data } = await api(`${base}/observations?limit=1&start=${t.last_ts ?? 0}`);
   const last = data.observations.length ? data.observations[0].inputs : {};
   const row = t.spec.inputs.map((name) => fmt(last[name] ?? 0)).join(", ");
-  document.getElementById("whatif-rows").value = Array(10).fill(row).join("\n");
+  const rows = document.getElementById("whatif-rows");
+  if (!rows.value) rows.value = Array(10).fill(row).join("\n"); // never over what the user typed
+  rows.dataset.ready = "true";
 }
 
 document.getElementById("whatif").addEventListener("submit", async (e) => {
