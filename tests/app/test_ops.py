@@ -5,6 +5,7 @@ import re
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from app.db import head_revision
 from app.main import create_app
 from tests.app.conftest import SPEC, thermal_rows
 
@@ -28,7 +29,7 @@ def test_healthz(client):
 def test_readyz_when_schema_is_at_head(client):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "revision": "0004"}
+    assert response.json() == {"status": "ready", "revision": head_revision()}
 
 
 def test_readyz_is_503_without_the_schema(database_url):
@@ -38,7 +39,7 @@ def test_readyz_is_503_without_the_schema(database_url):
         assert response.status_code == 503
         body = response.json()
         assert body["error"] == "not_ready"
-        assert "no revision" in body["detail"] and "0004" in body["detail"]
+        assert "no revision" in body["detail"] and head_revision() in body["detail"]
 
 
 def test_readyz_is_503_when_the_database_is_unreachable(tmp_path):
@@ -113,12 +114,12 @@ def test_in_memory_sqlite_serves_a_whole_session():
 
 
 def test_unexpected_errors_use_the_error_body(app, monkeypatch):
-    from app.services import twins
+    from app.services import fleet
 
-    def broken(session):
+    def broken(*args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(twins, "list_twins", broken)
+    monkeypatch.setattr(fleet, "page_twins", broken)
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.get("/twins")
     assert response.status_code == 500
