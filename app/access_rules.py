@@ -21,6 +21,9 @@ OPEN = frozenset(
         ("GET", "/docs"),
         ("GET", "/docs/oauth2-redirect"),
         ("GET", "/redoc"),
+        # the dashboard's pages: shells whose scripts read the API with the user's key
+        ("GET", "/"),
+        ("GET", "/ui/twins/{twin_id}"),
     }
 )
 # routes whose scope is not the default (GET: read; anything else: admin)

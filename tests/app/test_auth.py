@@ -132,6 +132,8 @@ def test_a_key_limited_to_twins_sees_only_those(client, keys):
     limited = keys.make(["admin"], "limited", twins=[mine])["key"]
     listed = client.get("/twins", headers=bearer(limited))
     assert [tw["id"] for tw in listed.json()] == [mine]
+    paged = client.get("/twins", params={"limit": 10, "sort": "lag"}, headers=bearer(limited))
+    assert [tw["id"] for tw in paged.json()] == [mine] and paged.headers["x-total-count"] == "1"
     assert client.get(f"/twins/{mine}/drift", headers=bearer(limited)).status_code == 200
     for method, url in [("get", f"/twins/{other}"), ("delete", f"/twins/{other}")]:
         response = client.request(method, url, headers=bearer(limited))
@@ -312,3 +314,13 @@ def test_a_stalled_keys_read_does_not_hold_up_requests_with_a_trusted_snapshot()
     reloading.join(5)
     waiting.join(5)
     assert not waiting.is_alive() and table.reads == 3
+
+
+def test_dashboard_pages_are_open_but_their_data_needs_a_key(client, keys):
+    twin_id = keys.twin("hx-1")
+    for path in ("/", f"/ui/twins/{twin_id}", "/static/fleet.js"):
+        page = client.get(path)
+        assert page.status_code == 200, path
+        assert "hx-1" not in page.text  # a shell: the data comes from the API, with a key
+    assert client.get(f"/twins/{twin_id}/series").status_code == 401
+    assert client.get(f"/twins/{twin_id}/series", headers=keys.auth).status_code == 200

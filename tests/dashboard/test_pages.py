@@ -43,10 +43,7 @@ def test_fleet_page_lists_the_twins_the_api_lists(served, page):
 def test_twin_page_plots_the_points_the_api_returns(served, page):
     twin_id = make_twin(served, "hx-1", 600)
     served.learn()
-    page.open(f"{served.base}/ui/twins/{twin_id}")
-    page.page.click("#ranges button[data-range='0']")  # all of it
-    page.page.wait_for_function("window.tandem.series.T && window.tandem.series.T.count.length")
-    page.page.wait_for_timeout(200)
+    page.open(f"{served.base}/ui/twins/{twin_id}?range=0")  # all of it
     query = page.page.evaluate("window.tandem.queries.T")
     api = served.http.get(query).json()
     ts, observed, _, _, predicted, first_guess = chart_data(page, "out-T")
