@@ -88,7 +88,7 @@ class Prediction(Base):
     version: Mapped[int] = mapped_column(Integer)
     prediction: Mapped[list[float | None]] = mapped_column(JSON)
     residual: Mapped[list[float | None]] = mapped_column(JSON)
-    # what the first guess (the frozen initial version) predicted; null before revision 0004
+    # what the first guess (the frozen initial version) predicted; null before revision 0005
     first_guess: Mapped[list[float | None] | None] = mapped_column(JSON)
 
 
