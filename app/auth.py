@@ -91,6 +91,8 @@ class AccessControl:
         if template is not None and required_scope(method, template) is None:
             await self.app(scope, receive, send)
             return
+        if template is not None:  # so that request metrics name the route of a refusal too
+            scope.setdefault("route", RouteName(template))
         try:
             key = await self._key(scope)
         except Refused as e:
@@ -238,6 +240,13 @@ class AccessControl:
         log.log(
             logging.WARNING if on is False else logging.INFO, "authentication %s: %s", state, why
         )
+
+
+@dataclass(frozen=True)
+class RouteName:
+    """Stands for the route in the ASGI scope until the router puts the route itself there."""
+
+    path: str
 
 
 class Refused(Exception):

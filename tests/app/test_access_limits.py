@@ -46,6 +46,7 @@ def test_a_key_past_its_rate_gets_429_with_retry_after(limited_client):
     assert sample(metrics, "key_requests_total", key="admin", status="429") == 2
     assert sample(metrics, "key_requests_total", key="fast", status="200") == 4
     assert admin not in metrics and fast not in metrics
+    assert sample(metrics, "http_requests_total", route="/twins", status="429") == 2
 
 
 def test_a_token_bucket_refills_at_its_rate(monkeypatch):
