@@ -87,16 +87,19 @@ class Twin:
         for start in range(0, len(obs), self.update_size):
             chunk = obs[start : start + self.update_size]
             part = slice(start, start + len(chunk))
-            preds[part], frozen[part] = self._predict_one_step(chunk)
+            preds[part], frozen[part], outliers = self._predict_one_step(chunk)
+            # Values far outside a channel's robust range are faults, not the plant: they are
+            # stored and shown, but neither learned nor fed to the drift statistics and scalers.
+            seen = np.where(outliers, np.nan, chunk.outputs)
             events = self.monitor.update(
-                chunk.seq, chunk.ts, chunk.outputs - preds[part], chunk.outputs - frozen[part]
+                chunk.seq, chunk.ts, seen - preds[part], seen - frozen[part]
             )
             result.events.extend(events)
             shifts = [e for e in events if e.detector in REACT_TO]
             if shifts:
                 self.learner.on_drift(min(e.start_seq for e in shifts))
             self.input_scaler.update(chunk.inputs)
-            self.output_scaler.update(chunk.outputs)
+            self.output_scaler.update(chunk.outputs[~outliers.any(axis=1)])
             for m in (self.model, self.frozen):
                 m.set_normalization(
                     self.output_scaler.mean,
@@ -106,7 +109,7 @@ class Twin:
                 )
             if self.guessed is None:  # open physical parameters: first a guess from the data
                 self.learner.observe(chunk)
-                if len(self.learner.window) >= GUESS_AFTER:
+                if len(self.learner.window) >= GUESS_AFTER and self._clean_tail():
                     self._first_guess()
             else:
                 result.reports.append(self.learner.update(chunk))
@@ -122,6 +125,11 @@ class Twin:
             self.tracker.update(self.model.named_values())
         return result
 
+    def _clean_tail(self) -> bool:
+        """Whether the newest GUESS_AFTER observations hold no outlier to guess from."""
+        y = self.learner.window.last(GUESS_AFTER)[0]
+        return not self.learner.outlying(y).any()
+
     def _first_guess(self) -> None:
         """Start open physical parameters from the first observations' scale; this becomes the
         frozen initial version the drift metrics compare against."""
@@ -134,24 +142,31 @@ class Twin:
             self.tracker.update(self.model.named_values())
 
     @torch.no_grad()
-    def _predict_one_step(self, chunk: Observations) -> tuple[np.ndarray, np.ndarray]:
-        """(N, n_out) one-step predictions of the twin and of the frozen model, before learning."""
+    def _predict_one_step(self, chunk: Observations) -> tuple[np.ndarray, ...]:
+        """(N, n_out) one-step predictions of the twin and of the frozen model, before learning,
+        and which of the chunk's outputs are outliers (`Learner.outlying`)."""
         y_old, u_old, ts_old = self.learner.context_arrays()
         L = self.model.context
         ts = np.concatenate([ts_old, chunk.ts])
         u = np.concatenate([u_old, chunk.inputs])
         y = np.concatenate([y_old, chunk.outputs])
         n_old = ts_old.shape[0]
+        # A prediction from a context holding an outlier (see Twin.step) would be as wrong as
+        # it: it is not made (NaN).
+        outliers = self.learner.outlying(y)  # (N_old + N, n_out)
+        bad = np.cumsum(np.concatenate([[0], outliers.any(axis=1)]))
+        blind = bad[L : len(y)] - bad[: len(y) - L] > 0  # (N_old + N - L,)
         out = []
         for model in (self.model, self.frozen):
             pred = np.full(chunk.outputs.shape, np.nan)
             if ts.shape[0] > L:
                 y_ctx, u_ctx, u_now, dt, _ = supervised(*map(_tensor, (ts, u, y)), L)
                 yhat = model(y_ctx, u_ctx, u_now, dt).numpy()  # (N_old + N - L, n_out)
+                yhat[blind] = np.nan
                 first = max(L - n_old, 0)  # chunk rows that have a full context
                 pred[first:] = yhat[len(yhat) - (len(chunk) - first) :]
             out.append(pred)
-        return out[0], out[1]
+        return out[0], out[1], outliers[n_old:]
 
     # -- what-if ------------------------------------------------------------------------------
     @torch.no_grad()

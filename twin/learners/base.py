@@ -14,13 +14,20 @@ from torch import Tensor
 from torch.func import jacfwd, vmap
 from torch.nn.functional import huber_loss
 
+from twin.learners.guard import outlying
 from twin.learners.options import COMMON_OPTIONS, Option, check_options, derive_defaults
 from twin.learners.walk import DriftRate, RandomWalk
+from twin.learners.window import (  # noqa: F401 (MIN_FRESH, recency_weights: re-exported)
+    MIN_FRESH,
+    Window,
+    recency_weights,
+    regime_weights,
+    robust_scale,
+    weighted_median,
+)
 from twin.models.base import DTYPE, TwinModel, flat_parameters, load_flat, unflatten
 from twin.observations import Observations, supervised
 
-MAD_TO_STD = 1.4826  # makes the median absolute deviation estimate a normal's std
-MIN_FRESH = 16  # targets a fit keeps after a detected change, however recent the change
 DRIFT_EVERY = 16  # updates between windows that inform the drift "auto" estimate
 
 
@@ -45,86 +52,19 @@ class UpdateReport:
         }
 
 
-class Window:
-    """The last `capacity` raw observations, oldest first, as float64 tensors (a bounded FIFO),
-    with their `seq`."""
-
-    def __init__(self, capacity: int, n_inputs: int, n_outputs: int):
-        self.capacity = capacity
-        self.seq = torch.empty(0, dtype=torch.int64)
-        self.ts = torch.empty(0, dtype=DTYPE)
-        self.inputs = torch.empty(0, n_inputs, dtype=DTYPE)
-        self.outputs = torch.empty(0, n_outputs, dtype=DTYPE)
-
-    def __len__(self) -> int:
-        return self.ts.shape[0]
-
-    def append(self, obs: Observations) -> None:
-        """Copy `obs` in (the caller's arrays are never aliased) and drop the oldest rows."""
-        keep = -self.capacity
-        self.seq = torch.cat([self.seq, torch.tensor(obs.seq, dtype=torch.int64)])[keep:]
-        self.ts = torch.cat([self.ts, torch.tensor(obs.ts, dtype=DTYPE)])[keep:]
-        self.inputs = torch.cat([self.inputs, torch.tensor(obs.inputs, dtype=DTYPE)])[keep:]
-        self.outputs = torch.cat([self.outputs, torch.tensor(obs.outputs, dtype=DTYPE)])[keep:]
-
-    def last(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Outputs (k', n_out), inputs (k', n_in), ts (k',) of the newest k' = min(k, held) rows."""
-        start = len(self) - min(k, len(self))
-        return (
-            self.outputs[start:].numpy().copy(),
-            self.inputs[start:].numpy().copy(),
-            self.ts[start:].numpy().copy(),
-        )
-
-    def state_dict(self) -> dict:
-        return {
-            "seq": self.seq.clone(),
-            "ts": self.ts.clone(),
-            "inputs": self.inputs.clone(),
-            "outputs": self.outputs.clone(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.ts = state["ts"].clone().to(DTYPE)
-        unknown = torch.full(self.ts.shape, -1, dtype=torch.int64)  # saved before seq was kept
-        self.seq = state.get("seq", unknown).clone().to(torch.int64)
-        self.inputs = state["inputs"].clone().to(DTYPE)
-        self.outputs = state["outputs"].clone().to(DTYPE)
-
-
-def recency_weights(n: int, half_life: float) -> Tensor:
-    """(n,) weights 0.5 ** (age / half_life), oldest first (the newest has age 0), summing to 1."""
-    age = torch.arange(n - 1, -1, -1, dtype=DTYPE)
-    w = torch.pow(0.5, age / half_life)
-    return w / w.sum()
-
-
-def regime_weights(seq: Tensor, half_life: float, regime_start: int | None) -> Tensor:
-    """(T,) recency weights of targets with these `seq`, zero before `regime_start` (the start
-    of the current regime, after a detected change) except for the newest MIN_FRESH targets."""
-    n = seq.shape[0]
-    fresh = n if regime_start is None else int((seq >= regime_start).sum())
-    fresh = min(max(fresh, MIN_FRESH), n)
-    w = torch.zeros(n, dtype=DTYPE)
-    w[n - fresh :] = recency_weights(fresh, half_life)
-    return w
-
-
-def weighted_median(x: Tensor, w: Tensor) -> Tensor:
-    """Per column of x (T, O) with row weights w (T,) summing to 1: the lower weighted median."""
-    xs, order = x.sort(dim=0)
-    cum = w[order].cumsum(dim=0)  # (T, O)
-    k = (cum < 0.5).sum(dim=0).clamp(max=x.shape[0] - 1)  # (O,) first row reaching half
-    return xs.gather(0, k[None]).squeeze(0)
-
-
-def robust_scale(residuals: Tensor, w: Tensor, y: Tensor) -> Tensor:
-    """(O,) residual scale: 1.4826 * weighted MAD, floored at 1e-6 * std(y) and at 1e-12."""
-    residuals = torch.nan_to_num(residuals, nan=0.0, posinf=0.0, neginf=0.0)
-    center = weighted_median(residuals, w)
-    s = MAD_TO_STD * weighted_median((residuals - center).abs(), w)
-    spread = y.std(dim=0, correction=0) if y.shape[0] > 1 else torch.zeros_like(s)
-    return torch.maximum(s, torch.clamp(1e-6 * spread, min=1e-12))
+def screened(outputs: Tensor, context: int) -> tuple[Tensor, Tensor | None]:
+    """Window outputs (N, n_out) with outlying values (`twin.learners.guard`) replaced by their
+    channel's median, and (N - context,) which targets see one, as target or in their context
+    (None when none does)."""
+    bad = torch.from_numpy(outlying(outputs.numpy()))
+    if not bool(bad.any()):
+        return outputs, None
+    fill = torch.where(bad, torch.nan, outputs).nanmedian(dim=0).values.nan_to_num(0.0)
+    rows = bad.any(dim=1).to(torch.int64)  # (N,)
+    seen = torch.cat([torch.zeros(1, dtype=torch.int64), rows.cumsum(dim=0)])  # (N + 1,)
+    T = max(outputs.shape[0] - context, 0)
+    hit = seen[context + 1 : context + 1 + T] - seen[:T] > 0  # rows t .. t + context
+    return torch.where(bad, fill, outputs), hit
 
 
 class Objective:
@@ -150,9 +90,8 @@ class Objective:
         drift: float = 0.0,
     ):
         self.model = model
-        y_ctx, u_ctx, u_now, dt, y = supervised(
-            window.ts, window.inputs, window.outputs, model.context
-        )
+        outputs, excluded = screened(window.outputs, model.context)
+        y_ctx, u_ctx, u_now, dt, y = supervised(window.ts, window.inputs, outputs, model.context)
         self.args = (y_ctx, u_ctx, u_now, dt)
         self.y = y  # (T, n_out)
         self.n_targets = y.shape[0]
@@ -164,6 +103,11 @@ class Objective:
         self.theta_prev = self.clamp(flat_parameters(model).to(DTYPE))
         self.z_prev = self.theta_prev / self.scale
         self.weights = regime_weights(window.seq[model.context :], half_life, regime_start)
+        if excluded is not None:  # targets that see an outlier are left out
+            self.weights = self.weights * ~excluded
+            total = self.weights.sum()
+            self.weights = self.weights / total if total > 0 else self.weights
+            self.n_targets = self.n_targets if total > 0 else 0
         self.s = torch.ones(y.shape[1], dtype=DTYPE)
         self.center_loss = math.nan
         yhat = torch.zeros_like(y)
@@ -179,7 +123,7 @@ class Objective:
         self.w_mean = self.weights / y.shape[1]  # (T,) recency weight / n_out per residual
         self._jacobian: Tensor | None = None
         self.walk = None
-        if self.n_targets and drift:
+        if self.n_targets and drift and bool(torch.isfinite(self.jacobian()).all()):
             self.walk = RandomWalk(self.jacobian(), self.weights, drift)
         if self.n_targets:
             self.center_loss = float(self._from_predictions(yhat, self.theta_prev))
@@ -291,6 +235,13 @@ class Learner:
         assert obs.outputs.shape[1] == self.model.n_outputs, "outputs do not match the model"
         self.window.append(obs)
 
+    def outlying(self, outputs: np.ndarray) -> np.ndarray:
+        """(N, n_out) -> (N, n_out) bool: which of these new output values lie far outside their
+        channel's robust range over the window and them (`twin.learners.guard`); the learner
+        does not learn from them."""
+        new = np.asarray(outputs, dtype=np.float64)
+        return outlying(new, np.concatenate([self.window.outputs.numpy(), new]))
+
     def update(self, obs: Observations) -> UpdateReport:
         """Add observations to the window, learn from it, write the new center into the model."""
         self.observe(obs)
@@ -312,8 +263,12 @@ class Learner:
                 math.nan, math.nan, 0.0, self._sigma_summary(), reported_lr, len(obs), 0
             )
         if self.options["drift"] == "auto" and self.n_updates % DRIFT_EVERY == 0:
-            self.drift_rate.observe(objective.jacobian(), objective.residuals, objective.weights)
+            self.drift_rate.observe(
+                objective.jacobian(), objective.residuals, objective.weights, objective.s
+            )
         theta, loss_after = self._learn(objective, lr, boost)
+        if not bool(torch.isfinite(theta).all()):  # refused: the center stays
+            theta, loss_after = objective.theta_prev, objective.center_loss
         load_flat(self.model, theta)
         self.n_updates += 1
         self.boost_left = max(self.boost_left - 1, 0)
@@ -353,13 +308,12 @@ class Learner:
 
     def summary(self) -> dict[str, float]:
         out = {
-            "lr": self.options["lr"] * self.boost_factor(self.boost_left),
             "boost_left": float(self.boost_left),
             "n_updates": float(self.n_updates),
             "window": float(len(self.window)),
         }
-        if not self.steps_with_lr():
-            del out["lr"]
+        if self.steps_with_lr():
+            out = {"lr": self.options["lr"] * self.boost_factor(self.boost_left), **out}
         if self.options["drift"] != 0:
             out["drift_rate"] = self.drift()  # the random walk's rate in use (estimated: "auto")
         sigma = self._sigma_summary()

@@ -103,8 +103,8 @@ class GradientLearner(Learner):
         loss = float(value.detach())
         for _ in range(self.options["iterations"]):
             (grad,) = torch.autograd.grad(value, z)
-            step = torch.linalg.solve(h, grad)
-            if not bool(torch.isfinite(step).all()):
+            step, info = torch.linalg.solve_ex(h, grad)
+            if int(info) != 0 or not bool(torch.isfinite(step).all()):
                 break
             for _ in range(HALVINGS + 1):
                 candidate = objective.clamp((z.detach() - step) * scale)

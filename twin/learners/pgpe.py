@@ -38,6 +38,9 @@ SIGMA = 0.05
 SIGMA_MIN = 1e-4
 SIGMA_MAX = 0.5
 LR_SIGMA = 0.1
+# Directions are drawn a block of iterations at a time, at most this many numbers (2 MB) or one
+# iteration's, so memory does not grow with `iterations`; the default settings fit one block.
+BLOCK_SAMPLES = 1 << 18
 
 OPTIONS: dict[str, Option] = {
     **COMMON_OPTIONS,
@@ -100,19 +103,13 @@ class PGPELearner(Learner):
         scale = objective.scale
         theta = objective.theta_prev
         sigma = self.sigma
-        # Each iteration's directions: rows [0, zeta, -zeta] score the center, z + eps, z - eps.
-        zetas = torch.randn(iterations, n, P, generator=self.generator, dtype=DTYPE)
-        signed = torch.cat([torch.zeros(iterations, 1, P, dtype=DTYPE), zetas, -zetas], dim=1)
-        # Sehnke's estimates are products with the losses l = [l0, l+, l-] (below):
-        # signed.T @ l = sum_i zeta_i (l+_i - l-_i); with zeta2 = zeta^2 - 1 on rows 1.. and
-        # minus their sum on row 0, zeta2.T @ l = sum_i (zeta_i^2 - 1) (l+_i + l-_i - 2 l0).
-        zeta2 = signed * signed - 1
-        zeta2[:, 0] = -zeta2[:, 1:].sum(dim=1)
-        to_gradient = signed.mT / (2 * n)  # (iterations, P, 1 + 2n)
-        to_log_sigma = zeta2.mT * (-o["lr_sigma"] / (2 * n))
+        block = max(BLOCK_SAMPLES // (n * P), 1)  # iterations whose directions are drawn at once
         for i in range(iterations):
+            if i % block == 0:  # the next block's directions, drawn as it starts
+                signed, to_gradient, to_log_sigma = self._directions(min(block, iterations - i))
+            j = i % block
             z = theta / scale
-            losses = objective.losses(objective.clamp((z + signed[i] * sigma) * scale))
+            losses = objective.losses(objective.clamp((z + signed[j] * sigma) * scale))
             spread = float(losses.std(correction=0))  # non-finite if any loss is
             if not math.isfinite(spread):
                 finite = torch.isfinite(losses)
@@ -126,9 +123,9 @@ class PGPELearner(Learner):
             losses = losses / spread
             # The loss gradient times sigma (Sehnke's symmetric estimate divided by sigma) is
             # O(1) whatever sigma is, so the optimizer's moments do not drift as sigma adapts.
-            g_mu = to_gradient[i] @ losses  # (P,)
+            g_mu = to_gradient[j] @ losses  # (P,)
             # sigma steps along d E[reward] / d log sigma (Sehnke's sigma gradient / sigma).
-            sigma = (sigma * (to_log_sigma[i] @ losses).exp_()).clamp_(
+            sigma = (sigma * (to_log_sigma[j] @ losses).exp_()).clamp_(
                 o["sigma_min"], o["sigma_max"]
             )
             if isinstance(self.optimizer, ClipUp):
@@ -141,6 +138,22 @@ class PGPELearner(Learner):
         with torch.no_grad():
             loss_after = float(objective.loss(theta))
         return theta, loss_after
+
+    def _directions(self, iterations: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Directions for the next `iterations` iterations: rows [0, zeta, -zeta] score the
+        center, z + eps and z - eps, and the matrices that turn their losses into Sehnke's
+        estimates of the center's and log sigma's gradients."""
+        n, P = self.options["popsize"], self.sigma.numel()
+        zetas = torch.randn(iterations, n, P, generator=self.generator, dtype=DTYPE)
+        signed = torch.cat([torch.zeros(iterations, 1, P, dtype=DTYPE), zetas, -zetas], dim=1)
+        # Sehnke's estimates are products with the losses l = [l0, l+, l-]:
+        # signed.T @ l = sum_i zeta_i (l+_i - l-_i); with zeta2 = zeta^2 - 1 on rows 1.. and
+        # minus their sum on row 0, zeta2.T @ l = sum_i (zeta_i^2 - 1) (l+_i + l-_i - 2 l0).
+        zeta2 = signed * signed - 1
+        zeta2[:, 0] = -zeta2[:, 1:].sum(dim=1)
+        to_gradient = signed.mT / (2 * n)  # (iterations, P, 1 + 2n)
+        to_log_sigma = zeta2.mT * (-self.options["lr_sigma"] / (2 * n))
+        return signed, to_gradient, to_log_sigma
 
     def _sigma_summary(self) -> float:
         return float(self.sigma.mean())

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import huber_loss
 
+from twin.learners.guard import cholesky
 from twin.models.base import DTYPE
 
 # log10 of the drift rates the estimate chooses from (q per observation, scaled coordinates,
@@ -24,7 +25,7 @@ def _walk_cholesky(jac: Tensor, weights: Tensor, q: float | Tensor) -> Tensor:
     shared = torch.minimum(age[:, None], age[None, :])  # (n, n) walk steps both targets share
     j = jac.permute(1, 0, 2)  # (n_out, n, P)
     cov = q * (j @ j.transpose(1, 2)) * shared + torch.diag(weights.max() / weights)
-    return torch.linalg.cholesky(cov)
+    return cholesky(cov)
 
 
 class RandomWalk:
@@ -81,6 +82,9 @@ class DriftRate:
 
     def __init__(self):
         self.deviance: Tensor | None = None  # (len(LOG_RATES),) running restricted deviance
+        # (len(LOG_RATES), n_out) running log of the profiled noise variance, in the outputs'
+        # units where the windows' residual scales were given
+        self.log_noise: Tensor | None = None
 
     @property
     def q(self) -> float | None:
@@ -95,17 +99,30 @@ class DriftRate:
                 log_q += 0.25 * float(d[i - 1] - d[i + 1]) / curve  # half-decade grid steps
         return 10.0**log_q
 
-    def observe(self, jac: Tensor, residuals: Tensor, weights: Tensor) -> None:
+    @property
+    def noise(self) -> Tensor | None:
+        """(n_out,) the noise variance at the estimated rate (REML's profiled scale), in the
+        outputs' units; None before an informative window with residual scales."""
+        if self.deviance is None or self.log_noise is None:
+            return None
+        return self.log_noise[int(torch.argmin(self.deviance))].exp()
+
+    def observe(
+        self, jac: Tensor, residuals: Tensor, weights: Tensor, scale: Tensor | None = None
+    ) -> None:
         """Fold in one window: (T, n_out, P) Jacobian, (T, n_out) standardized residuals at the
-        center, (T,) recency weights (zero before a detected change)."""
+        center, (T,) recency weights (zero before a detected change), and (n_out,) the scale the
+        residuals were standardized by (for the noise estimate; optional)."""
         keep = weights > 0
         n, p = int(keep.sum()), jac.shape[-1]
         if n < max(MIN_TARGETS, 4 * p):
             return
         jac, e, w = jac[keep], residuals[keep], weights[keep]
+        if not bool(torch.isfinite(jac).all() and torch.isfinite(e).all()):
+            return  # a window the model cannot linearize informs nothing
         used = jac.abs().amax(dim=0) > 0  # (n_out, P) parameters each output depends on
         ridge = 1e-9 * torch.eye(p, dtype=DTYPE)
-        rows = []
+        rows, noise = [], []
         for log_q in LOG_RATES:
             chol = _walk_cholesky(jac, w, 10.0 ** float(log_q))
             white_j = torch.linalg.solve_triangular(chol, jac.permute(1, 0, 2), upper=False)
@@ -117,12 +134,21 @@ class DriftRate:
             logdet = 2 * chol.diagonal(dim1=1, dim2=2).log().sum(dim=1)
             _, gram_logdet = torch.linalg.slogdet(gram)
             rows.append((dof * (rss / dof).log() + logdet + gram_logdet).sum())
+            noise.append((rss / dof).log())
         deviance = torch.stack(rows)
         self.deviance = deviance if self.deviance is None else self.deviance.lerp(deviance, MEMORY)
+        if scale is not None:
+            log_noise = torch.stack(noise) + 2 * scale.log()  # (len(LOG_RATES), n_out)
+            same = self.log_noise is not None and self.log_noise.shape == log_noise.shape
+            self.log_noise = self.log_noise.lerp(log_noise, MEMORY) if same else log_noise
 
     def state_dict(self) -> dict:
-        return {"deviance": None if self.deviance is None else self.deviance.clone()}
+        return {
+            "deviance": None if self.deviance is None else self.deviance.clone(),
+            "log_noise": None if self.log_noise is None else self.log_noise.clone(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        d = state["deviance"]
+        d, noise = state["deviance"], state.get("log_noise")
         self.deviance = None if d is None else d.clone().to(DTYPE)
+        self.log_noise = None if noise is None else noise.clone().to(DTYPE)

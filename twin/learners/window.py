@@ -1,0 +1,96 @@
+"""The learner's window of recent raw observations, and how its targets are weighted and
+scaled: recency and regime weights, weighted medians, the residuals' robust scale."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from twin.models.base import DTYPE
+from twin.observations import Observations
+
+MAD_TO_STD = 1.4826  # makes the median absolute deviation estimate a normal's std
+MIN_FRESH = 16  # targets a fit keeps after a detected change, however recent the change
+
+
+class Window:
+    """The last `capacity` raw observations, oldest first, as float64 tensors (a bounded FIFO),
+    with their `seq`."""
+
+    def __init__(self, capacity: int, n_inputs: int, n_outputs: int):
+        self.capacity = capacity
+        self.seq = torch.empty(0, dtype=torch.int64)
+        self.ts = torch.empty(0, dtype=DTYPE)
+        self.inputs = torch.empty(0, n_inputs, dtype=DTYPE)
+        self.outputs = torch.empty(0, n_outputs, dtype=DTYPE)
+
+    def __len__(self) -> int:
+        return self.ts.shape[0]
+
+    def append(self, obs: Observations) -> None:
+        """Copy `obs` in (the caller's arrays are never aliased) and drop the oldest rows."""
+        keep = -self.capacity
+        self.seq = torch.cat([self.seq, torch.tensor(obs.seq, dtype=torch.int64)])[keep:]
+        self.ts = torch.cat([self.ts, torch.tensor(obs.ts, dtype=DTYPE)])[keep:]
+        self.inputs = torch.cat([self.inputs, torch.tensor(obs.inputs, dtype=DTYPE)])[keep:]
+        self.outputs = torch.cat([self.outputs, torch.tensor(obs.outputs, dtype=DTYPE)])[keep:]
+
+    def last(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Outputs (k', n_out), inputs (k', n_in), ts (k',) of the newest k' = min(k, held) rows."""
+        start = len(self) - min(k, len(self))
+        return (
+            self.outputs[start:].numpy().copy(),
+            self.inputs[start:].numpy().copy(),
+            self.ts[start:].numpy().copy(),
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "seq": self.seq.clone(),
+            "ts": self.ts.clone(),
+            "inputs": self.inputs.clone(),
+            "outputs": self.outputs.clone(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ts = state["ts"].clone().to(DTYPE)
+        unknown = torch.full(self.ts.shape, -1, dtype=torch.int64)  # saved before seq was kept
+        self.seq = state.get("seq", unknown).clone().to(torch.int64)
+        self.inputs = state["inputs"].clone().to(DTYPE)
+        self.outputs = state["outputs"].clone().to(DTYPE)
+
+
+def recency_weights(n: int, half_life: float) -> Tensor:
+    """(n,) weights 0.5 ** (age / half_life), oldest first (the newest has age 0), summing to 1."""
+    age = torch.arange(n - 1, -1, -1, dtype=DTYPE)
+    w = torch.pow(0.5, age / half_life)
+    return w / w.sum()
+
+
+def regime_weights(seq: Tensor, half_life: float, regime_start: int | None) -> Tensor:
+    """(T,) recency weights of targets with these `seq`, zero before `regime_start` (the start
+    of the current regime, after a detected change) except for the newest MIN_FRESH targets."""
+    n = seq.shape[0]
+    fresh = n if regime_start is None else int((seq >= regime_start).sum())
+    fresh = min(max(fresh, MIN_FRESH), n)
+    w = torch.zeros(n, dtype=DTYPE)
+    w[n - fresh :] = recency_weights(fresh, half_life)
+    return w
+
+
+def weighted_median(x: Tensor, w: Tensor) -> Tensor:
+    """Per column of x (T, O) with row weights w (T,) summing to 1: the lower weighted median."""
+    xs, order = x.sort(dim=0)
+    cum = w[order].cumsum(dim=0)  # (T, O)
+    k = (cum < 0.5).sum(dim=0).clamp(max=x.shape[0] - 1)  # (O,) first row reaching half
+    return xs.gather(0, k[None]).squeeze(0)
+
+
+def robust_scale(residuals: Tensor, w: Tensor, y: Tensor) -> Tensor:
+    """(O,) residual scale: 1.4826 * weighted MAD, floored at 1e-6 * std(y) and at 1e-12."""
+    residuals = torch.nan_to_num(residuals, nan=0.0, posinf=0.0, neginf=0.0)
+    center = weighted_median(residuals, w)
+    s = MAD_TO_STD * weighted_median((residuals - center).abs(), w)
+    spread = y.std(dim=0, correction=0) if y.shape[0] > 1 else torch.zeros_like(s)
+    return torch.maximum(s, torch.clamp(1e-6 * spread, min=1e-12))
