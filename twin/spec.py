@@ -142,8 +142,11 @@ def _learner_spec(value: Any) -> LearnerSpec:
         raise SpecError("learner", "must be an object")
     rest = dict(value)
     method = rest.pop("method", None)
-    if method is not None and method not in ("pgpe", "gradient"):
-        raise SpecError("learner.method", f"unknown method {method!r}; known: pgpe, gradient")
+    from twin.learners import LEARNERS
+
+    if method is not None and method not in LEARNERS:
+        known = ", ".join(LEARNERS)
+        raise SpecError("learner.method", f"unknown method {method!r}; known: {known}")
     seed = rest.pop("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise SpecError("learner.seed", "must be a non-negative integer")

@@ -1,18 +1,27 @@
 """Learners: what recalibrates a twin's parameters online from its recent observations.
 
-`pgpe` (policy gradients with parameter-based exploration, black-box) and `gradient`
-(backpropagation with Adam) share one contract (`Learner`) and one robust, recency-weighted loss.
+`pgpe` (policy gradients with parameter-based exploration, black-box), `gradient`
+(backpropagation with Adam or Gauss-Newton steps) and `kalman` (an extended Kalman filter over
+the parameters) share one contract (`Learner`) and one robust loss.
 """
 
 from __future__ import annotations
 
+import torch
+
 from twin.learners.base import Learner, UpdateReport
 from twin.learners.gradient import GradientLearner
+from twin.learners.kalman import KalmanLearner
 from twin.learners.pgpe import PGPELearner
 from twin.models.base import TwinModel
 from twin.spec import SpecError, TwinSpec
 
-LEARNERS: dict[str, type[Learner]] = {"pgpe": PGPELearner, "gradient": GradientLearner}
+LEARNERS: dict[str, type[Learner]] = {
+    "pgpe": PGPELearner,
+    "gradient": GradientLearner,
+    "kalman": KalmanLearner,
+}
+KNOWN = ", ".join(LEARNERS)
 
 
 def learner_method(spec: TwinSpec) -> str:
@@ -31,21 +40,37 @@ def validate_learner(spec: TwinSpec) -> None:
     """Raise SpecError("learner.<option>", ...) if the learner options do not fit the method."""
     method = learner_method(spec)
     if method not in LEARNERS:
-        raise SpecError("learner.method", f"unknown method {method!r}; known: pgpe, gradient")
-    LEARNERS[method].resolve_options(spec.learner.options)
+        raise SpecError("learner.method", f"unknown method {method!r}; known: {KNOWN}")
+    n_params = count_parameters(spec) if method == "kalman" else None  # its size limit
+    LEARNERS[method].resolve_options(spec.learner.options, n_params)
+
+
+def count_parameters(spec: TwinSpec) -> int:
+    """How many parameters the spec's model has, found without allocating them where the kind
+    can be built on torch's meta device (else it is built)."""
+    from twin.models import model_class
+
+    kind = model_class(spec.model.kind)
+    try:
+        with torch.device("meta"):
+            model = kind.from_spec(spec)
+    except (NotImplementedError, RuntimeError):  # a kind that computes on its initial values
+        model = kind.from_spec(spec)
+    return sum(p.numel() for p in model.parameters())
 
 
 def make_learner(spec: TwinSpec, model: TwinModel) -> Learner:
     """The learner a spec asks for, driving `model` (whose parameters are its center)."""
     method = spec.learner.method or type(model).default_learner()
     if method not in LEARNERS:
-        raise SpecError("learner.method", f"unknown method {method!r}; known: pgpe, gradient")
+        raise SpecError("learner.method", f"unknown method {method!r}; known: {KNOWN}")
     return LEARNERS[method](model, spec.learner.options, spec.learner.seed)
 
 
 __all__ = [
     "LEARNERS",
     "GradientLearner",
+    "KalmanLearner",
     "Learner",
     "PGPELearner",
     "UpdateReport",

@@ -1,0 +1,93 @@
+"""The kalman learner: convergence, its noise and drift estimates, bounds, outliers, the drift
+alarm, and its size limit."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tests.twin.test_learners import NOISE, TRUE, build, feed, log_error, make_spec, simulate
+from twin.learners.kalman import MAX_PARAMS
+from twin.models.base import flat_parameters
+from twin.observations import Observations
+from twin.spec import SpecError, TwinSpec
+
+
+def test_kalman_converges_near_the_true_parameters_and_estimates_the_noise():
+    obs = simulate(1200)
+    model, learner = build(make_spec("kalman"))
+    feed(learner, obs, chunk=4)
+    assert log_error(model) < 0.1
+    assert abs(model.named_values()["b"] - TRUE["b"]) < 0.1
+    noise_std = math.sqrt(float(learner.noise[0]))
+    assert 0.7 * NOISE < noise_std < 1.4 * NOISE
+    assert learner.summary()["noise_std"] == pytest.approx(noise_std)
+    assert learner.summary()["drift_rate"] < 1e-4  # the plant does not drift
+
+
+def test_kalman_keeps_the_bounds():
+    model, learner = build(make_spec("kalman", bounds={"K": (1.0, 1.5), "tau": (2.0, 20.0)}))
+    low, high = model.raw_bounds()
+    obs = simulate(480)
+    for s in range(0, 480, 8):
+        learner.update(obs[s : s + 8])
+        theta = flat_parameters(model)
+        assert bool(((theta >= low) & (theta <= high)).all())
+    assert model.named_values()["K"] == pytest.approx(1.5)  # the truth (2) lies outside
+
+
+def test_kalman_a_single_huge_spike_barely_moves_the_parameters():
+    obs = simulate(1200)
+    moves = {}
+    for huber in (1.345, 1e9):  # 1e9: no down-weighting
+        model, learner = build(make_spec("kalman", huber=huber))
+        feed(learner, obs[:1024], chunk=4)
+        settled = flat_parameters(model)
+        spiked = Observations(obs.ts, obs.inputs, obs.outputs.copy(), obs.seq)
+        spiked.outputs[1030] += 1000 * NOISE
+        moves[huber] = 0.0
+        for s in range(1024, 1200, 4):
+            learner.update(spiked[s : s + 4])
+            moves[huber] = max(moves[huber], float((flat_parameters(model) - settled).norm()))
+    assert moves[1.345] < 0.3 * moves[1e9]
+
+
+def test_kalman_drift_alarm_inflates_the_covariance_and_re_converges_faster():
+    obs = simulate(1024)
+    jumped = simulate(64, K=3.0, seed=5, after=obs)
+    errors = {}
+    for told in (False, True):
+        model, learner = build(make_spec("kalman"))
+        feed(learner, obs, chunk=4)
+        before = learner.covariance.copy()
+        if told:
+            learner.on_drift(start_seq=int(jumped.seq[0]))
+            np.testing.assert_allclose(learner.covariance, before * learner.options["boost"])
+        errors[told] = []
+        for s in range(0, 64, 4):
+            learner.update(jumped[s : s + 4])
+            errors[told].append(abs(math.log(model.named_values()["K"] / 3.0)))
+    assert np.mean(errors[True]) < 0.7 * np.mean(errors[False])
+
+
+def test_kalman_runs_are_deterministic_and_its_state_round_trips():
+    obs = simulate(400)
+    one, two = build(make_spec("kalman")), build(make_spec("kalman"))
+    feed(one[1], obs[:300], chunk=4)
+    feed(two[1], obs[:300], chunk=4)
+    assert torch.equal(flat_parameters(one[0]), flat_parameters(two[0]))
+    model, restored = build(make_spec("kalman"))
+    restored.load_state_dict(one[1].state_dict())
+    feed(one[1], obs[300:], chunk=4)
+    feed(restored, obs[300:], chunk=4)
+    assert torch.equal(flat_parameters(one[0]), flat_parameters(model))
+    np.testing.assert_array_equal(one[1].covariance, restored.covariance)
+
+
+def test_kalman_refuses_models_beyond_its_size_limit_at_spec_validation():
+    spec = {"inputs": ["u"], "outputs": ["y"], "learner": {"method": "kalman"}}
+    TwinSpec.from_dict({**spec, "model": {"kind": "arx", "na": 2, "nb": 2}})
+    with pytest.raises(SpecError, match=f"at most {MAX_PARAMS} parameters") as err:
+        TwinSpec.from_dict({**spec, "model": {"kind": "mlp"}})
+    assert err.value.field == "learner.method"
