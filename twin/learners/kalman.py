@@ -18,7 +18,7 @@ Outliers: an innovation beyond `huber` predicted standard deviations is down-wei
 loss would (its noise variance scaled by |nu| / huber; Cipra & Romera 1997, "Kalman filter with
 outliers and missing observations", Test 6(2)), and values far outside a channel's range are
 never learned (`twin.learners.guard`). Bounds are kept by projecting the center onto them. A
-drift alarm inflates P by `boost`, so the filter re-learns at once what the change moved.
+drift alarm adds the prior's covariance to P, so the filter re-learns what the change moved.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ WINSOR_BIAS = (
     + WINSOR**2 * math.erfc(WINSOR / math.sqrt(2))
 )
 
+UNUSED = ("smoothness", "boost", "boost_updates")  # common options a filter has no use for
 OPTIONS: dict[str, Option] = {
-    **{k: v for k, v in COMMON_OPTIONS.items() if k not in ("smoothness", "boost_updates")},
+    **{k: v for k, v in COMMON_OPTIONS.items() if k not in UNUSED},
     # default "auto": the rate is estimated by REML over the window (see module docstring)
     "drift": Option("float", "auto", 0.0, 1.0, words=("auto",)),
     "prior": positive(PRIOR, 1e6),  # prior variance of each scaled coordinate
@@ -94,9 +95,10 @@ class KalmanLearner(Learner):
         return False
 
     def on_drift(self, start_seq: int | None = None) -> None:
-        """Inflate the covariance by `boost`: what the change moved is re-learned at once; the
-        REML estimate of the rate looks only at the new regime (see Learner.on_drift)."""
-        self.covariance = self.covariance * self.options["boost"]
+        """An abrupt change of unknown size: add the prior's covariance to P, so the next targets
+        re-learn what the change moved (a converged filter's P is far too small for a change of
+        tens of percent); the REML estimate of the rate looks only at the new regime."""
+        self.covariance = self.covariance + self.options["prior"] * np.eye(len(self.covariance))
         if start_seq is not None:
             self.regime_start = int(start_seq)
 
