@@ -120,7 +120,7 @@ class FilterBank:
         P = self.P + Q[:, :, None] * np.eye(d)  # time update: the parameters random-walk a step
         HP = H @ P  # (K, n_out, d)
         S = HP @ np.transpose(H, (0, 2, 1)) + self.w[:, :, None] * np.eye(n_out)
-        S_inv = np.linalg.inv(S)
+        S_inv = _inverse(S)
         fit = np.einsum("ki,kij,kj->k", e, S_inv, e)
         if self.adaptive:
             self.scale += beta * (fit / n_out - self.scale)
@@ -136,6 +136,20 @@ class FilterBank:
         self.theta = self.theta + np.einsum("kij,kj->ki", gain, e)
         P = P - gain @ HP
         self.P = 0.5 * (P + np.transpose(P, (0, 2, 1)))
+        return out
+
+
+def _inverse(S: np.ndarray) -> np.ndarray:
+    """Inverses of a stack of matrices; NaN for a singular one (its filter drops out)."""
+    try:
+        return np.linalg.inv(S)
+    except np.linalg.LinAlgError:
+        out = np.full_like(S, np.nan)
+        for i, s in enumerate(S):
+            try:
+                out[i] = np.linalg.inv(s)
+            except np.linalg.LinAlgError:
+                continue
         return out
 
 
