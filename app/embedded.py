@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import tables as t
@@ -77,6 +77,41 @@ def release_leases(sessions: sessionmaker[Session], owner: str) -> None:
             .where(t.Twin.lease_owner == owner)
             .values(lease_owner=None, lease_expires_at=None)
         )
+
+
+def release_stale_leases(sessions: sessionmaker[Session]) -> int:
+    """Release the leases of embedded workers on this host whose server is gone (killed with
+    -9, so nobody released them): without this a restarted server waits out their lease time
+    before calibrating those twins again. Returns how many were released."""
+    host = socket.gethostname()
+    with sessions.begin() as session:
+        owners = session.scalars(
+            select(t.Twin.lease_owner)
+            .where(t.Twin.lease_owner.like(f"{host}:%:embedded-%"))
+            .distinct()
+        ).all()
+        stale = [o for o in owners if not _alive(int(o.split(":")[-2]))]
+        if not stale:
+            return 0
+        result = session.execute(
+            update(t.Twin)
+            .where(t.Twin.lease_owner.in_(stale))
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+    log.info("released the leases of %d twins held by servers that are gone", result.rowcount)
+    return result.rowcount
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _child(settings_json: str, owner: str, beat, parent: int) -> None:
@@ -140,6 +175,10 @@ class EmbeddedWorker:
 
     # -- life ---------------------------------------------------------------------------------
     def start(self) -> EmbeddedWorker:
+        try:
+            release_stale_leases(self._sessions)
+        except Exception as exc:  # the leases then run out by themselves
+            log.warning("could not release stale leases: %s", exc)
         with self._lock:
             self._spawn()
         self._supervisor.start()
@@ -207,4 +246,4 @@ class EmbeddedWorker:
             log.warning("could not release the worker's leases: %s", exc)
 
 
-__all__ = ["EmbeddedWorker", "release_leases", "run_worker"]
+__all__ = ["EmbeddedWorker", "release_leases", "release_stale_leases", "run_worker"]

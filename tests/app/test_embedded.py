@@ -1,5 +1,6 @@
 """The service with its embedded calibrator: observations posted over HTTP get learned."""
 
+import os
 import time
 
 import torch
@@ -37,3 +38,37 @@ def _run(settings: Settings) -> None:
         assert predicted.status_code == 200, predicted.text
         history = client.get(f"/twins/{twin_id}/observations").json()["observations"]
         assert any(r["prediction"] is not None for r in history)
+
+
+def test_leases_of_a_server_that_is_gone_are_released_at_start(client, make_twin, sessions):
+    import socket
+    import subprocess
+    import sys
+
+    from sqlalchemy import select, update
+
+    from app import tables as t
+    from app.embedded import release_stale_leases
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no process has now
+    host = socket.gethostname()
+    owners = {
+        make_twin("dead")["id"]: f"{host}:{gone.pid}:embedded-0",
+        make_twin("alive")["id"]: f"{host}:{os.getpid()}:embedded-0",
+        make_twin("elsewhere")["id"]: f"another-host:{gone.pid}:embedded-0",
+        make_twin("worker")["id"]: f"{host}:{gone.pid}:1a2b",  # a `tandem worker`: left to expire
+    }
+    with sessions.begin() as session:
+        for twin_id, owner in owners.items():
+            session.execute(
+                update(t.Twin)
+                .where(t.Twin.id == twin_id)
+                .values(lease_owner=owner, lease_expires_at=time.time() + 30)
+            )
+    assert release_stale_leases(sessions) == 1
+    with sessions() as session:
+        held = dict(session.execute(select(t.Twin.name, t.Twin.lease_owner)).all())
+    assert held["dead"] is None
+    assert held["alive"] == owners[2] and held["elsewhere"] == owners[3]
+    assert held["worker"] == owners[4]
