@@ -1,12 +1,15 @@
-"""Change detectors for streams of standardized residuals: Page-Hinkley and ADWIN.
+"""Change detectors for streams of standardized residuals: Page-Hinkley, ADWIN and BOCPD.
 
-Both are O(1) amortized per value and round-trip their state through JSON-friendly dicts.
+Page-Hinkley and ADWIN are O(1) amortized per value, BOCPD O(max_run); all round-trip their
+state through JSON-friendly dicts.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+import numpy as np
 
 
 class PageHinkley:
@@ -35,6 +38,7 @@ class PageHinkley:
         self.sum_down = self.max_down = 0.0
         self.n_min_up = self.n_max_down = 0  # n at the running extremes
         self.run_length = 0
+        self.changes = 0  # changes declared
 
     def update(self, x: float) -> float | None:
         """Add one value; return the test statistic if a change is detected (then reset)."""
@@ -191,3 +195,123 @@ class ADWIN:
         self.rows = [[[float(s), float(v)] for s, v in row] for row in d["rows"]] or [[]]
         self.total, self.variance = float(d["total"]), float(d["variance"])
         self.ticks, self.n_detections = int(d["ticks"]), int(d["n_detections"])
+
+
+class BOCPD:
+    """Bayesian online change point detection (Adams & MacKay 2007, "Bayesian online changepoint
+    detection") for a stream of standardized values, with a Normal-Gamma prior on each regime's
+    mean and precision, so a change in either the level or the spread of the stream is a change.
+
+    The posterior over the current run length is kept for run lengths below `max_run`; longer
+    runs share the last slot (their sufficient statistics merged), so the cost is O(max_run) per
+    value. The hazard is not a constant: it is the posterior mean of a rate with a prior worth
+    `lam` values at 1/`lam`, given the changes declared so far (the idea of Wilson, Nassar and
+    Gold 2010, "Bayesian online learning of the hazard rate in change-point problems", in its
+    simplest form), so a long quiet stream expects fewer changes than a short one.
+
+    A change is declared when the most probable run began more than `min_segment` values after
+    the last declared start and has lasted `min_segment` values: an outlier that the next values
+    contradict is not a change, and regimes shorter than that are not told apart. Its start is
+    the change's location (`run_length` counts the values since, up to the one that declared
+    it). The prior's defaults are those van den Burg and Williams (2020) run bocpd with (mean 0,
+    kappa 1, alpha 1, beta 1: a unit scale, which standardized input has).
+    """
+
+    def __init__(
+        self,
+        lam: float = 1000.0,
+        min_segment: int = 10,
+        max_run: int = 256,
+        clip: float = 4.0,
+        mu0: float = 0.0,
+        kappa0: float = 1.0,
+        alpha0: float = 1.0,
+        beta0: float = 1.0,
+    ):
+        assert lam > 1 and min_segment >= 1 and max_run > 2 * min_segment
+        self.lam, self.min_segment, self.max_run = float(lam), int(min_segment), int(max_run)
+        self.clip = float(clip)
+        self.prior = (float(mu0), float(kappa0), float(alpha0), float(beta0))
+        self.reset()
+
+    def reset(self) -> None:
+        mu0, _, _, beta0 = self.prior
+        self.log_r = np.zeros(1)  # log posterior of run lengths 0..len-1 (last slot: >= that)
+        self.n = np.zeros(1)  # values in each run
+        self.mu = np.full(1, mu0)
+        self.beta = np.full(1, beta0)
+        self.t = 0  # values seen
+        self.start = 0  # t at the start of the current (declared) regime
+        self.run_length = 0
+        self.changes = 0  # changes declared
+
+    def update(self, x: float) -> float | None:
+        """Add one value; return the posterior probability of the new run's length when a change
+        is declared (the detector carries on: its posterior already holds the new run)."""
+        mu0, kappa0, alpha0, beta0 = self.prior
+        x = min(max(float(x), -self.clip), self.clip)
+        kappa, alpha = kappa0 + self.n, alpha0 + self.n / 2
+        scale2 = self.beta * (kappa + 1) / (alpha * kappa)  # Student-t predictive, 2 alpha dof
+        nu = 2 * alpha
+        log_pred = (
+            _gamma_ratio(alpha)
+            - 0.5 * np.log(np.pi * nu * scale2)
+            - (nu + 1) / 2 * np.log1p((x - self.mu) ** 2 / (nu * scale2))
+        )
+        joint = self.log_r + log_pred
+        # the hazard's posterior mean, never above the prior's: a change makes it no likelier
+        hazard = min(1.0 + self.changes, 1.0 + self.t / self.lam) / (self.lam + self.t)
+        grow = joint + math.log1p(-hazard)
+        change = np.logaddexp.reduce(joint) + math.log(hazard)
+        beta = self.beta + kappa * (x - self.mu) ** 2 / (2 * (kappa + 1))
+        mu = (kappa * self.mu + x) / (kappa + 1)
+        self.log_r = np.concatenate([[change], grow])
+        self.n = np.concatenate([[0.0], self.n + 1])
+        self.mu = np.concatenate([[mu0], mu])
+        self.beta = np.concatenate([[beta0], beta])
+        if self.log_r.shape[0] > self.max_run:  # the two longest runs share the last slot
+            keep = self.max_run - 1
+            w = np.exp(self.log_r[keep:] - np.logaddexp.reduce(self.log_r[keep:]))
+            self.n = np.append(self.n[:keep], w @ self.n[keep:])
+            self.mu = np.append(self.mu[:keep], w @ self.mu[keep:])
+            self.beta = np.append(self.beta[:keep], w @ self.beta[keep:])
+            self.log_r = np.append(self.log_r[:keep], np.logaddexp.reduce(self.log_r[keep:]))
+        self.log_r -= np.logaddexp.reduce(self.log_r)
+        self.t += 1
+        run = int(np.argmax(self.log_r))
+        if run == self.max_run - 1:
+            return None  # the longest runs' slot: no start to locate
+        if run >= self.min_segment and self.t - run > self.start + self.min_segment:
+            self.start, self.run_length = self.t - run, run
+            self.changes += 1
+            return float(math.exp(self.log_r[run]))
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        arrays = {k: getattr(self, k).tolist() for k in ("log_r", "n", "mu", "beta")}
+        counts = {k: getattr(self, k) for k in ("t", "start", "run_length", "changes")}
+        return {**arrays, **counts}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        for k in ("log_r", "n", "mu", "beta"):
+            setattr(self, k, np.asarray(d[k], dtype=np.float64))
+        for k in ("t", "start", "run_length", "changes"):
+            setattr(self, k, int(d[k]))
+
+
+def _gamma_ratio(alpha: np.ndarray) -> np.ndarray:
+    """log Gamma(alpha + 1/2) - log Gamma(alpha), elementwise: a table for the half-integer
+    steps every run but the longest takes from alpha0, math.lgamma for the rest."""
+    key = (float(alpha[0]), alpha.shape[0])
+    table = _RATIOS.get(key)
+    if table is None:
+        a = alpha[0] + np.arange(alpha.shape[0]) / 2
+        table = np.array([math.lgamma(v + 0.5) - math.lgamma(v) for v in a])
+        _RATIOS[key] = table
+    out = table.copy()
+    last = float(alpha[-1])
+    out[-1] = math.lgamma(last + 0.5) - math.lgamma(last)
+    return out
+
+
+_RATIOS: dict[tuple[float, int], np.ndarray] = {}

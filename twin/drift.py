@@ -1,5 +1,6 @@
 """Drift metrics: rolling and exponentially weighted error statistics, change detectors on
-standardized residuals (Page-Hinkley, ADWIN), and parameter change since creation.
+standardized residuals (Page-Hinkley, Bayesian online change point detection), and parameter
+change since the first converged estimate.
 
 Everything is incremental (O(1) amortized per observation) and every class round-trips its state
 through plain JSON-friendly dicts, so a restarted service resumes exactly where it stopped.
@@ -14,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from twin.detectors import ADWIN, PageHinkley
+from twin.detectors import ADWIN, BOCPD, PageHinkley
 
 __all__ = [
     "ADWIN",
+    "BOCPD",
     "DriftEvent",
     "DriftMonitor",
     "ErrorStats",
@@ -143,7 +145,7 @@ class DriftEvent:
     seq: int
     ts: float
     output: str
-    detector: str  # "page_hinkley" or "adwin"
+    detector: str  # "page_hinkley" or "bocpd"
     statistic: float
     start_seq: int
 
@@ -151,26 +153,27 @@ class DriftEvent:
         return asdict(self)
 
 
-DETECTORS = {PageHinkley: "page_hinkley", ADWIN: "adwin"}
+DETECTORS = {PageHinkley: "page_hinkley", BOCPD: "bocpd"}
 # Page-Hinkley on residuals in scale units: ignore shifts below 1.5 scales, fire once the excess
 # adds up to 10. A 5-scale jump is flagged within 3-4 observations, the learner's cue to jump;
 # two clipped spikes (10 scales) in a row are needed to fire without a change. Smaller shifts are
-# tracked by the learner without a jump, and ADWIN reports them when the error grows.
+# tracked by the learner without a jump, and BOCPD reports them when it is sure of them.
 PH_DELTA = 1.5
 PH_THRESHOLD = 10.0
 
 
 class DriftMonitor:
-    """Error metrics of the twin and of the frozen initial model, and change detectors per output.
+    """Error metrics of the twin and of its frozen first guess, and change detectors per output.
 
     Each output's residual is standardized by a slowly adapting EW root-mean-square scale, taken
     before the residual is added, with an absolute floor; the scale update clips residuals at
-    `clip` scales so one sensor spike barely moves it. Page-Hinkley watches the standardized
-    residual and ADWIN its absolute value, both clipped at `clip`. Detectors start once the scale
-    has seen `warmup` residuals. After an alarm on an output its scale keeps only `warmup`
-    observations' worth of weight, so it learns the new regime in tens of observations instead of
-    drifting for thousands (which would raise a cascade of ADWIN alarms). NaN residuals are
-    skipped.
+    `clip` scales so one sensor spike barely moves it. Two detectors watch the standardized
+    residual, clipped at `clip`: Page-Hinkley, a fast alarm for a shift in the mean (the learner's
+    cue to jump), and BOCPD (Adams & MacKay's run-length posterior), which locates changes in the
+    residuals' mean or spread. Detectors start once the scale has seen `warmup` residuals. After
+    an alarm on an output its scale keeps only `warmup` observations' worth of weight, so it
+    learns the new regime in tens of observations instead of drifting for thousands. NaN
+    residuals are skipped.
     """
 
     def __init__(
@@ -183,7 +186,7 @@ class DriftMonitor:
         scale_floor: float = 1e-12,
         ph_delta: float = PH_DELTA,
         ph_threshold: float = PH_THRESHOLD,
-        adwin_delta: float = 0.002,
+        bocpd_lam: float = 1000.0,
         clip: float = 10.0,
     ):
         self.outputs = list(outputs)
@@ -197,7 +200,7 @@ class DriftMonitor:
         self._sq_weight = [0.0] * n
         self._count = [0] * n
         self.ph = [PageHinkley(ph_delta, ph_threshold) for _ in range(n)]
-        self.adwin = [ADWIN(adwin_delta) for _ in range(n)]
+        self.bocpd = [BOCPD(bocpd_lam) for _ in range(n)]
         self.alarms = 0
 
     def update(
@@ -223,14 +226,14 @@ class DriftMonitor:
                     continue
                 at = (int(seq[i]), float(ts[i]), name)
                 fired = []
-                for detector, x in ((self.ph[j], z), (self.adwin[j], abs(z))):
-                    stat = detector.update(x)
+                for detector in (self.ph[j], self.bocpd[j]):
+                    stat = detector.update(z)
                     if stat is not None:
                         start = max(int(seq[i]) - detector.run_length + 1, 0)
                         fired.append(DriftEvent(*at, DETECTORS[type(detector)], stat, start))
-                if fired:
-                    self._rewarm(j)
-                    events.extend(fired)
+                if any(e.detector == "page_hinkley" for e in fired):
+                    self._rewarm(j)  # BOCPD learns each regime's spread itself
+                events.extend(fired)
         events.sort(key=lambda e: e.seq)  # stable: output order within one observation
         self.alarms += len(events)
         return events
@@ -268,7 +271,7 @@ class DriftMonitor:
 
     def summary(self) -> dict[str, Any]:
         twin, frozen = self.twin.summary(self.outputs), self.frozen.summary(self.outputs)
-        outputs = {name: {"twin": twin[name], "frozen": frozen[name]} for name in self.outputs}
+        outputs = {name: {"twin": twin[name], "first_guess": frozen[name]} for name in self.outputs}
         return {"outputs": outputs, "alarms": self.alarms}
 
     def state_dict(self) -> dict[str, Any]:
@@ -280,7 +283,7 @@ class DriftMonitor:
             "sq_weight": list(self._sq_weight),
             "count": list(self._count),
             "ph": [d.state_dict() for d in self.ph],
-            "adwin": [d.state_dict() for d in self.adwin],
+            "bocpd": [d.state_dict() for d in self.bocpd],
             "alarms": self.alarms,
         }
 
@@ -293,40 +296,54 @@ class DriftMonitor:
         self._count = [int(v) for v in d["count"]]
         for det, s in zip(self.ph, d["ph"], strict=True):
             det.load_state_dict(s)
-        for det, s in zip(self.adwin, d["adwin"], strict=True):
+        for det, s in zip(self.bocpd, d.get("bocpd", ()), strict=False):  # none before BOCPD
             det.load_state_dict(s)
         self.alarms = int(d["alarms"])
 
 
 class ParameterTracker:
-    """Named parameter values across versions: change since creation and over the last
-    `history` updates."""
+    """Named parameter values across versions, from the first guess on: change since the first
+    converged estimate and over the last `history` updates.
+
+    Change is not measured from the first guess: a guess set from a few observations is rough,
+    and a twin that merely refines it has not seen its plant change. The twin says when its
+    estimate has converged (`converge`); until then change since it is None.
+    """
 
     def __init__(self, history: int = 20):
         assert history >= 1, "history must be at least 1"
         self.history = int(history)
-        self.initial: dict[str, float] = {}
+        self.first_guess: dict[str, float] = {}
+        self.converged: dict[str, float] | None = None
         self.recent: dict[str, deque[float]] = {}
 
     def update(self, values: dict[str, float]) -> None:
         for name, value in values.items():
             value = float(value)
-            if name not in self.initial:
-                self.initial[name] = value
+            if name not in self.first_guess:
+                self.first_guess[name] = value
                 self.recent[name] = deque(maxlen=self.history + 1)
             self.recent[name].append(value)
 
+    def converge(self, values: dict[str, float]) -> None:
+        """Record the first converged estimate (later calls change nothing)."""
+        if self.converged is None:
+            self.converged = {name: float(v) for name, v in values.items()}
+
     def summary(self) -> dict[str, dict[str, float | None]]:
-        """{name: {initial, current, change, relative_change, recent_change,
-        recent_relative_change}}; relative changes are None where the reference value is 0."""
+        """{name: {first_guess, converged, current, change, relative_change, recent_change,
+        recent_relative_change}}: change is since the first converged estimate (None before
+        it); relative changes are None where the reference value is 0."""
         out = {}
-        for name, v0 in self.initial.items():
+        for name, guess in self.first_guess.items():
             v, past = self.recent[name][-1], self.recent[name][0]
+            v0 = None if self.converged is None else self.converged.get(name)
             out[name] = {
-                "initial": v0,
+                "first_guess": guess,
+                "converged": v0,
                 "current": v,
-                "change": v - v0,
-                "relative_change": (v - v0) / abs(v0) if v0 != 0 else None,
+                "change": None if v0 is None else v - v0,
+                "relative_change": (v - v0) / abs(v0) if v0 else None,
                 "recent_change": v - past,
                 "recent_relative_change": (v - past) / abs(past) if past != 0 else None,
             }
@@ -334,11 +351,19 @@ class ParameterTracker:
 
     def state_dict(self) -> dict[str, Any]:
         recent = {k: list(v) for k, v in self.recent.items()}
-        return {"history": self.history, "initial": dict(self.initial), "recent": recent}
+        return {
+            "history": self.history,
+            "first_guess": dict(self.first_guess),
+            "converged": None if self.converged is None else dict(self.converged),
+            "recent": recent,
+        }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.history = int(d["history"])
-        self.initial = {k: float(v) for k, v in d["initial"].items()}
+        guess = d.get("first_guess", d.get("initial", {}))  # "initial" before first guesses
+        self.first_guess = {k: float(v) for k, v in guess.items()}
+        converged = d.get("converged")
+        self.converged = None if converged is None else {k: float(v) for k, v in converged.items()}
         self.recent = {
             k: deque((float(x) for x in v), maxlen=self.history + 1) for k, v in d["recent"].items()
         }

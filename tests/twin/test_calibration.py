@@ -96,3 +96,15 @@ def test_channels_in_any_units_are_calibrated_alike(method):
         assert abs(found["tau"] - sim.params["tau"][-1]) / sim.params["tau"][-1] < 0.05
         outcomes.append(np.mean(result.residuals[-1000:] ** 2) / sim.noise_floor)
     assert max(outcomes) < 1.2 and max(outcomes) / min(outcomes) < 1.1, outcomes
+
+
+@pytest.mark.slow
+def test_a_stationary_plant_raises_hardly_any_drift_event():
+    # Default learner, several seeds, a long run: the detectors must not mistake the noise or
+    # the twin's own convergence from a guess 40% off for a change of the plant.
+    plant, initial, _ = STATIONARY["first_order"]
+    events = []
+    for seed in range(3):
+        _, result, _ = calibrate(plant, 2000, "pgpe", initial, seed=seed)
+        events += result.events
+    assert len(events) <= 2, [(e.seq, e.start_seq, e.detector) for e in events]
