@@ -118,7 +118,7 @@ def _print_status(client: httpx.Client, twin_id: int, sent: int, truth: dict[str
     drift = client.get(f"/twins/{twin_id}/drift").json()
     errors = drift.get("outputs", {}).get("T", {})
     rmse = (errors.get("twin") or {}).get("rmse")
-    frozen = (errors.get("frozen") or {}).get("rmse")
+    frozen = (errors.get("first_guess") or {}).get("rmse")
     values = params.get("parameters", {})
     pairs = " ".join(f"{_num(true)} {_num(values.get(n))}" for n, true in truth.items())
     print(

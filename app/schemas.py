@@ -79,7 +79,7 @@ class TwinRead(ReadModel):
     name: str
     spec: dict[str, Any]
     created_at: float
-    version: int = Field(description="Number of the latest version (0: the initial one).")
+    version: int = Field(description="Number of the latest version (0: the one at creation).")
     watermark: int = Field(description="Newest seq the latest version has learned.")
     last_seq: int = Field(description="Newest accepted seq (0: no observation yet).")
     last_ts: float | None
@@ -189,8 +189,13 @@ class DriftRead(ReadModel):
     version: int
     watermark: int
     calibration_lag: CalibrationLag
-    outputs: dict[str, Any] = Field(description="Per output: the twin's and the frozen errors.")
-    parameters: dict[str, Any] = Field(description="Per parameter: change since creation.")
+    outputs: dict[str, Any] = Field(
+        description="Per output: the errors of the twin and of its frozen first guess."
+    )
+    parameters: dict[str, Any] = Field(
+        description="Per parameter: first guess, first converged estimate, current value, "
+        "change since the converged estimate (null before it) and over recent versions."
+    )
     alarms: int
     events: list[DriftEventRead]
 

@@ -37,7 +37,8 @@ REACT_TO = ("page_hinkley",)
 @dataclass
 class StepResult:
     """Prequential outcome of one `Twin.step`: per observation, what the twin predicted before
-    learning it (NaN where it had no context yet) and what the frozen initial model predicted."""
+    learning it and what its frozen first guess predicted (NaN where it had no context or no
+    first guess yet)."""
 
     seq: np.ndarray  # (N,)
     predictions: np.ndarray  # (N, n_out)
@@ -61,11 +62,16 @@ class Twin:
         self.output_scaler = ChannelScaler(len(spec.outputs))
         self.monitor = DriftMonitor(list(spec.outputs))
         self.tracker = ParameterTracker()
-        self.tracker.update(self.model.named_values())
         self.watermark = 0
-        # Physical parameters the spec left open are guessed from the first observations.
+        # The first guess: physical parameters the spec left open are set from the first
+        # observations; black-box coefficients the spec left open mean "zero on the channels
+        # standardized by the first observations" (arx: their mean). Until then there is none.
         open_params = open_parameters(self.model, set(spec.model.params))
-        self.guessed: list[str] | None = None if open_params else []
+        guess_later = open_params or (not self.model.physical and not spec.model.params)
+        self.guessed: list[str] | None = None if guess_later else []
+        self.guess_seq = 0  # watermark when the first guess was made
+        if self.guessed is not None:
+            self.tracker.update(self.model.named_values())
         self.update_size = int(self.learner.options["update_size"])
 
     @classmethod
@@ -87,7 +93,9 @@ class Twin:
         for start in range(0, len(obs), self.update_size):
             chunk = obs[start : start + self.update_size]
             part = slice(start, start + len(chunk))
-            preds[part], frozen[part], outliers = self._predict_one_step(chunk)
+            predicted, frozen_predicted, outliers = self._predict_one_step(chunk)
+            if self.guessed is not None:  # no first guess, no prediction: NaN, not a placeholder
+                preds[part], frozen[part] = predicted, frozen_predicted
             # Values far outside a channel's robust range are faults, not the plant: they are
             # stored and shown, but neither learned nor fed to the drift statistics and scalers.
             seen = np.where(outliers, np.nan, chunk.outputs)
@@ -106,14 +114,18 @@ class Twin:
                     self.output_scaler.std,
                     self.input_scaler.mean,
                     self.input_scaler.std,
+                    keep_function=self.guessed is not None,
                 )
-            if self.guessed is None:  # open physical parameters: first a guess from the data
+            self.watermark = int(chunk.seq[-1])
+            if self.guessed is None:  # first a guess from the data
                 self.learner.observe(chunk)
-                if len(self.learner.window) >= GUESS_AFTER and self._clean_tail():
+                physical_ready = len(self.learner.window) >= GUESS_AFTER and self._clean_tail()
+                if not self.model.physical or physical_ready:
                     self._first_guess()
             else:
                 result.reports.append(self.learner.update(chunk))
-            self.watermark = int(chunk.seq[-1])
+                if self.watermark - self.guess_seq >= self.learner.options["window"]:
+                    self.tracker.converge(self.model.named_values())
             done = start + len(chunk)
             if deadline is not None and done < len(obs) and time.monotonic() > deadline:
                 obs = obs[:done]
@@ -121,7 +133,7 @@ class Twin:
                 result.seq, result.predictions, result.frozen_predictions = obs.seq, preds, frozen
                 break
         result.residuals = obs.outputs - preds
-        if len(obs):
+        if len(obs) and self.guessed is not None:
             self.tracker.update(self.model.named_values())
         return result
 
@@ -131,15 +143,18 @@ class Twin:
         return not self.learner.outlying(y).any()
 
     def _first_guess(self) -> None:
-        """Start open physical parameters from the first observations' scale; this becomes the
-        frozen initial version the drift metrics compare against."""
-        y, u, ts = self.learner.window.last(GUESS_AFTER)
-        seen = Observations(ts, u, y)
-        self.guessed = initial_guess(self.model, seen, set(self.spec.model.params))
-        if self.guessed:
-            self.frozen.load_state_dict(self.model.state_dict())
-            self.tracker = ParameterTracker()
-            self.tracker.update(self.model.named_values())
+        """Set the parameters the spec left open from the first observations; the frozen copy
+        of this first guess is what the drift metrics compare against."""
+        if self.model.physical:
+            y, u, ts = self.learner.window.last(GUESS_AFTER)
+            seen = Observations(ts, u, y)
+            self.guessed = initial_guess(self.model, seen, set(self.spec.model.params))
+        else:  # the scaler of the first observations is the guess
+            self.guessed = sorted(set(self.model.named_values()) - set(self.spec.model.params))
+        self.guess_seq = self.watermark
+        self.frozen.load_state_dict(self.model.state_dict())
+        self.tracker = ParameterTracker()
+        self.tracker.update(self.model.named_values())
 
     @torch.no_grad()
     def _predict_one_step(self, chunk: Observations) -> tuple[np.ndarray, ...]:
@@ -177,6 +192,8 @@ class Twin:
         The std propagates the twin's recent one-step residual scale (its EW RMSE) through the
         dynamics by Monte Carlo; it covers noise and recent model error, not parameter doubt.
         """
+        if self.guessed is None:
+            raise ValueError("the twin has no first guess of its parameters yet")
         y_old, u_old, _ = self.learner.context_arrays()
         L = self.model.context
         if y_old.shape[0] < L:
@@ -209,15 +226,20 @@ class Twin:
         ts = self.learner.context_arrays()[2]
         return float(ts[-1]) if ts.shape[0] else None
 
-    def parameters(self) -> dict[str, float]:
-        return self.model.named_values()
+    def parameters(self) -> dict[str, float | None]:
+        """Named parameters in channel units; None for those the first guess has yet to set."""
+        values = self.model.named_values()
+        if self.guessed is None:
+            given = set(self.spec.model.params)
+            return {name: (v if name in given else None) for name, v in values.items()}
+        return values
 
     def learner_summary(self) -> dict:
         return {"method": self.learner.method, **self.learner.summary()}
 
     def metrics(self) -> dict:
-        """Drift metrics: error of the twin and of the frozen initial model per output, and
-        parameter change since creation and over recent versions."""
+        """Drift metrics: error of the twin and of its frozen first guess per output, and
+        parameter change since the first converged estimate and over recent versions."""
         summary = self.monitor.summary()
         return {
             "outputs": summary["outputs"],
@@ -238,6 +260,7 @@ class Twin:
             "tracker": self.tracker.state_dict(),
             "watermark": self.watermark,
             "guessed": self.guessed,
+            "guess_seq": self.guess_seq,
         }
 
     @classmethod
@@ -252,6 +275,7 @@ class Twin:
         twin.tracker.load_state_dict(state["tracker"])
         twin.watermark = int(state["watermark"])
         twin.guessed = state["guessed"]
+        twin.guess_seq = int(state.get("guess_seq", 0))
         return twin
 
     def to_bytes(self) -> bytes:

@@ -162,3 +162,33 @@ def test_drift_reports_metrics_lag_and_events_newest_first(client, make_twin, po
     }
     limited = client.get(f"/twins/{twin['id']}/drift", params={"limit": 1}).json()
     assert [e["seq"] for e in limited["events"]] == [9]
+
+
+def test_open_parameters_are_null_until_the_first_guess_and_then_set(
+    client, make_twin, post, learn
+):
+    open_model = {"kind": "thermal_rc", "params": {"C": 50.0}}
+    twin = make_twin(model=open_model)
+    parameters = client.get(f"/twins/{twin['id']}/parameters").json()["parameters"]
+    assert parameters["R"] is None and parameters["C"] == pytest.approx(50.0)  # R: not 1.0
+    assert client.get(f"/twins/{twin['id']}/versions").json()[0]["parameters"]["R"] is None
+    post(twin["id"], thermal_rows(20))
+    learn(twin["id"])  # fewer than the 32 observations the first guess looks at
+    assert client.get(f"/twins/{twin['id']}/parameters").json()["parameters"]["R"] is None
+    rows = client.get(f"/twins/{twin['id']}/observations").json()["observations"]
+    assert all(r["prediction"] == {"T": None} and r["residual"] == {"T": None} for r in rows)
+    post(twin["id"], thermal_rows(40, start=1_020.0))
+    learn(twin["id"])
+    guessed = client.get(f"/twins/{twin['id']}/parameters").json()["parameters"]["R"]
+    assert guessed > 0  # from 32 observations of a slow plant: rough, but a number
+    rows = client.get(f"/twins/{twin['id']}/observations").json()["observations"]
+    predicted = [r["seq"] for r in rows if r["prediction"]["T"] is not None]
+    assert predicted == list(range(33, 61))  # from the first guess on, every observation
+    assert all(abs(r["residual"]["T"]) < 1.0 for r in rows if r["seq"] in predicted)
+    drift = client.get(f"/twins/{twin['id']}/drift").json()
+    assert set(drift["outputs"]["T"]) == {"twin", "first_guess"}
+    r = drift["parameters"]["R"]
+    assert r["first_guess"] is not None and r["current"] == pytest.approx(guessed)
+    assert r["converged"] is None and r["change"] is None  # 28 observations learned, not a window
+    versions = client.get(f"/twins/{twin['id']}/versions").json()
+    assert [v["parameters"]["R"] is None for v in versions] == [False, True, True]

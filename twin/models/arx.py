@@ -138,10 +138,23 @@ class ARX(TwinModel):
     @torch.no_grad()
     def physical_coefficients(self) -> tuple[Tensor, Tensor, Tensor]:
         """A (na, n_out, n_out), B (nb, n_out, n_in), c (n_out) acting on unscaled channels."""
-        a = self.A * self.y_std[:, None] / self.y_std[None, :]
-        b = self.B * self.y_std[:, None] / self.u_std[None, :]
-        c = self.y_mean + self.y_std * self.c - (a.sum(0) @ self.y_mean) - (b.sum(0) @ self.u_mean)
+        return self._in_channel_units(self.y_mean, self.y_std, self.u_mean, self.u_std)
+
+    def _in_channel_units(self, y_mean, y_std, u_mean, u_std) -> tuple[Tensor, Tensor, Tensor]:
+        """The coefficients in channel units, were the model standardizing with these."""
+        a = self.A * y_std[:, None] / y_std[None, :]
+        b = self.B * y_std[:, None] / u_std[None, :]
+        c = y_mean + y_std * self.c - (a.sum(0) @ y_mean) - (b.sum(0) @ u_mean)
         return a, b, c
+
+    def _reexpress(self, y_mean, y_std, u_mean, u_std) -> None:
+        """Exact: the coefficients in channel units under the old scaler, written back in
+        standardized units under the new one."""
+        a, b, c = self._in_channel_units(y_mean, y_std, u_mean, u_std)
+        ym, ys, um, us = self.y_mean, self.y_std, self.u_mean, self.u_std
+        self.A.copy_(a * ys[None, :] / ys[:, None])  # a[i, o, j] = A[i, o, j] ys[o] / ys[j]
+        self.B.copy_(b * us[None, :] / ys[:, None])
+        self.c.copy_((c - ym + a.sum(0) @ ym + b.sum(0) @ um) / ys)
 
     def named_values(self) -> dict[str, float]:
         a, b, c = self.physical_coefficients()

@@ -112,11 +112,23 @@ class TwinModel(nn.Module):
         flat = flat_parameters(self)
         return torch.full_like(flat, -torch.inf), torch.full_like(flat, torch.inf)
 
-    def set_normalization(self, y_mean, y_std, u_mean, u_std) -> None:
+    @torch.no_grad()
+    def set_normalization(self, y_mean, y_std, u_mean, u_std, keep_function: bool = True) -> None:
+        """Set the channel scaler the model standardizes with. With `keep_function`, a kind whose
+        parameters act on standardized channels re-expresses them so that the model computes the
+        same function of the channels in their own units (`_reexpress`); without it (before a
+        first guess, when the parameters mean nothing yet) they are kept as they are."""
+        old = (self.y_mean.clone(), self.y_std.clone(), self.u_mean.clone(), self.u_std.clone())
         for name, value in zip(
             ("y_mean", "y_std", "u_mean", "u_std"), (y_mean, y_std, u_mean, u_std), strict=True
         ):
             getattr(self, name).copy_(torch.as_tensor(value, dtype=DTYPE))
+        if keep_function:
+            self._reexpress(*old)
+
+    def _reexpress(self, y_mean, y_std, u_mean, u_std) -> None:
+        """Rewrite the parameters, fitted under the old normalization given, for the new one.
+        Physical kinds do not standardize: nothing to do."""
 
     def config(self) -> dict[str, Any]:
         """Plain-dict description for checkpoints (kind and structural options)."""

@@ -116,6 +116,27 @@ class MLP(TwinModel):
         return y_ctx[:, -1] + self.y_std * change
 
     # -- parameters ---------------------------------------------------------------------------
+    def _reexpress(self, y_mean, y_std, u_mean, u_std) -> None:
+        """Exact: the first affine layer absorbs the change in the features' standardization,
+        the last one the change in the output scale (the hidden layers see the same values)."""
+        first, last = self.net[0], self.net[-1]
+        mean_old, std_old = self._feature_scaler(y_mean, y_std, u_mean, u_std)  # (F,), (F,)
+        mean_new, std_new = self._feature_scaler(self.y_mean, self.y_std, self.u_mean, self.u_std)
+        first.bias.add_(first.weight @ ((mean_new - mean_old) / std_old))
+        first.weight.mul_(std_new / std_old)
+        ratio = (y_std / self.y_std)[:, None]  # (n_out, 1)
+        last.weight.mul_(ratio)
+        last.bias.mul_(ratio[:, 0])
+
+    def _feature_scaler(self, y_mean, y_std, u_mean, u_std) -> tuple[Tensor, Tensor]:
+        """(F,) mean and std the features are standardized with, in `forward`'s order (dt is
+        divided by dt_ref whatever the scaler: 0 and 1 there)."""
+        n_u = (self.nb + 1) if self.n_inputs else 0
+        one = torch.ones(1, dtype=DTYPE)
+        mean = torch.cat([y_mean.repeat(self.na), u_mean.repeat(n_u), 0 * one])
+        std = torch.cat([y_std.repeat(self.na), u_std.repeat(n_u), one])
+        return mean, std
+
     @torch.no_grad()
     def named_values(self) -> dict[str, float]:
         """Summary numbers, not weights: their overall norm and the output layer's norm."""
