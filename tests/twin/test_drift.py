@@ -319,21 +319,32 @@ def test_monitor_events_are_in_seq_order_and_serializable():
 
 
 # -- ParameterTracker ---------------------------------------------------------------------------
-def test_parameter_tracker_reports_change_since_creation_and_over_recent_versions():
+def test_parameter_tracker_reports_change_since_convergence_and_over_recent_versions():
     tracker = ParameterTracker(history=3)
     for v in [2.0, 2.2, 2.4, 2.6, 3.0]:
-        tracker.update({"K": v, "b": v - 2.0})
+        tracker.update({"K": v, "b": v - 2.4})
+        if v == 2.4:
+            tracker.converge({"K": v, "b": 0.0})
+            tracker.converge({"K": 9.9, "b": 9.9})  # only the first converged estimate counts
     k, b = tracker.summary()["K"], tracker.summary()["b"]
-    assert (k["initial"], k["current"]) == (2.0, 3.0)
-    assert k["change"] == pytest.approx(1.0) and k["relative_change"] == pytest.approx(0.5)
+    assert (k["first_guess"], k["converged"], k["current"]) == (2.0, 2.4, 3.0)
+    assert k["change"] == pytest.approx(0.6) and k["relative_change"] == pytest.approx(0.25)
     assert k["recent_change"] == pytest.approx(3.0 - 2.2)  # over the last 3 updates
     assert k["recent_relative_change"] == pytest.approx(0.8 / 2.2)
-    assert b["relative_change"] is None  # started at zero
-    assert b["recent_relative_change"] == pytest.approx(0.8 / 0.2)
+    assert b["change"] == pytest.approx(0.6) and b["relative_change"] is None  # converged at 0
 
 
-def test_parameter_tracker_with_one_version_reports_no_change():
+def test_parameter_tracker_reports_no_change_before_convergence():
     tracker = ParameterTracker()
     tracker.update({"R": 0.05})
-    assert tracker.summary()["R"]["change"] == 0.0
-    assert tracker.summary()["R"]["recent_change"] == 0.0
+    tracker.update({"R": 0.08})
+    r = tracker.summary()["R"]
+    assert r["first_guess"] == 0.05 and r["current"] == 0.08
+    assert r["converged"] is None and r["change"] is None and r["relative_change"] is None
+    assert r["recent_change"] == pytest.approx(0.03)
+
+
+def test_parameter_tracker_reads_states_saved_before_first_guesses():
+    tracker = ParameterTracker()
+    tracker.load_state_dict({"history": 5, "initial": {"R": 1.0}, "recent": {"R": [1.0, 2.0]}})
+    assert tracker.summary()["R"]["first_guess"] == 1.0 and tracker.converged is None
