@@ -9,7 +9,7 @@ import pytest
 
 from twin.models import model_kinds
 from twin.observations import Observations
-from twin.replica import Twin
+from twin.replica import GUESS_AFTER, Twin
 from twin.spec import TwinSpec
 
 CHANNELS = {
@@ -107,15 +107,23 @@ def test_twins_do_not_share_state(spec):
     assert two.watermark == 0
 
 
-def test_prequential_predictions_cover_every_observation_after_the_context(spec):
+def test_prequential_predictions_cover_every_observation_after_the_context_and_first_guess(spec):
     twin = Twin.create(spec)
-    obs = make_observations(spec, 30)
-    result = twin.step(obs)
+    obs = make_observations(spec, 40)
     L = twin.model.context
-    assert result.predictions.shape == (30, len(spec.outputs))
-    assert np.isnan(result.predictions[:L]).all()
-    assert np.isfinite(result.predictions[L:]).all()
-    np.testing.assert_allclose(result.residuals[L:], obs.outputs[L:] - result.predictions[L:])
+    if twin.guessed is not None:  # the spec gave everything: the first guess is the spec's
+        first = L
+    elif twin.model.physical:  # open physical parameters: guessed from the first observations
+        first = max(L, GUESS_AFTER)
+    else:  # black-box: the first update's scaler is the guess
+        first = max(L, twin.update_size)
+    result = twin.step(obs)
+    assert result.predictions.shape == (40, len(spec.outputs))
+    assert np.isnan(result.predictions[:first]).all()
+    assert np.isfinite(result.predictions[first:]).all()
+    np.testing.assert_allclose(
+        result.residuals[first:], obs.outputs[first:] - result.predictions[first:]
+    )
 
 
 def test_rollout_has_one_row_per_future_input(spec):
@@ -128,5 +136,5 @@ def test_rollout_has_one_row_per_future_input(spec):
 
 
 def test_rollout_needs_an_observed_state(spec):
-    with pytest.raises(ValueError, match="not seen enough"):
+    with pytest.raises(ValueError, match="not seen enough|no first guess"):
         Twin.create(spec).predict(np.ones((3, len(spec.inputs))), np.ones(3))
