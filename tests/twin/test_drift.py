@@ -273,7 +273,8 @@ def test_monitor_raises_very_few_alarms_on_stationary_residuals():
     assert events == []
     summary = monitor.summary()
     assert summary["alarms"] == 0
-    twin, frozen = summary["outputs"]["pressure"]["twin"], summary["outputs"]["pressure"]["frozen"]
+    pressure = summary["outputs"]["pressure"]
+    twin, frozen = pressure["twin"], pressure["first_guess"]
     assert twin["rmse"] == pytest.approx(5e6, rel=0.2)
     assert frozen["rmse"] == pytest.approx(2 * twin["rmse"])
     assert twin["total"] == 4999
