@@ -25,6 +25,17 @@ class Settings(BaseSettings):
     max_history_limit: int = Field(10_000, gt=0)
     twin_cache_size: int = Field(32, ge=0, description="Loaded twins kept in memory (LRU).")
 
+    # what one request may cost (app.limits)
+    max_request_bytes: int = Field(
+        2 * 1024 * 1024, gt=0, description="Body size of every route but observations'."
+    )
+    body_timeout: float = Field(30.0, gt=0, description="Seconds a request body may take.")
+    pool_size: int = Field(5, gt=0, description="Database connections the API keeps open.")
+    pool_overflow: int = Field(10, ge=0, description="Extra connections under load.")
+    pool_timeout: float = Field(
+        1.0, gt=0, description="Seconds a request waits for a connection before a 503."
+    )
+
     # calibrator (app.calibrator, app.embedded)
     calibration_batch: int = Field(1024, gt=0, description="Most observations per version.")
     lease_seconds: float = Field(30.0, gt=0, description="How long a worker's claim lasts.")

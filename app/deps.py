@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import run_after_commit
+from app.limits import TwinId
 from app.metrics import ServiceMetrics
 from app.services.checkpoints import TwinCache
 from app.services.twins import get_twin
@@ -49,7 +50,7 @@ MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 TwinCacheDep = Annotated[TwinCache, Depends(get_twin_cache)]
 
 
-def get_path_twin(twin_id: int, session: SessionDep) -> Twin:
+def get_path_twin(twin_id: TwinId, session: SessionDep) -> Twin:
     return get_twin(session, twin_id)
 
 

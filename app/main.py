@@ -14,6 +14,7 @@ from app.auth import install_access
 from app.config import Settings
 from app.db import make_engine, make_session_factory, upgrade
 from app.errors import install_error_handlers
+from app.limits import install_limits, pool_options
 from app.metrics import RequestMetrics, ServiceMetrics
 from app.routes import observations, ops, reads, twins
 from app.services.checkpoints import TwinCache
@@ -29,7 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, **pool_options(settings))
         if settings.migrate_on_startup:
             await run_in_threadpool(upgrade, engine)
         app.state.engine = engine
@@ -73,4 +74,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard.router)
     install_api_docs(app)  # before /static: its assets live under /static/api-docs
     app.mount("/static", dashboard.static, name="static")
+    install_limits(app, settings)
     return app

@@ -6,12 +6,27 @@ with plain code for speed, and these classes only document their shape in the Op
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0)]
+
+# Control (Cc), format (Cf: bidirectional overrides, zero-width characters), surrogate (Cs) and
+# line/paragraph separator (Zl, Zp) characters make a name look like another one, or break logs.
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def visible_name(name: str) -> str:
+    for i, ch in enumerate(name):
+        if unicodedata.category(ch) in HIDDEN_CATEGORIES:
+            raise ValueError(f"character {i} (U+{ord(ch):04X}) is a control or invisible character")
+    return name
+
+
+Name = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(visible_name)]
 
 
 class ReadModel(BaseModel):
@@ -46,7 +61,7 @@ class TwinCreate(BaseModel):
         },
     )
 
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")
+    name: Name
     inputs: list[str] = Field(default_factory=list)
     outputs: list[str]
     model: dict[str, Any]

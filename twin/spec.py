@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CHANNEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+MAX_SEED = 2**63 - 1  # a seed is stored and handed to torch as a signed 64-bit integer
 
 
 class SpecError(ValueError):
@@ -148,10 +149,16 @@ def _learner_spec(value: Any) -> LearnerSpec:
         known = ", ".join(LEARNERS)
         raise SpecError("learner.method", f"unknown method {method!r}; known: {known}")
     seed = rest.pop("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise SpecError("learner.seed", "must be a non-negative integer")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise SpecError("learner.seed", f"must be an integer from 0 to {MAX_SEED}")
     return LearnerSpec(method, rest, seed)
 
 
 def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    """A JSON number that is finite as a float (an integer past float's range is not)."""
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False

@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 from app.db import after_commit
 from app.deps import MetricsDep, SessionDep, SettingsDep, TwinDep
 from app.errors import Invalid, TooLarge, error_responses
+from app.limits import MAX_INT64
 from app.schemas import History, IngestResult, ObservationIn
 from app.services import history, ingestion
 
@@ -108,7 +109,7 @@ def read_observations(
         str | None, Query(description="Newest ts, inclusive: epoch seconds or RFC 3339.")
     ] = None,
     after_seq: Annotated[
-        int | None, Query(ge=0, description="Only rows with a larger seq (paging).")
+        int | None, Query(ge=0, le=MAX_INT64, description="Only rows with a larger seq (paging).")
     ] = None,
     limit: Annotated[int | None, Query(ge=1, description="Rows per page.")] = None,
 ) -> Response:

@@ -37,7 +37,7 @@ class Option:
         is_number = isinstance(value, int | float) and not isinstance(value, bool)
         if self.kind == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
             raise SpecError(field, f"must be an integer, got {value!r}")
-        if not is_number or not math.isfinite(value):
+        if not is_number or not _finite(value):
             also = "".join(f" or {w!r}" for w in self.words)
             raise SpecError(field, f"must be a finite number{also}, got {value!r}")
         too_low = value <= self.low if self.open_low else value < self.low
@@ -46,6 +46,13 @@ class Option:
             upper = f" and <= {self.high:g}" if math.isfinite(self.high) else ""
             raise SpecError(field, f"must be {lower}{upper}, got {value!r}")
         return int(value) if self.kind == "int" else float(value)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past float's range
+        return False
 
 
 def positive(default: float | None, high: float = math.inf) -> Option:
