@@ -36,6 +36,16 @@ class Settings(BaseSettings):
         1.0, gt=0, description="Seconds a request waits for a connection before a 503."
     )
 
+    # what a twin may cost (twin.learners.cost, app.limits)
+    max_channels: int = Field(256, gt=0, description="Inputs plus outputs of one twin.")
+    max_parameters: int = Field(100_000, gt=0, description="Parameters of one twin's model.")
+    max_update_memory_mb: float = Field(512.0, gt=0, description="Estimated memory of an update.")
+    max_update_seconds: float = Field(10.0, gt=0, description="Estimated time of an update.")
+    max_whatif_values: int = Field(
+        5_200_000, gt=0, description="Steps x (paths + 1) x outputs of one what-if."
+    )
+    max_whatif_seconds: float = Field(5.0, gt=0, description="Estimated time of one what-if.")
+
     # calibrator (app.calibrator, app.embedded)
     calibration_batch: int = Field(1024, gt=0, description="Most observations per version.")
     lease_seconds: float = Field(30.0, gt=0, description="How long a worker's claim lasts.")

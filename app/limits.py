@@ -25,7 +25,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings
-from app.errors import error_body
+from app.errors import Invalid, error_body
 
 log = logging.getLogger("tandem.limits")
 
@@ -143,3 +143,37 @@ def install_limits(app: FastAPI, settings: Settings) -> None:
     """The body limits (outermost, so nothing runs before the body is in) and the 503 handler."""
     app.add_exception_handler(PoolTimeout, pool_exhausted)
     app.add_middleware(BodyLimits, settings=settings)
+
+
+# -- what a twin may cost: checked at `POST /twins` and at each what-if ------------------------
+# (twin imports are local: they pull in torch, which the API loads only when it needs it)
+def update_budget(settings: Settings):
+    """The `twin.learners.cost.Budget` a new twin's spec must fit."""
+    from twin.learners.cost import Budget
+
+    return Budget(
+        max_channels=settings.max_channels,
+        max_parameters=settings.max_parameters,
+        max_memory_bytes=settings.max_update_memory_mb * 2**20,
+        max_seconds=settings.max_update_seconds,
+    )
+
+
+def check_whatif(spec: dict, horizon: int, settings: Settings) -> None:
+    """Refuse (422 on `inputs`) a what-if whose paths would hold too many values or take too
+    long; the detail says how many steps this twin may ask for."""
+    from twin.learners.cost import whatif_cost
+    from twin.replica import PREDICT_PATHS
+    from twin.spec import TwinSpec
+
+    twin_spec = TwinSpec.from_dict(spec)
+    values, seconds = whatif_cost(twin_spec, horizon, PREDICT_PATHS)
+    if values <= settings.max_whatif_values and seconds <= settings.max_whatif_seconds:
+        return
+    per_step = max(values / settings.max_whatif_values, seconds / settings.max_whatif_seconds)
+    steps = max(int(horizon / per_step), 1)
+    detail = (
+        f"a what-if of {horizon} steps over {PREDICT_PATHS} paths exceeds this twin's limit "
+        f"({settings.max_whatif_values} values, {settings.max_whatif_seconds:g} s)"
+    )
+    raise Invalid(detail, [{"field": "inputs", "message": f"at most about {steps} rows"}])

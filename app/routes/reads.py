@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from app.deps import SessionDep, SettingsDep, TwinCacheDep, TwinDep
 from app.errors import error_responses
+from app.limits import check_whatif
 from app.routes.observations import query_time
 from app.schemas import (
     DriftRead,
@@ -35,6 +36,7 @@ def predict(
 ) -> PredictResult:
     """Roll the twin forward from its latest observed state under future inputs; `std` is the
     spread of noise paths at the twin's recent one-step error. 409 until it has learned."""
+    check_whatif(twin.spec, len(body.inputs), settings)
     return checkpoints.predict(session, cache, twin, body, settings.max_horizon)
 
 

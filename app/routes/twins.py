@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query, Response, status
 
 from app.auth import AccessDep
 from app.db import after_commit
-from app.deps import MetricsDep, SessionDep, TwinCacheDep, TwinDep
+from app.deps import MetricsDep, SessionDep, SettingsDep, TwinCacheDep, TwinDep
 from app.errors import error_responses
+from app.limits import update_budget
 from app.schemas import TwinCreate, TwinRead
 from app.services import fleet
 from app.services import twins as service
@@ -23,9 +24,12 @@ router = APIRouter(prefix="/twins", tags=["twins"])
     response_model=TwinRead,
     responses=error_responses(409, 422),
 )
-def create_twin(body: TwinCreate, session: SessionDep, response: Response) -> TwinRead:
-    """Create a twin and its initial, untrained version 0."""
-    twin = service.create_twin(session, body)
+def create_twin(
+    body: TwinCreate, session: SessionDep, settings: SettingsDep, response: Response
+) -> TwinRead:
+    """Create a twin and its initial, untrained version 0. A spec whose channels, model size or
+    estimated update cost exceed the configured limits is 422 naming the option to lower."""
+    twin = service.create_twin(session, body, update_budget(settings))
     response.headers["Location"] = f"/twins/{twin.id}"
     return TwinRead.model_validate(service.twin_status(session, twin))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.exc import IntegrityError
@@ -14,6 +15,9 @@ from app.errors import Conflict, Invalid, NotFound
 from app.schemas import CalibrationLag, TwinCreate
 from app.tables import Observation, Twin, Version
 from twin.spec import SpecError, TwinSpec
+
+if TYPE_CHECKING:
+    from twin.learners.cost import Budget
 
 
 @dataclass(frozen=True)
@@ -42,12 +46,16 @@ def get_twin(session: Session, twin_id: int) -> Twin:
     return twin
 
 
-def create_twin(session: Session, body: TwinCreate) -> Twin:
-    """Validate the spec, then store the twin and its untrained version 0 (with checkpoint)."""
+def create_twin(session: Session, body: TwinCreate, budget: Budget | None = None) -> Twin:
+    """Validate the spec and its cost against `budget`, then store the twin and its untrained
+    version 0 (with checkpoint)."""
+    from twin.learners.cost import check_budget
     from twin.replica import Twin as Replica  # pulls in torch and every model kind
 
     try:
         spec = TwinSpec.from_dict(body.spec_dict())
+        if budget is not None:
+            check_budget(spec, budget)
     except SpecError as e:
         raise Invalid(f"invalid twin spec: {e}", [{"field": e.field, "message": e.message}]) from e
     if session.scalar(select(Twin.id).where(Twin.name == body.name)) is not None:

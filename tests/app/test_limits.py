@@ -201,3 +201,104 @@ def test_readyz_does_not_echo_the_driver_error(tmp_path):
         response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["detail"] == "database unreachable"
+
+
+# -- what a twin may cost ------------------------------------------------------------------------
+def kind_specs():
+    """Every model kind with every learner at their defaults, at a few channel counts."""
+    from twin.learners import LEARNERS
+    from twin.models import model_kinds
+
+    channels = {
+        "thermal_rc": [(["heat", "ambient"], ["T"])],
+        "first_order": [(["u"], ["y"])],
+        "mass_spring_damper": [(["force"], ["x", "v"])],
+    }
+    several = [(["u0", "u1"], [f"y{i}" for i in range(n)]) for n in (1, 4, 16)]
+    for kind in model_kinds():
+        for method in LEARNERS:
+            for inputs, outputs in channels.get(kind, several):
+                spec = {"inputs": inputs, "outputs": outputs, "model": {"kind": kind}}
+                yield f"{kind}-{method}-{len(outputs)}", {**spec, "learner": {"method": method}}
+
+
+@pytest.mark.parametrize(("name", "spec"), list(kind_specs()))
+def test_defaults_of_every_kind_and_learner_fit_the_budget_comfortably(name, spec):
+    from app.limits import update_budget
+    from twin.learners.cost import check_budget
+    from twin.spec import TwinSpec
+
+    budget = update_budget(Settings())
+    cost = check_budget(TwinSpec.from_dict(spec), budget)
+    assert cost.memory_bytes < budget.max_memory_bytes / 2
+    assert cost.seconds < budget.max_seconds / 2
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"learner": {"popsize": 10_000, "iterations": 10_000}}, "learner.popsize"),
+        ({"learner": {"popsize": 1_000, "iterations": 3_000}}, "learner.popsize"),
+        ({"learner": {"iterations": 10_000, "window": 100_000}}, "learner.window"),
+        (
+            {
+                "inputs": ["u"],
+                "outputs": ["y"],
+                "model": {"kind": "mlp", "hidden": 1024, "layers": 8},
+            },
+            "model.hidden",
+        ),
+        (
+            {"inputs": [], "outputs": [f"y{i}" for i in range(5_000)], "model": {"kind": "arx"}},
+            "outputs",
+        ),
+        (
+            {
+                "inputs": [],
+                "outputs": [f"y{i}" for i in range(200)],
+                "model": {"kind": "arx", "na": 8},
+            },
+            "model.na",
+        ),
+    ],
+)
+def test_a_spec_past_the_budget_is_422_naming_the_option_and_the_limit(client, change, field):
+    t0 = time.monotonic()
+    response = client.post("/twins", json={"name": "hx", **SPEC, **change})
+    assert response.status_code == 422, response.text
+    error = response.json()["errors"][0]
+    assert error["field"] == field
+    assert "limit" in error["message"]
+    assert time.monotonic() - t0 < 5  # refused from the spec, not by building the model
+    assert client.get("/twins").json() == []
+
+
+def test_update_cost_grows_with_the_options_that_drive_it():
+    from twin.learners.cost import estimate
+    from twin.spec import TwinSpec
+
+    def cost(**learner):
+        return estimate(TwinSpec.from_dict({**SPEC, "learner": learner}))
+
+    base = cost()
+    for option, value in (("popsize", 100), ("iterations", 60), ("window", 2048)):
+        bigger = cost(**{option: value})
+        assert bigger.seconds > base.seconds and bigger.memory_bytes > base.memory_bytes, option
+
+
+def test_a_whatif_past_its_limit_is_422_saying_how_many_steps_fit(database_url):
+    app = create_app(
+        Settings(
+            database_url=database_url, worker=False, run_migrations=True, max_whatif_values=6_500
+        )
+    )
+    with TestClient(app) as client:
+        twin_id = client.post("/twins", json={"name": "hx", **SPEC}).json()["id"]
+        row = {"heat": 1.0, "ambient": 20.0}
+        response = client.post(f"/twins/{twin_id}/predict", json={"inputs": [row] * 60, "dt": 1.0})
+        assert response.status_code == 422
+        assert response.json()["errors"] == [
+            {"field": "inputs", "message": "at most about 50 rows"}
+        ]
+        fits = client.post(f"/twins/{twin_id}/predict", json={"inputs": [row] * 50, "dt": 1.0})
+        assert fits.status_code == 409  # within the limit; the twin has not learned yet
