@@ -146,7 +146,7 @@ class Calibrator:
         return (
             select(t.Twin.id)
             .join(latest, latest.c.twin_id == t.Twin.id)
-            .where(t.Twin.last_seq > latest.c.watermark)
+            .where(t.Twin.last_seq > latest.c.watermark, t.Twin.deleted_at.is_(None))
         )
 
     def _pending(self) -> bool:

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     )
     max_whatif_seconds: float = Field(5.0, gt=0, description="Estimated time of one what-if.")
 
+    # deleted twins (app.purge)
+    purge_batch: int = Field(1_000, gt=0, description="Rows a purge transaction deletes.")
+    purge_pause: float = Field(0.01, ge=0, description="Seconds between purge transactions.")
+    purge_interval: float = Field(60.0, gt=0, description="Seconds between purge sweeps.")
+
     # calibrator (app.calibrator, app.embedded)
     calibration_batch: int = Field(1024, gt=0, description="Most observations per version.")
     lease_seconds: float = Field(30.0, gt=0, description="How long a worker's claim lasts.")

@@ -16,6 +16,7 @@ from app.db import make_engine, make_session_factory, upgrade
 from app.errors import install_error_handlers
 from app.limits import install_limits, pool_options
 from app.metrics import RequestMetrics, ServiceMetrics
+from app.purge import start_purger
 from app.routes import observations, ops, reads, twins
 from app.services.checkpoints import TwinCache
 
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(upgrade, engine)
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
+        app.state.purger = start_purger(app.state.sessions, settings)
         worker = None
         if settings.worker:
             from app.embedded import EmbeddedWorker  # torch-heavy; only when the worker runs here
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if worker is not None:
                 await run_in_threadpool(worker.stop)
+            await run_in_threadpool(app.state.purger.stop)
             app.state.sessions = None
             engine.dispose()
 

@@ -58,6 +58,9 @@ class Twin(Base):
     calibration_error: Mapped[str | None] = mapped_column(Text)
     calibration_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     retry_at: Mapped[float | None] = mapped_column(Float)
+    # Set by DELETE: the twin is gone for every reader at once; app.purge removes its rows
+    # (and then it) in small batches, so no transaction holds the write lock for long.
+    deleted_at: Mapped[float | None] = mapped_column(Float)
 
 
 class Observation(Base):

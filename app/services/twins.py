@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -18,6 +18,11 @@ from twin.spec import SpecError, TwinSpec
 
 if TYPE_CHECKING:
     from twin.learners.cost import Budget
+
+
+# A deleted twin's name until it is purged: names refuse control characters, so no twin can
+# be created with it.
+DELETED_NAME = "\x1fdeleted:"
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class TwinStatus:
 
 def get_twin(session: Session, twin_id: int) -> Twin:
     twin = session.get(Twin, twin_id)
-    if twin is None:
+    if twin is None or twin.deleted_at is not None:
         raise NotFound(f"twin {twin_id} does not exist")
     return twin
 
@@ -84,13 +89,21 @@ def create_twin(session: Session, body: TwinCreate, budget: Budget | None = None
 
 
 def delete_twin(session: Session, twin: Twin) -> None:
-    """Delete a twin; its observations, predictions, versions and events go with it (cascade)."""
-    session.delete(twin)
-    session.flush()
+    """Mark a twin deleted: one row written, whatever its history. Every reader treats it as
+    gone at once and its name is free again; `app.purge` removes its observations,
+    predictions, versions and events in small batches, then the twin row."""
+    marked = session.execute(
+        update(Twin)
+        .where(Twin.id == twin.id, Twin.deleted_at.is_(None))
+        .values(deleted_at=time.time(), name=f"{DELETED_NAME}{twin.id}")
+        .execution_options(synchronize_session=False)
+    )
+    if marked.rowcount != 1:  # a concurrent DELETE marked it first
+        raise NotFound(f"twin {twin.id} does not exist")
 
 
 def list_twins(session: Session) -> list[Twin]:
-    return list(session.scalars(select(Twin).order_by(Twin.id)))
+    return list(session.scalars(select(Twin).where(Twin.deleted_at.is_(None)).order_by(Twin.id)))
 
 
 def twin_statuses(session: Session, twins: Sequence[Twin]) -> list[TwinStatus]:
