@@ -95,9 +95,7 @@ def estimate(spec: TwinSpec) -> UpdateCost:
     work, values = 0.0, T * channels * 4.0  # the window, its tensors and the supervised arrays
     walk = o.get("drift", 0) != 0
     newton = o.get("optimizer") == "gauss_newton"
-    other = method not in ("pgpe", "gradient")  # a filter over theta: Jacobian and P x P algebra
-    jacobian = walk or newton or other
-    if jacobian:  # (T, O, P) by forward mode: P tangents through the model at once
+    if walk or newton:  # (T, O, P) by forward mode: P tangents through the model at once
         work += P * eval_work * 2
         values += T * O * P * 2 + P * T * H
     if walk:  # per-output (T, T) covariance, its Cholesky factor and the whitened Jacobian
@@ -115,9 +113,13 @@ def estimate(spec: TwinSpec) -> UpdateCost:
         if walk:
             work += iterations * S * O * T * T / 2
             values += S * T * O * 2
-    elif newton or other:
+    elif newton:
         work += T * O * P * P + P**3 / 3 + iterations * 5 * 3 * eval_work
         values += P * P * 3 + T * (O * 4 + H) * 3
+    elif method != "gradient":  # a filter over theta: the new targets' Jacobian, P x P algebra
+        k = o["update_size"] + 1
+        work += k * P * (F + LOSS_WORK * O) * 2 + k * O * P * P * 2 + P**3 / 3
+        values += P * P * 3 + k * O * P * 2 + P * k * H
     else:  # Adam: a forward and a backward pass per iteration
         work += iterations * 3 * eval_work
         values += T * (O * 4 + H) * 3
