@@ -136,3 +136,16 @@ def test_the_purge_waits_while_a_worker_holds_the_twin(client):
 def _twin_row(sessions, twin_id: int) -> bool:
     with sessions() as session:
         return session.get(t.Twin, twin_id) is not None
+
+
+def test_the_calibrator_leaves_a_deleted_twin_alone(client):
+    from app.calibrator import Calibrator
+
+    sessions = client.app.state.sessions
+    client.app.state.purger.stop()  # the rows stay, as while a purge is under way
+    twin_id = client.post("/twins", json={"name": "hx", **SPEC}).json()["id"]
+    add_rows(sessions, twin_id, 20)
+    worker = Calibrator(sessions)
+    assert worker._pending()
+    assert client.delete(f"/twins/{twin_id}").status_code == 204
+    assert not worker._pending() and worker.run_once() == 0
