@@ -140,7 +140,9 @@ def pool_options(settings: Settings) -> dict:
 
 
 def install_limits(app: FastAPI, settings: Settings) -> None:
-    """The body limits (outermost, so nothing runs before the body is in) and the 503 handler."""
+    """The body limits and the 503 handler. Install before access control, whose middleware then
+    wraps this one: a request without a valid key is refused before its body is read, and no
+    route or dependency runs before the body is in."""
     app.add_exception_handler(PoolTimeout, pool_exhausted)
     app.add_middleware(BodyLimits, settings=settings)
 

@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.twin_cache = TwinCache(settings.twin_cache_size)
     app.state.metrics = ServiceMetrics(lambda: app.state.sessions)
     install_error_handlers(app)
+    install_limits(app, settings)  # bodies read in full, bounded, inside access control
     install_access(app, settings)  # keys routes, access control, CORS
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     for module in (twins, observations, reads, ops):
@@ -77,5 +78,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard.router)
     install_api_docs(app)  # before /static: its assets live under /static/api-docs
     app.mount("/static", dashboard.static, name="static")
-    install_limits(app, settings)
     return app
