@@ -172,7 +172,7 @@ class Calibrator:
             .outerjoin(
                 oldest, (oldest.twin_id == t.Twin.id) & (oldest.seq == latest.c.watermark + 1)
             )
-            .where(t.Twin.last_seq > latest.c.watermark, free, due)
+            .where(t.Twin.last_seq > latest.c.watermark, t.Twin.deleted_at.is_(None), free, due)
             .order_by(func.coalesce(oldest.received_at, 0.0), t.Twin.id)
             .limit(self.config.claim_limit)
             .with_for_update(of=t.Twin, skip_locked=True)
