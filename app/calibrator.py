@@ -334,11 +334,13 @@ class Calibrator:
                     [{"twin_id": twin_id, "created_at": now, **e.to_dict()} for e in result.events],
                 )
             self._prune(session, twin_id, number)
-            session.execute(
+            renewed = session.execute(
                 update(t.Twin)
-                .where(t.Twin.id == twin_id)
+                .where(t.Twin.id == twin_id, t.Twin.deleted_at.is_(None))
                 .values(lease_expires_at=now + self.config.lease_seconds, retry_at=None, **health)
             )
+            if renewed.rowcount != 1:  # marked deleted meanwhile: roll the version back
+                raise TwinGone(twin_id)
         log.debug("twin %s: version %s, watermark %s", twin_id, number, twin.watermark)
 
     def _prune(self, session: Session, twin_id: int, number: int) -> None:
