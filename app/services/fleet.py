@@ -29,7 +29,7 @@ def page_twins(
     `id`, `name` and `last_ts` sort in the database; `lag` (pending observations, then id)
     needs every matching twin's status first."""
     assert sort in SORTS, f"unknown sort {sort!r}"
-    query = select(Twin)
+    query = select(Twin).where(Twin.deleted_at.is_(None))  # marked deleted: being purged
     if prefix:
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(Twin.name.like(f"{escaped}%", escape="\\"))
