@@ -25,6 +25,9 @@ from twin.observations import Observations, supervised
 from twin.scaling import ChannelScaler
 from twin.spec import TwinSpec
 
+# The estimate has converged once it moves less than this (relative) over one learner window's
+# updates, or after this many learner windows since the first guess, whichever comes first.
+SETTLED, CONVERGE_WINDOWS = 0.01, 4
 PREDICT_PATHS = 64  # Monte Carlo noise paths behind a what-if's std
 GUESS_AFTER = 32  # observations the first guess of open physical parameters looks at
 # Alarms the learner reacts to. Page-Hinkley flags a shift in the residuals' mean: the model is
@@ -70,6 +73,7 @@ class Twin:
         guess_later = open_params or (not self.model.physical and not spec.model.params)
         self.guessed: list[str] | None = None if guess_later else []
         self.guess_seq = 0  # watermark when the first guess was made
+        self.settling: list[list[float]] = []  # parameters after recent updates, till converged
         if self.guessed is not None:
             self.tracker.update(self.model.named_values())
         self.update_size = int(self.learner.options["update_size"])
@@ -124,8 +128,7 @@ class Twin:
                     self._first_guess()
             else:
                 result.reports.append(self.learner.update(chunk))
-                if self.watermark - self.guess_seq >= self.learner.options["window"]:
-                    self.tracker.converge(self.model.named_values())
+                self._maybe_converged()
             done = start + len(chunk)
             if deadline is not None and done < len(obs) and time.monotonic() > deadline:
                 obs = obs[:done]
@@ -141,6 +144,27 @@ class Twin:
         """Whether the newest GUESS_AFTER observations hold no outlier to guess from."""
         y = self.learner.window.last(GUESS_AFTER)[0]
         return not self.learner.outlying(y).any()
+
+    def _maybe_converged(self) -> None:
+        """The first converged estimate, which parameter change is measured from: after a
+        learner window of observations since the first guess, once the estimate has stopped
+        moving (within SETTLED over the last window's updates), and at the latest after
+        CONVERGE_WINDOWS windows (a plant that drifts from the start never settles)."""
+        if self.tracker.converged is not None:
+            return
+        learned = self.watermark - self.guess_seq
+        window = self.learner.options["window"]
+        values = self.model.named_values()
+        self.settling.append([float(v) for v in values.values()])
+        del self.settling[: -max(window // self.update_size, 2)]  # one window of updates
+        if learned < window:
+            return
+        recent = np.array(self.settling)  # (updates, P)
+        spread = recent.max(axis=0) - recent.min(axis=0)
+        size = np.maximum(np.abs(recent).max(axis=0), 1e-12)
+        if bool((spread <= SETTLED * size).all()) or learned >= CONVERGE_WINDOWS * window:
+            self.tracker.converge(values)
+            self.settling = []
 
     def _first_guess(self) -> None:
         """Set the parameters the spec left open from the first observations; the frozen copy
@@ -261,6 +285,7 @@ class Twin:
             "watermark": self.watermark,
             "guessed": self.guessed,
             "guess_seq": self.guess_seq,
+            "settling": [list(row) for row in self.settling],
         }
 
     @classmethod
@@ -276,6 +301,7 @@ class Twin:
         twin.watermark = int(state["watermark"])
         twin.guessed = state["guessed"]
         twin.guess_seq = int(state.get("guess_seq", 0))
+        twin.settling = [list(row) for row in state.get("settling", [])]
         return twin
 
     def to_bytes(self) -> bytes:
