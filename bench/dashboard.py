@@ -39,7 +39,7 @@ def fill_twin(served: Served, n: int) -> int:
     for i in range(0, n, BATCH):
         body = {"observations": rows[i : i + BATCH]}
         assert served.http.post(f"/twins/{twin_id}/observations", json=body).status_code == 202
-    served.learn()
+    served.learn(timeout=3600)
     return twin_id
 
 

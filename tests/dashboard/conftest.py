@@ -69,11 +69,11 @@ class Served:
         self.server.should_exit = True
         self.thread.join(10)
 
-    def learn(self) -> None:
+    def learn(self, timeout: float = 120.0) -> None:
         """Calibrate every pending observation, as the worker would."""
         engine = make_engine(self.database_url)
         try:
-            Calibrator(make_session_factory(engine)).drain(timeout=120)
+            Calibrator(make_session_factory(engine)).drain(timeout=timeout)
         finally:
             engine.dispose()
 
