@@ -154,6 +154,7 @@ class EmbeddedWorker:
         self._owner = ""
         self._started_at = 0.0
         self.restarts = 0
+        self.died_at: float | None = None  # when a child was last found dead
         self._supervisor = threading.Thread(
             target=self._supervise, name="tandem-supervisor", daemon=True
         )
@@ -167,6 +168,12 @@ class EmbeddedWorker:
     def reporting(self) -> bool:
         """Whether the current child has reported since it started (it is past its imports)."""
         return self._beat.value > 0
+
+    @property
+    def recovering(self) -> bool:
+        """Whether a child died and no child has reported since (readiness fails meanwhile,
+        however quickly the new one starts)."""
+        return self.died_at is not None and not self.reporting
 
     def heartbeat_age(self) -> float:
         """Seconds since the child last reported progress (since its start when it has not)."""
@@ -204,6 +211,8 @@ class EmbeddedWorker:
             if process.is_alive() or self._stopping.is_set():
                 continue
             lived = time.time() - self._started_at
+            self.died_at = time.time()
+            self._beat.value = 0.0  # not reporting until a new child has
             delay = RESTART_DELAY[0] if lived > STABLE_AFTER else delay
             log.warning(
                 "calibration worker %s exited (code %s); restarting in %.1f s",

@@ -18,7 +18,8 @@ class Failing(Exception):
 
 
 def check_finite(twin: Twin) -> None:
-    bad = sorted(k for k, v in twin.parameters().items() if not np.isfinite(v))
+    """Raise Failing if a parameter is non-finite (None is a parameter not guessed yet)."""
+    bad = sorted(k for k, v in twin.parameters().items() if v is not None and not np.isfinite(v))
     if not bad and not bool(torch.isfinite(flat_parameters(twin.model)).all()):
         bad = ["(raw coordinates)"]
     if bad:

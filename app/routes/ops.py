@@ -52,6 +52,11 @@ def readyz(request: Request) -> JSONResponse:
             "restarts": worker.restarts,
         }
         limit = request.app.state.settings.heartbeat_timeout
+        if worker.recovering:
+            return _not_ready(
+                "the calibration worker died and its replacement has not reported yet",
+                worker=body["worker"],
+            )
         if age > limit:
             return _not_ready(
                 f"the calibration worker has not reported for {age:.0f} s (limit {limit:g} s)",
