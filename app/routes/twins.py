@@ -65,7 +65,7 @@ def read_twin(twin: TwinDep, session: SessionDep) -> TwinRead:
 
 
 def _reads(session, statuses) -> list[TwinRead]:
-    health = fleet.health(session, [s.id for s in statuses])
+    health = fleet.health(session, statuses)
     return [TwinRead.model_validate({**vars(s), **health[s.id]}) for s in statuses]
 
 

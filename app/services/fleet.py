@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.services.twins import TwinStatus, twin_statuses
@@ -48,21 +48,17 @@ def page_twins(
     return twin_statuses(session, list(session.scalars(query))), total
 
 
-def health(session: Session, ids: list[int]) -> dict[int, dict]:
+def health(session: Session, statuses: list[TwinStatus]) -> dict[int, dict]:
     """Per twin id: `rmse` {output: {twin, first_guess}} from its latest version's rolling
     metrics, and `drift` {events, last_at}: how many drift events it has had and when (server
-    clock) the newest was recorded."""
+    clock) the newest was recorded. The statuses name each twin's latest version already."""
+    ids = [s.id for s in statuses]
     if not ids:
         return {}
-    newest = (
-        select(Version.twin_id, func.max(Version.number).label("number"))
-        .where(Version.twin_id.in_(ids))
-        .group_by(Version.twin_id)
-        .subquery()
-    )
+    latest = [(s.id, s.version) for s in statuses]
     metrics = session.execute(
-        select(Version.twin_id, Version.metrics).join(
-            newest, (Version.twin_id == newest.c.twin_id) & (Version.number == newest.c.number)
+        select(Version.twin_id, Version.metrics).where(
+            tuple_(Version.twin_id, Version.number).in_(latest)
         )
     )
     out = {i: {"rmse": {}, "drift": {"events": 0, "last_at": None}} for i in ids}
