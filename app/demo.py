@@ -20,11 +20,17 @@ DEMO_TWIN = "demo-heat-exchanger"
 R0, C0 = 0.05, 4000.0  # K/W, J/K: a 200 s time constant
 FOULING = 0.3  # R grows by 30% ...
 FOULING_OBSERVATIONS = 3000  # ... over this many observations, then keeps creeping
+DT = 10.0  # nominal seconds between the plant's observations
+BACKLOG = 7 * 86400.0  # the plant's clock starts this far in the past
 
 
-def demo_plant() -> ThermalRCPlant:
+def demo_plant(now: float | None = None) -> ThermalRCPlant:
+    """The plant's clock starts a week before `now`: the demo replays that week at `--rate`
+    observations a second, then streams one observation per `DT` as a sensor would, so no
+    timestamp is ever ahead of the clock (the service refuses those far ahead)."""
     ramp = Drift.ramp(FOULING / FOULING_OBSERVATIONS)
-    return ThermalRCPlant(R=R0, C=C0, dt=10.0, jitter=0.3, drift={"R": [ramp]}, t0=time.time())
+    t0 = (time.time() if now is None else now) - BACKLOG
+    return ThermalRCPlant(R=R0, C=C0, dt=DT, jitter=0.3, drift={"R": [ramp]}, t0=t0)
 
 
 SEED = 1  # of the plant's noise and jitter
@@ -34,7 +40,12 @@ def run_demo(settings: Settings, host: str, port: int, rate: float, duration: fl
     app = create_app(settings)
     app.state.listen_host = host  # authentication is on beyond loopback (docs/security.md)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    threading.Thread(target=server.run, name="http", daemon=True).start()
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    thread.start()
+    while not server.started:  # not another service that happens to hold the port
+        if not thread.is_alive():
+            raise RuntimeError(f"could not listen on {host}:{port} (is the port in use?)")
+        time.sleep(0.02)
     base = f"http://{host}:{port}"
     print(f"Tandem on {base}, API docs at {base}/docs")
     print(f"database: {describe_database(settings.database_url)}")
@@ -43,9 +54,10 @@ def run_demo(settings: Settings, host: str, port: int, rate: float, duration: fl
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         with httpx.Client(base_url=base, timeout=30.0, headers=headers) as client:
             wait_ready(client)
-            twin_id = _fresh_twin(client, demo_plant())
+            now = time.time()
+            twin_id = _fresh_twin(client, demo_plant(now))
             print(f"twin {DEMO_TWIN!r} is id {twin_id}: curl {base}/twins/{twin_id}/drift")
-            _feed(client, twin_id, demo_plant(), rate, duration)
+            _feed(client, twin_id, demo_plant(now), rate, duration)
     except KeyboardInterrupt:
         pass
     finally:
@@ -102,7 +114,9 @@ def _feed(client: httpx.Client, twin_id: int, plant, rate: float, duration: floa
             }
             for ts, u, y in zip(obs.ts, obs.inputs, obs.outputs, strict=True)
         ]
-        client.post(f"/twins/{twin_id}/observations", json={"observations": rows})
+        client.post(
+            f"/twins/{twin_id}/observations", json={"observations": rows}
+        ).raise_for_status()
         sent += len(rows)
         now = time.monotonic()
         if now - last_print >= 2.0:
@@ -110,7 +124,9 @@ def _feed(client: httpx.Client, twin_id: int, plant, rate: float, duration: floa
             _print_status(client, twin_id, sent, plant.true_params(sent - 1, seed=SEED))
         if duration and now - started >= duration:
             return
-        time.sleep(max(0.0, started + sent / rate - time.monotonic()))
+        # At `rate` while replaying the past; in real time once the plant's clock is now.
+        ahead = float(obs.ts[-1]) + DT - time.time()
+        time.sleep(max(0.0, started + sent / rate - time.monotonic(), ahead))
 
 
 def _print_status(client: httpx.Client, twin_id: int, sent: int, truth: dict[str, float]) -> None:

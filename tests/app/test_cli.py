@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 
 import pytest
@@ -116,3 +117,18 @@ def test_demo_shows_the_true_parameters_beside_the_twins_and_its_database_file(t
     assert rows and all(len(row) == len(rows[0]) for row in rows)
     true_r = float(rows[-1][1])
     assert 0.05 <= true_r < 0.06  # the plant's R, fouling up from 0.05
+    with create_engine(f"sqlite:///{db}").connect() as conn:
+        newest, n = conn.exec_driver_sql("SELECT max(ts), count(*) FROM observations").one()
+    assert n >= 100 and newest <= time.time()  # a week replayed: never ahead of the clock
+
+
+def test_demo_says_so_when_its_port_is_taken(tmp_path):
+    """Not a silent run against whatever else listens there."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        url = f"sqlite:///{tmp_path / 'demo.db'}"
+        result = tandem("demo", "--port", str(port), "--duration", "2", "--database-url", url)
+    assert result.returncode != 0
+    assert f"could not listen on 127.0.0.1:{port}" in result.stderr
