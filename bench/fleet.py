@@ -1,0 +1,327 @@
+"""Fleet benchmark: N `first_order` twins (default learner), each posting a batch of 10
+one-second observations every 10 s over real HTTP, staggered like a gateway (N observations/s
+in all, N/10 requests/s), against a real `tandem serve` started here.
+
+    python bench/fleet.py [--twins 20,100] [--duration 30]
+    python bench/fleet.py --postgres postgresql+psycopg://postgres@127.0.0.1:54330/postgres \
+        --workers 1,2 --twins 500
+
+For each configuration (the embedded default: SQLite and the embedded worker; or PostgreSQL:
+`tandem serve --no-worker` and k `tandem worker` processes) and fleet size, on a fresh database:
+create the twins, one warm-up batch each (learned before anything is timed), then the
+reference: one batch to every twin at once, timed until all are learned (the API's requests/s
+and the calibrator's batches/s at this fleet size, so the capacity is measured in the same run),
+then the staggered load for --duration seconds while every twin's `calibration_lag` is sampled
+from `GET /twins`, then the seconds to catch up after the load stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+
+from bench.fleet_deploy import deployment  # noqa: E402
+from bench.report import print_targets  # noqa: E402
+from twin.plants import FirstOrderPlant  # noqa: E402
+
+BATCH = 10  # observations per post, one second apart
+PERIOD = 10.0  # seconds between a twin's posts
+PLANTS = 16  # distinct simulated plants; twin i follows plant i % PLANTS
+PREFIX = "fleet-"
+CONNECTIONS = 64  # the client's keep-alive pool
+BURST_CONCURRENCY = 32
+TIMEOUT_S = 30.0  # a post slower than this counts as failed
+JSON = {"content-type": "application/json"}
+TARGET_P95_S, TARGET_CATCH_UP_S = 5.0, 10.0
+
+
+# -- workload ---------------------------------------------------------------------------------
+class Workload:
+    """Each twin's observations: ts T0 + k (k = 0, 1, ...), values from its plant's row k."""
+
+    def __init__(self, n_twins: int, length: int):
+        plants = [FirstOrderPlant(K=1.5 + 0.1 * p, tau=15.0 + p) for p in range(PLANTS)]
+        sims = [plant.simulate(length, seed=p).observations for p, plant in enumerate(plants)]
+        self.u = [s.inputs[:, 0].tolist() for s in sims]
+        self.y = [s.outputs[:, 0].tolist() for s in sims]
+        self.length = length
+        self.t0 = time.time() - 10 * length  # the past: no ts is ever in the future
+        self.next = [0] * n_twins  # the next k of each twin
+
+    def body(self, i: int) -> bytes:
+        p, k0 = i % PLANTS, self.next[i]
+        self.next[i] += BATCH
+        u, y = self.u[p], self.y[p]
+        rows = [
+            {
+                "ts": self.t0 + k,
+                "inputs": {"u": u[k % self.length]},
+                "outputs": {"y": y[k % self.length]},
+            }
+            for k in range(k0, k0 + BATCH)
+        ]
+        return orjson.dumps({"observations": rows})
+
+
+@dataclass
+class Result:
+    config: str
+    twins: int
+    accepted_rate: float  # observations/s accepted during the load
+    failed: int
+    late: int  # posts sent more than one period after their slot (the client fell behind)
+    lag: tuple[float, float, float]  # p50, p95, max seconds over every twin and sample
+    samples: int
+    catch_up: float | None
+    burst_rps: float  # the reference: requests/s of one batch to every twin at once
+    burst_learned: float  # ... and batches/s learned until all were
+    server_cores: float  # CPU seconds of the deployment per second of load
+    client_cores: float
+
+    def holds(self) -> bool:
+        return (
+            self.failed == 0
+            and self.lag[1] < TARGET_P95_S
+            and self.catch_up is not None
+            and self.catch_up < TARGET_CATCH_UP_S
+        )
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+async def post(client: httpx.AsyncClient, twin_id: int, body: bytes) -> int:
+    """Observations accepted, or -1 when the post failed (error status or timeout)."""
+    try:
+        response = await client.post(f"/twins/{twin_id}/observations", content=body, headers=JSON)
+    except httpx.HTTPError:
+        return -1
+    return response.json()["accepted"] if response.status_code == 202 else -1
+
+
+async def create_twins(client: httpx.AsyncClient, n: int) -> list[int]:
+    spec = FirstOrderPlant().spec_dict()
+    gate = asyncio.Semaphore(BURST_CONCURRENCY)
+
+    async def create(i: int) -> int:
+        async with gate:
+            response = await client.post("/twins", json={"name": f"{PREFIX}{i:05d}", **spec})
+            response.raise_for_status()
+            return response.json()["id"]
+
+    return list(await asyncio.gather(*(create(i) for i in range(n))))
+
+
+async def lags(client: httpx.AsyncClient, n: int) -> list[float]:
+    """Every fleet twin's calibration lag in seconds, from the paged twin list."""
+    out: list[float] = []
+    for offset in range(0, n, 10_000):
+        response = await client.get(
+            "/twins", params={"prefix": PREFIX, "limit": 10_000, "offset": offset}
+        )
+        response.raise_for_status()
+        out += [t["calibration_lag"]["seconds"] for t in response.json()]
+    return out
+
+
+async def pending(client: httpx.AsyncClient) -> int:
+    """The most observations any fleet twin has not learned yet."""
+    response = await client.get(
+        "/twins", params={"prefix": PREFIX, "sort": "lag", "desc": "true", "limit": 1}
+    )
+    response.raise_for_status()
+    rows = response.json()
+    return rows[0]["calibration_lag"]["observations"] if rows else 0
+
+
+async def wait_caught_up(client: httpx.AsyncClient, timeout: float) -> float | None:
+    """Seconds until no fleet twin has pending observations, or None past `timeout`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if await pending(client) == 0:
+            return time.monotonic() - start
+        await asyncio.sleep(0.2)
+    return None
+
+
+async def burst(client: httpx.AsyncClient, ids: list[int], work: Workload) -> tuple[float, int]:
+    """One batch to every twin, BURST_CONCURRENCY at a time: seconds taken, posts failed."""
+    gate = asyncio.Semaphore(BURST_CONCURRENCY)
+
+    async def one(i: int) -> int:
+        async with gate:
+            return await post(client, ids[i], work.body(i))
+
+    start = time.monotonic()
+    accepted = await asyncio.gather(*(one(i) for i in range(len(ids))))
+    return time.monotonic() - start, sum(a < 0 for a in accepted)
+
+
+# -- the load ---------------------------------------------------------------------------------
+async def load(
+    client: httpx.AsyncClient, ids: list[int], work: Workload, duration: float, every: float
+) -> tuple[int, int, int, list[float]]:
+    """The staggered load: twin i posts at start + PERIOD * i / N, then every PERIOD, until
+    `duration` is over; meanwhile every twin's lag is sampled every `every` s. Returns
+    (accepted, failed, late, lag samples)."""
+    n = len(ids)
+    start = time.monotonic()
+    end = start + duration
+    totals = {"accepted": 0, "failed": 0, "late": 0}
+
+    async def gateway(i: int) -> None:
+        slot = start + PERIOD * i / n
+        while slot < end:
+            wait = slot - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif -wait > PERIOD:
+                totals["late"] += 1
+            accepted = await post(client, ids[i], work.body(i))
+            if accepted < 0:
+                totals["failed"] += 1
+            else:
+                totals["accepted"] += accepted
+            slot += PERIOD
+
+    samples: list[float] = []
+
+    async def sampler() -> None:
+        while time.monotonic() + every < end:
+            await asyncio.sleep(every)
+            samples.extend(await lags(client, n))
+
+    await asyncio.gather(sampler(), *(gateway(i) for i in range(n)))
+    return totals["accepted"], totals["failed"], totals["late"], samples
+
+
+async def measure(base: str, run, n: int, args) -> Result:
+    length = BATCH * (3 + int(args.duration / PERIOD) + 2)
+    work = Workload(n, length)
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT_S, limits=limits) as client:
+        ids = await create_twins(client, n)
+        _, failed = await burst(client, ids, work)  # warm-up: first guesses, caches
+        if failed or await wait_caught_up(client, args.catch_up_timeout) is None:
+            raise RuntimeError("the warm-up batch was not learned")
+        posted, failed = await burst(client, ids, work)  # the reference, timed
+        drained = await wait_caught_up(client, args.catch_up_timeout)
+        if failed or drained is None:
+            raise RuntimeError("the reference batch was not learned")
+        cpu0, client0, t0 = run.cpu_seconds(), time.process_time(), time.monotonic()
+        accepted, failed, late, samples = await load(client, ids, work, args.duration, args.every)
+        elapsed = time.monotonic() - t0
+        cpu, client_cpu = run.cpu_seconds() - cpu0, time.process_time() - client0
+        catch_up = await wait_caught_up(client, args.catch_up_timeout)
+    p50, p95, peak = np.percentile(samples, [50, 95, 100]) if samples else (np.nan,) * 3
+    return Result(
+        run.label,
+        n,
+        accepted / args.duration,
+        failed,
+        late,
+        (float(p50), float(p95), float(peak)),
+        len(samples) // max(n, 1),
+        catch_up,
+        n / posted,
+        n / (posted + drained),
+        cpu / elapsed,
+        client_cpu / elapsed,
+    )
+
+
+# -- report -----------------------------------------------------------------------------------
+def print_results(results: list[Result], duration: float) -> None:
+    print(
+        f"Fleet: first_order twins, {BATCH} one-second observations per twin every "
+        f"{PERIOD:.0f} s, staggered; {duration:.0f} s of load per row"
+    )
+    head = (
+        f"{'configuration':<24} {'twins':>6} {'accepted':>10} {'failed':>6} {'late':>5} "
+        f"{'lag p50 / p95 / max (s)':>24} {'catch-up':>9} {'ref: API':>10} {'ref: learned':>13} "
+        f"{'server':>7} {'client':>7}"
+    )
+    print(head)
+    print(
+        f"{'':<24} {'':>6} {'obs/s':>10} {'posts':>6} {'posts':>5} {'':>24} {'s':>9} "
+        f"{'req/s':>10} {'batches/s':>13} {'cores':>7} {'cores':>7}"
+    )
+    for r in results:
+        lag = f"{r.lag[0]:.1f} / {r.lag[1]:.1f} / {r.lag[2]:.1f}"
+        caught = f"{r.catch_up:.1f}" if r.catch_up is not None else "never"
+        print(
+            f"{r.config:<24} {r.twins:>6,} {r.accepted_rate:>10,.0f} {r.failed:>6} {r.late:>5} "
+            f"{lag:>24} {caught:>9} {r.burst_rps:>10,.0f} {r.burst_learned:>13,.0f} "
+            f"{r.server_cores:>7.2f} {r.client_cores:>7.2f}"
+        )
+    print(
+        "\nref: one batch posted to every twin at once (warm), API requests/s while posting and "
+        "batches learned/s until all were; a twin at 1 obs/s needs 0.1 batches/s, so "
+        "10 x batches/s is the fleet the calibrator could hold.\nlate: posts sent more than one "
+        "period after their slot (the client fell behind; see its cores)."
+    )
+    by_config: dict[str, list[Result]] = {}
+    for r in results:
+        by_config.setdefault(r.config, []).append(r)
+    targets = []
+    for config, rows in by_config.items():
+        held = [r.twins for r in rows if r.holds()]
+        best = f"{max(held):,} twins" if held else "none of the sizes run"
+        targets.append(
+            (
+                f"{config}: largest fleet with lag p95 < {TARGET_P95_S:.0f} s, no failed posts, "
+                f"caught up < {TARGET_CATCH_UP_S:.0f} s: {best} (target 5,000 embedded)",
+                any(r.twins >= 5000 for r in rows if r.holds()),
+            )
+        )
+    print_targets(targets)
+
+
+def parse_sizes(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--twins", type=parse_sizes, default=[20, 100], help="fleet sizes")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per size")
+    parser.add_argument("--every", type=float, default=2.0, help="seconds between lag samples")
+    parser.add_argument("--catch-up-timeout", type=float, default=120.0)
+    parser.add_argument("--postgres", help="a PostgreSQL server URL: API + workers on it")
+    parser.add_argument("--workers", type=parse_sizes, default=[1, 2], help="with --postgres")
+    args = parser.parse_args(argv)
+    print(
+        f"cores {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), python "
+        f"{platform.python_version()}, load average "
+        + " ".join(f"{x:.2f}" for x in os.getloadavg())
+        + "\n"
+    )
+    configs = [(None, 0)] if args.postgres is None else [(args.postgres, k) for k in args.workers]
+    results = []
+    for postgres, workers in configs:
+        for n in args.twins:
+            with (
+                tempfile.TemporaryDirectory(prefix="tandem-fleet-") as tmp,
+                deployment(Path(tmp), postgres, workers) as run,
+            ):
+                results.append(asyncio.run(measure(run.base, run, n, args)))
+            r = results[-1]
+            print(f"  {r.config}, {n} twins: lag p95 {r.lag[1]:.1f} s", file=sys.stderr)
+    print_results(results, args.duration)
+    return results
+
+
+if __name__ == "__main__":
+    main()
