@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from app import tables as t
 from app.isolation import check_finite, describe, learn_isolated
+from app.leases import Leases
 from twin.observations import Observations
 from twin.replica import StepResult, Twin
 
@@ -70,6 +71,7 @@ class Calibrator:
         self.config = config or CalibratorConfig()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._cache: dict[int, tuple[int, Twin]] = {}  # twin id -> (version number, twin)
+        self.leases = Leases(sessions, self.owner, self.config.lease_seconds)  # sticky shares
         self.before_commit = None  # test hook: called between learning and commit
         self.on_progress: Callable[[], None] | None = None  # heartbeat: after each twin
 
@@ -119,7 +121,7 @@ class Calibrator:
                 busy = False
             if not busy:
                 stop.wait(self.config.poll_interval)
-        self._release()
+        self.leases.release()
 
     def drain(self, timeout: float = 60.0) -> None:
         """Run passes until no twin has pending observations, waiting out other workers'
@@ -155,19 +157,17 @@ class Calibrator:
 
     def _claim(self) -> list[tuple[int, int]]:
         """Lease up to `claim_limit` twins with pending work, longest-waiting first (by the
-        receive time of the oldest observation not yet learned); twins that failed wait for
-        their `retry_at`. Returns (twin id, failures in a row)."""
+        receive time of the oldest observation not yet learned), within this worker's share
+        (app.leases); twins that failed wait for their `retry_at`. Returns (twin id, failures
+        in a row)."""
+        self.leases.refresh()
         now = time.time()
-        free = or_(
-            t.Twin.lease_owner.is_(None),
-            t.Twin.lease_owner == self.owner,
-            t.Twin.lease_expires_at < now,
-        )
+        free = self.leases.claimable(now)
         due = or_(t.Twin.retry_at.is_(None), t.Twin.retry_at <= now)
         latest = self._latest()
         oldest = aliased(t.Observation)
         query = (
-            select(t.Twin.id, t.Twin.calibration_failures)
+            select(t.Twin.id, t.Twin.calibration_failures, t.Twin.lease_owner)
             .join(latest, latest.c.twin_id == t.Twin.id)
             .outerjoin(
                 oldest, (oldest.twin_id == t.Twin.id) & (oldest.seq == latest.c.watermark + 1)
@@ -178,24 +178,12 @@ class Calibrator:
             .with_for_update(of=t.Twin, skip_locked=True)
         )
         with self.sessions.begin() as session:
-            claimed = [(int(i), int(f)) for i, f in session.execute(query)]
-            if claimed:
-                session.execute(
-                    update(t.Twin)
-                    .where(t.Twin.id.in_([i for i, _ in claimed]))
-                    .values(
-                        lease_owner=self.owner, lease_expires_at=now + self.config.lease_seconds
-                    )
-                )
-        return claimed
-
-    def _release(self) -> None:
-        with self.sessions.begin() as session:
-            session.execute(
-                update(t.Twin)
-                .where(t.Twin.lease_owner == self.owner)
-                .values(lease_owner=None, lease_expires_at=None)
+            rows = session.execute(query).all()
+            claimed = self.leases.admit(
+                [(int(i), int(f)) for i, f, _ in rows], [o for *_, o in rows]
             )
+            self.leases.take(session, [i for i, _ in claimed], now)
+        return claimed
 
     # -- one twin -----------------------------------------------------------------------------
     def _load(self, session: Session, twin_id: int) -> tuple[int, Twin]:

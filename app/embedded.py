@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import tables as t
@@ -70,13 +70,15 @@ def run_worker(
 
 
 def release_leases(sessions: sessionmaker[Session], owner: str) -> None:
-    """Free the twins a (dead) worker had claimed."""
+    """Free the twins a (dead) worker had claimed, and its place among the workers (its
+    replacement then holds every twin at once, not half of them until its heartbeat is stale)."""
     with sessions.begin() as session:
         session.execute(
             update(t.Twin)
             .where(t.Twin.lease_owner == owner)
             .values(lease_owner=None, lease_expires_at=None)
         )
+        session.execute(delete(t.Worker).where(t.Worker.name == owner))
 
 
 def release_stale_leases(sessions: sessionmaker[Session]) -> int:
@@ -90,9 +92,13 @@ def release_stale_leases(sessions: sessionmaker[Session]) -> int:
             .where(t.Twin.lease_owner.like(f"{host}:%:embedded-%"))
             .distinct()
         ).all()
-        stale = [o for o in owners if not _alive(int(o.split(":")[-2]))]
+        registered = session.scalars(
+            select(t.Worker.name).where(t.Worker.name.like(f"{host}:%:embedded-%"))
+        ).all()
+        stale = [o for o in {*owners, *registered} if not _alive(int(o.split(":")[-2]))]
         if not stale:
             return 0
+        session.execute(delete(t.Worker).where(t.Worker.name.in_(stale)))
         result = session.execute(
             update(t.Twin)
             .where(t.Twin.lease_owner.in_(stale))

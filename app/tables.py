@@ -142,3 +142,13 @@ class ApiKey(Base):
     twins: Mapped[list[int] | None] = mapped_column(JSON)  # null: every twin
     rate: Mapped[float | None] = mapped_column(Float)  # requests/s; null: the service default
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class Worker(Base):
+    """A calibration worker's heartbeat: the live ones share the twins (app.leases)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)  # its lease owner
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)

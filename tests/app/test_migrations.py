@@ -19,7 +19,15 @@ from app.db import (
 )
 from app.tables import Base
 
-TABLES = {"twins", "observations", "predictions", "versions", "drift_events", "api_keys"}
+TABLES = {
+    "twins",
+    "observations",
+    "predictions",
+    "versions",
+    "drift_events",
+    "api_keys",
+    "workers",
+}
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ROOT / "migrations" / "versions"
 
