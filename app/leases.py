@@ -98,15 +98,21 @@ class Leases:
             )
             twins = session.scalar(select(func.count()).where(t.Twin.deleted_at.is_(None))) or 0
             self.share = math.ceil(twins / self.live)
-            mine = (t.Twin.lease_owner == self.owner) & (t.Twin.lease_expires_at >= now)
-            self.held = session.scalar(select(func.count()).where(mine)) or 0
+            held = (t.Twin.lease_owner == self.owner) & t.Twin.deleted_at.is_(None)
+            self.held = (
+                session.scalar(select(func.count()).where(held, t.Twin.lease_expires_at >= now))
+                or 0
+            )
             if self.held > self.share:
                 self._shed(session, self.held - self.share)
             if renew:
                 session.execute(
+                    update(t.Twin).where(held).values(lease_expires_at=now + self.lease_seconds)
+                )
+                session.execute(  # deleted twins go to the purge (app.purge), which waits for them
                     update(t.Twin)
-                    .where(t.Twin.lease_owner == self.owner)
-                    .values(lease_expires_at=now + self.lease_seconds)
+                    .where(t.Twin.lease_owner == self.owner, t.Twin.deleted_at.is_not(None))
+                    .values(lease_owner=None, lease_expires_at=None)
                 )
         if renew:
             self._renewed = now_mono
@@ -128,7 +134,7 @@ class Leases:
         claim them; between passes, so that none is being calibrated."""
         ids = session.scalars(
             select(t.Twin.id)
-            .where(t.Twin.lease_owner == self.owner)
+            .where(t.Twin.lease_owner == self.owner, t.Twin.deleted_at.is_(None))
             .order_by(t.Twin.id.desc())
             .limit(excess)
         ).all()

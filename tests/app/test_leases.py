@@ -203,3 +203,15 @@ def wait_for(condition, timeout: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting: {what}"
         time.sleep(0.1)
+
+
+def test_a_deleted_twin_is_not_renewed_so_that_the_purge_can_take_it(
+    client, make_twin, post, sessions
+):
+    keep, gone = fleet(make_twin, post, n=2)
+    a = worker(sessions, "a")
+    until_idle(a)
+    assert client.delete(f"/twins/{gone}").status_code == 204
+    a.leases.refresh(force=True)  # renews its leases
+    assert owners(sessions) == {keep: "a", gone: None}
+    assert a.leases.held == 1
