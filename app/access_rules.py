@@ -35,6 +35,8 @@ SCOPE_OF = {
 }
 # routes without a twin in their path that show a twin-limited key only its own twins
 FILTERS_TWINS = frozenset({("GET", "/twins")})
+# routes whose body names twins row by row: the route checks each row against a twin-limited key
+CHECKS_ROW_TWINS = frozenset({("POST", "/observations")})
 
 # package assets (API docs, dashboard scripts and styles): no data, open to GET
 STATIC_PREFIX = "/static/"

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 
 from app.access_rules import (
     BODY_METHODS,
+    CHECKS_ROW_TWINS,
     FILTERS_TWINS,
     SIMPLE_TYPES,
     beyond_loopback,
@@ -177,7 +178,7 @@ class AccessControl:
             if str(twin_id).isdigit() and int(twin_id) in key.twins:
                 return None
             return _refusal(403, "forbidden", f"API key {key.name!r} may not use twin {twin_id}")
-        if (method, template) in FILTERS_TWINS:
+        if (method, template) in FILTERS_TWINS or (method, template) in CHECKS_ROW_TWINS:
             return None
         return _refusal(
             403,

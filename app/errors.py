@@ -29,6 +29,10 @@ class NotFound(DomainError):
     status_code, code = 404, "not_found"
 
 
+class Forbidden(DomainError):
+    status_code, code = 403, "forbidden"
+
+
 class Conflict(DomainError):
     status_code, code = 409, "conflict"
 
@@ -46,6 +50,7 @@ class UnsupportedMedia(DomainError):
 
 
 ERROR_DESCRIPTIONS = {
+    403: "Outside the key's scopes or twins",
     404: "No such twin",
     409: "Conflicts with the twin's state",
     413: "Batch or body too large",

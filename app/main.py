@@ -17,7 +17,7 @@ from app.errors import install_error_handlers
 from app.limits import install_limits, pool_options
 from app.metrics import RequestMetrics, ServiceMetrics
 from app.purge import start_purger
-from app.routes import observations, ops, reads, twins
+from app.routes import gateway, observations, ops, reads, twins
 from app.services.checkpoints import TwinCache
 
 DESCRIPTION = """Digital twins that follow drifting real systems.
@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_limits(app, settings)  # bodies read in full, bounded, inside access control
     install_access(app, settings)  # keys routes, access control, CORS
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
-    for module in (twins, observations, reads, ops):
+    for module in (twins, observations, gateway, reads, ops):
         app.include_router(module.router)
     app.include_router(dashboard.router)
     install_api_docs(app)  # before /static: its assets live under /static/api-docs

@@ -121,11 +121,24 @@ class ObservationIn(BaseModel):
     outputs: dict[str, float]
 
 
+class GatewayObservationIn(ObservationIn):
+    twin_id: int | None = Field(None, description="The twin's id (or give `twin`).")
+    twin: str | None = Field(None, description="The twin's name (or give `twin_id`).")
+
+
 class IngestResult(ReadModel):
     accepted: int
     duplicates: int = Field(description="Rows whose ts the twin already had, or repeated ts.")
     first_seq: int | None
     last_seq: int | None
+
+
+class GatewayIngestResult(ReadModel):
+    accepted: int = Field(description="Rows stored, over all twins.")
+    duplicates: int = Field(description="Rows not stored as duplicates, over all twins.")
+    twins: dict[int, IngestResult] = Field(
+        description="Per twin id that rows were posted to: its own accepted, duplicates and seqs."
+    )
 
 
 class HistoryRow(BaseModel):

@@ -69,7 +69,7 @@ async def post_observations(
     skipped. The response comes after the commit: a 202 means the batch is durable."""
     content_type = request.headers.get("content-type")
     ingestion.media_kind(content_type)  # 415 before reading a body it would not take
-    body = await _read_body(request, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes)
     inputs, outputs = twin.spec["inputs"], twin.spec["outputs"]
 
     def ingest() -> IngestResult:
@@ -83,7 +83,7 @@ async def post_observations(
     return result
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -125,7 +125,7 @@ def _parse_csv(
             )
         row: dict[str, Any] = {"inputs": {}, "outputs": {}}
         for name, cell in zip(header, cells, strict=False):
-            value = _csv_value(cell)
+            value = csv_value(cell)
             kind = kinds[name]
             if kind == "ts":
                 row["ts"] = value
@@ -137,7 +137,7 @@ def _parse_csv(
     return rows
 
 
-def _csv_value(cell: str) -> float | str | None:
+def csv_value(cell: str) -> float | str | None:
     cell = cell.strip()
     if not cell:
         return None

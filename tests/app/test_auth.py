@@ -20,6 +20,7 @@ from tests.app.conftest import SPEC
 OPEN = {("get", "/healthz"), ("get", "/readyz")}
 SCOPE = {
     ("post", "/twins/{twin_id}/observations"): "ingest",
+    ("post", "/observations"): "ingest",
     ("post", "/twins/{twin_id}/predict"): "read",
     ("get", "/keys"): "admin",
 }

@@ -1,0 +1,88 @@
+"""Posting observations for many twins in one body (`POST /observations`), for gateways."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import TypeAdapter
+
+from app.auth import AccessDep
+from app.db import after_commit
+from app.deps import MetricsDep, SessionDep, SettingsDep
+from app.errors import error_responses
+from app.routes.observations import read_body
+from app.schemas import GatewayIngestResult, GatewayObservationIn
+from app.services import gateway, ingestion
+
+router = APIRouter(prefix="/observations", tags=["observations"])
+
+_ROW_SCHEMA = TypeAdapter(GatewayObservationIn).json_schema()
+GATEWAY_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["observations"],
+                "properties": {"observations": {"type": "array", "items": _ROW_SCHEMA}},
+            },
+            "example": {
+                "observations": [
+                    {"twin_id": 1, "ts": 1735689600, "inputs": {"heat": 1.0}, "outputs": {"T": 21}},
+                    {"twin": "ahu-7", "ts": 1735689600, "inputs": {}, "outputs": {"flow": 3.2}},
+                ]
+            },
+        },
+        "application/x-ndjson": {
+            "schema": {
+                "type": "string",
+                "description": "One observation object per line, each with twin_id or twin.",
+            }
+        },
+        "text/csv": {
+            "schema": {
+                "type": "string",
+                "description": "A header row `twin_id` (or `twin`), `ts`, then channel columns "
+                "(the union of the twins' channels); each row fills its own twin's channels "
+                "and leaves the others empty. An empty cell of its twin's channel is missing.",
+            },
+            "example": "twin_id,ts,heat,T,flow\n1,1735689600,1.0,21.0,\n2,1735689600,,,3.2\n",
+        },
+    },
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=GatewayIngestResult,
+    responses=error_responses(403, 413, 415, 422),
+    openapi_extra={"requestBody": GATEWAY_BODY},
+)
+async def post_gateway_observations(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    access: AccessDep,
+) -> GatewayIngestResult:
+    """Store observations of many twins, each row naming its twin by `twin_id` or `twin`
+    (name): all or nothing over the whole body, with each twin's rows under the rules of
+    `POST /twins/{id}/observations`. Errors name the row (`index`) and its `twin`; a key
+    limited to some twins gets 403 for a row of any other. The 202 comes after the commit."""
+    content_type = request.headers.get("content-type")
+    ingestion.media_kind(content_type)  # 415 before reading a body it would not take
+    body = await read_body(request, settings.max_body_bytes)
+
+    def ingest():
+        raw = gateway.parse_body(body, content_type, settings.max_batch_rows)
+        return gateway.ingest(session, raw, ingestion.check_rows, access.sees)
+
+    result, names = await run_in_threadpool(ingest)
+
+    def count() -> None:
+        for twin_id, part in result.twins.items():
+            metrics.ingested(names[twin_id], part.accepted, part.duplicates)
+
+    after_commit(session, count)
+    return result
