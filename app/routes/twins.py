@@ -47,12 +47,22 @@ def list_twins(
     desc: Annotated[bool, Query(description="Descending order.")] = False,
     limit: Annotated[int | None, Query(ge=1, le=10_000, description="Twins per page.")] = None,
     offset: Annotated[int, Query(ge=0, le=2**31, description="Twins skipped.")] = 0,
+    lagging: Annotated[
+        float | None,
+        Query(ge=0, le=1e12, description="Only twins whose calibration lag exceeds this (s)."),
+    ] = None,
+    drifting: Annotated[
+        bool | None,
+        Query(description="Only twins with (true) or without (false) a drift event this hour."),
+    ] = None,
 ) -> list[TwinRead]:
     """Twins with their status and health (those of the key, if it is limited), oldest first
     unless sorted otherwise; every twin unless `limit` pages them. `X-Total-Count` says how
-    many match the filter."""
+    many match the filters."""
     only = None if access.key is None else access.key.twins
-    statuses, total = fleet.page_twins(session, prefix, sort, desc, limit, offset, only)
+    statuses, total = fleet.page_twins(
+        session, prefix, sort, desc, limit, offset, only, lagging, drifting
+    )
     response.headers["X-Total-Count"] = str(total)
     return _reads(session, statuses)
 

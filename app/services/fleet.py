@@ -3,15 +3,19 @@ health (current error against its first guess, drift events) read for that page 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.services.twins import TwinStatus, twin_statuses
-from app.tables import DriftEvent, Twin, Version
+from app.tables import DriftEvent, Observation, Twin, Version
 
 SORTS = ("id", "name", "last_ts", "lag")
+# a drift event recorded this recently makes a twin "drifting" (the dashboard's fleet badge,
+# RECENT_DRIFT_S in app/dashboard/static/fleet.js, uses the same span)
+DRIFTING_SECONDS = 3600.0
 
 
 def page_twins(
@@ -22,9 +26,14 @@ def page_twins(
     limit: int | None,
     offset: int,
     only: Collection[int] | None = None,
+    lagging: float | None = None,
+    drifting: bool | None = None,
+    now: float | None = None,
 ) -> tuple[list[TwinStatus], int]:
     """The statuses of one page of twins whose name starts with `prefix` (and whose id is in
-    `only`, when given: a twin-limited key's), and how many match.
+    `only`, when given: a twin-limited key's), and how many match. `lagging`: only twins whose
+    calibration lag is over that many seconds; `drifting`: only twins with (True) or without
+    (False) a drift event in the last `DRIFTING_SECONDS`.
 
     `id`, `name` and `last_ts` sort in the database; `lag` (pending observations, then id)
     needs every matching twin's status first."""
@@ -35,17 +44,50 @@ def page_twins(
         query = query.where(Twin.name.like(f"{escaped}%", escape="\\"))
     if only is not None:
         query = query.where(Twin.id.in_(list(only)))
+    now = time.time() if now is None else now
+    if lagging is not None:
+        query = query.where(_lagging(lagging, now))
+    if drifting is not None:
+        recent = select(DriftEvent.twin_id).where(DriftEvent.created_at >= now - DRIFTING_SECONDS)
+        query = query.where(Twin.id.in_(recent) if drifting else Twin.id.not_in(recent))
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    if sort == "lag":
-        statuses = twin_statuses(session, list(session.scalars(query)))
-        statuses.sort(key=lambda s: (s.calibration_lag.observations, s.id), reverse=desc)
-        end = None if limit is None else offset + limit
-        return statuses[offset:end], total
-    column = {"id": Twin.id, "name": Twin.name, "last_ts": Twin.last_ts}[sort]
-    order = column.desc() if desc else column.asc()
-    query = query.order_by(order.nulls_last() if sort == "last_ts" else order, Twin.id)
+    if sort == "lag":  # pending observations, computed per twin in the database
+        pending = Twin.last_seq - func.coalesce(latest_watermark(), 0)
+        ties = Twin.id.desc() if desc else Twin.id.asc()
+        query = query.order_by(pending.desc() if desc else pending.asc(), ties)
+    else:
+        column = {"id": Twin.id, "name": Twin.name, "last_ts": Twin.last_ts}[sort]
+        order = column.desc() if desc else column.asc()
+        query = query.order_by(order.nulls_last() if sort == "last_ts" else order, Twin.id)
     query = query.offset(offset).limit(limit)
     return twin_statuses(session, list(session.scalars(query))), total
+
+
+def latest_watermark():
+    """The watermark of a twin's newest version, as a subquery correlated to `twins`: one
+    probe of the (twin_id, number) key per twin, never an aggregate over the versions table."""
+    return (
+        select(Version.watermark)
+        .where(Version.twin_id == Twin.id)
+        .order_by(Version.number.desc())
+        .limit(1)
+        .correlate(Twin)
+        .scalar_subquery()
+    )
+
+
+def _lagging(seconds: float, now: float):
+    """Twins whose oldest observation not yet learned (seq = the latest version's watermark + 1)
+    was received more than `seconds` ago: per twin, one lookup of its newest version on the
+    (twin_id, number) key and one of that observation on the (twin_id, seq) key."""
+    watermark = latest_watermark()
+    received = (
+        select(Observation.received_at)
+        .where(Observation.twin_id == Twin.id, Observation.seq == watermark + 1)
+        .correlate(Twin)
+        .scalar_subquery()
+    )
+    return (Twin.last_seq > watermark) & (received < now - seconds)
 
 
 def health(session: Session, statuses: list[TwinStatus]) -> dict[int, dict]:
@@ -87,3 +129,35 @@ def _errors(metrics: dict) -> dict[str, dict[str, float | None]]:
 
 def _number(value) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def gauges(session: Session) -> list[tuple]:
+    """For `/metrics`, every twin in one statement of per-twin key probes: (name, last_seq,
+    status, failures, version number, watermark, version metrics, receive time of the oldest
+    observation not yet learned or None)."""
+    newest = (
+        select(Version.id)
+        .where(Version.twin_id == Twin.id)
+        .order_by(Version.number.desc())
+        .limit(1)
+        .correlate(Twin)
+        .scalar_subquery()
+    )
+    pending = (Observation.twin_id == Twin.id) & (Observation.seq == Version.watermark + 1)
+    query = (
+        select(
+            Twin.name,
+            Twin.last_seq,
+            Twin.calibration_status,
+            Twin.calibration_failures,
+            Version.number,
+            Version.watermark,
+            Version.metrics,
+            Observation.received_at,
+        )
+        .join(Version, Version.id == newest)
+        .outerjoin(Observation, pending & (Twin.last_seq > Version.watermark))
+        .where(Twin.deleted_at.is_(None))
+        .order_by(Twin.id)
+    )
+    return list(session.execute(query))
