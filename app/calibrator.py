@@ -74,6 +74,7 @@ class Calibrator:
         self.leases = Leases(sessions, self.owner, self.config.lease_seconds)  # sticky shares
         self.before_commit = None  # test hook: called between learning and commit
         self.on_progress: Callable[[], None] | None = None  # heartbeat: after each twin
+        self.between_passes: Callable[[], None] | None = None  # housekeeping (app.retention)
 
     # -- the loop -----------------------------------------------------------------------------
     def run_once(self, stop: threading.Event | None = None) -> int:
@@ -119,6 +120,8 @@ class Calibrator:
             except Exception:
                 log.exception("calibration pass failed")
                 busy = False
+            if self.between_passes is not None:
+                self.between_passes()
             if not busy:
                 stop.wait(self.config.poll_interval)
         self.leases.release()

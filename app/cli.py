@@ -38,6 +38,36 @@ DatabaseUrl = Annotated[
     ),
 ]
 Host = Annotated[str, typer.Option(envvar="TANDEM_HOST", help="Address to listen on.")]
+
+
+def _retention(name: str, help: str, kind: type = float, default: str = "0: keep all"):
+    option = typer.Option(envvar=f"TANDEM_{name.upper()}", min=0, show_default=default, help=help)
+    return Annotated[kind | None, option]
+
+
+# retention (docs/retention.md): options of both commands that run a worker
+ObsSeconds = _retention(
+    "observation_retention_seconds", "Remove observations older than this many seconds (by ts)."
+)
+ObsCount = _retention(
+    "observation_retention_count", "Keep this many newest observations per twin.", int
+)
+PredSeconds = _retention(
+    "prediction_retention_seconds", "Remove predictions of observations older than this (s)."
+)
+PredCount = _retention("prediction_retention_count", "Keep this many newest predictions.", int)
+VersionSeconds = _retention("version_retention_seconds", "Remove versions older than this (s).")
+VersionCount = _retention(
+    "version_retention", "Keep this many newest versions per twin.", int, "20000; 0: all"
+)
+ThinAfter = _retention("version_thin_after", "Thin versions older than this many seconds.")
+ThinEvery = _retention("version_thin_every", "Thinned versions keep every k-th number.", int)
+
+
+def retention_options(**options) -> dict:
+    return options
+
+
 Port = Annotated[int, typer.Option(envvar="TANDEM_PORT", help="Port to listen on.")]
 
 
@@ -90,6 +120,14 @@ def serve(
             help="Run the calibrator inside this process.",
         ),
     ] = None,
+    observation_retention_seconds: ObsSeconds = None,
+    observation_retention_count: ObsCount = None,
+    prediction_retention_seconds: PredSeconds = None,
+    prediction_retention_count: PredCount = None,
+    version_retention_seconds: VersionSeconds = None,
+    version_retention: VersionCount = None,
+    version_thin_after: ThinAfter = None,
+    version_thin_every: ThinEvery = None,
 ) -> None:
     """Run the HTTP API (and, unless --no-worker, the calibration worker)."""
     import uvicorn
@@ -97,7 +135,17 @@ def serve(
     from app.main import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app(make_settings(database_url=database_url, worker=worker))
+    retention = retention_options(
+        observation_retention_seconds=observation_retention_seconds,
+        observation_retention_count=observation_retention_count,
+        prediction_retention_seconds=prediction_retention_seconds,
+        prediction_retention_count=prediction_retention_count,
+        version_retention_seconds=version_retention_seconds,
+        version_retention=version_retention,
+        version_thin_after=version_thin_after,
+        version_thin_every=version_thin_every,
+    )
+    app = create_app(make_settings(database_url=database_url, worker=worker, **retention))
     app.state.listen_host = host  # for the authentication rule (docs/security.md)
     tune_garbage_collector()
     # SIGTERM: at most 3 s for open requests, then the worker's 3 s grace: down within 10 s
@@ -121,13 +169,31 @@ def worker(
         int | None,
         typer.Option(envvar="TANDEM_TORCH_THREADS", show_default="1", min=1, help="torch threads."),
     ] = None,
+    observation_retention_seconds: ObsSeconds = None,
+    observation_retention_count: ObsCount = None,
+    prediction_retention_seconds: PredSeconds = None,
+    prediction_retention_count: PredCount = None,
+    version_retention_seconds: VersionSeconds = None,
+    version_retention: VersionCount = None,
+    version_thin_after: ThinAfter = None,
+    version_thin_every: ThinEvery = None,
 ) -> None:
     """Run a calibration worker until SIGINT/SIGTERM; several may share one PostgreSQL database."""
     from app.db import describe_database
     from app.embedded import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = make_settings(database_url=database_url, torch_threads=torch_threads)
+    retention = retention_options(
+        observation_retention_seconds=observation_retention_seconds,
+        observation_retention_count=observation_retention_count,
+        prediction_retention_seconds=prediction_retention_seconds,
+        prediction_retention_count=prediction_retention_count,
+        version_retention_seconds=version_retention_seconds,
+        version_retention=version_retention,
+        version_thin_after=version_thin_after,
+        version_thin_every=version_thin_every,
+    )
+    settings = make_settings(database_url=database_url, torch_threads=torch_threads, **retention)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

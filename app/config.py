@@ -57,6 +57,28 @@ class Settings(BaseSettings):
     poll_interval: float = Field(0.1, gt=0, description="Seconds between calibrator polls.")
     keep_checkpoints: int = Field(3, gt=0, description="Newest versions that keep full state.")
     version_retention: int = Field(20_000, ge=0, description="Versions kept per twin (0: all).")
+    # retention (app.retention), applied by the worker; 0 keeps everything
+    observation_retention_seconds: float = Field(
+        0.0, ge=0, description="Observations (with predictions) older than this go (s, by ts)."
+    )
+    observation_retention_count: int = Field(
+        0, ge=0, description="Newest observations kept per twin."
+    )
+    prediction_retention_seconds: float = Field(
+        0.0, ge=0, description="Predictions of observations older than this go (s, by ts)."
+    )
+    prediction_retention_count: int = Field(
+        0, ge=0, description="Newest predictions kept per twin."
+    )
+    version_retention_seconds: float = Field(
+        0.0, ge=0, description="Versions written longer ago than this go (s)."
+    )
+    version_thin_after: float = Field(
+        0.0, ge=0, description="Versions older than this (s) are thinned to every k-th."
+    )
+    version_thin_every: int = Field(0, ge=0, description="k: thinned versions keep every k-th.")
+    retention_batch: int = Field(500, gt=0, description="Rows one retention transaction deletes.")
+    retention_interval: float = Field(60.0, gt=0, description="Seconds between retention sweeps.")
     torch_threads: int = Field(1, gt=0, description="torch intra-op threads of a worker.")
     calibration_budget: float = Field(
         1.0, ge=0, description="Seconds of learning per twin and pass (0: no limit)."

@@ -29,6 +29,7 @@ from app import tables as t
 from app.calibrator import Calibrator, CalibratorConfig
 from app.config import Settings
 from app.db import make_engine, make_session_factory
+from app.retention import Retention, retention_policy
 
 log = logging.getLogger("tandem.worker")
 
@@ -63,6 +64,8 @@ def run_worker(
     engine = make_engine(settings.database_url)
     calibrator = Calibrator(make_session_factory(engine), calibrator_config(settings), owner)
     calibrator.on_progress = heartbeat
+    retention = Retention(calibrator.sessions, retention_policy(settings))
+    calibrator.between_passes = retention.hook
     try:
         calibrator.run_until(stop)
     finally:

@@ -155,6 +155,11 @@ class History(BaseModel):
     next_after_seq: int | None = Field(
         description="Pass as `after_seq` for the next page; null on the last page."
     )
+    first_seq: int | None = Field(
+        None,
+        description="The twin's oldest stored seq: retention removed the ones before it "
+        "(null: no observation stored).",
+    )
 
 
 # -- reads ------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ the version history and drift events."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
 from app.errors import NotFound
@@ -52,6 +52,9 @@ def observation_history(
             for seq, ts, u, y, pred, res in rows
         ],
         "next_after_seq": rows[-1][0] if more else None,
+        # where the stored history starts (retention removes the oldest rows); a min probe
+        # of the (twin_id, seq) key
+        "first_seq": session.scalar(select(func.min(o.seq)).where(o.twin_id == twin.id)),
     }
 
 
