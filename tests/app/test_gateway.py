@@ -21,6 +21,12 @@ from tests.client.conftest import free_port
 ARX = {"kind": "arx"}
 
 
+def parts(answer: dict) -> dict:
+    """The per-twin answers, in the fields of the per-twin route's answer they share."""
+    keys = ("accepted", "duplicates", "first_seq", "last_seq")
+    return {twin: {k: part[k] for k in keys} for twin, part in answer["twins"].items()}
+
+
 def gw(twin, ts, T=21.0, **extra):
     return {**({"twin": twin} if isinstance(twin, str) else {"twin_id": twin}), **row(ts, T=T)}
 
@@ -30,16 +36,14 @@ def test_rows_for_many_twins_are_stored_per_twin_with_their_own_seqs(make_twin, 
     body = [gw(a, 1.0), gw("b", 5.0), gw(a, 2.0), gw(b, 6.0), gw(a, 1.0)]  # the last: a retry
     response = client.post("/observations", json={"observations": body})
     assert response.status_code == 202, response.text
-    assert response.json() == {
-        "accepted": 4,
-        "duplicates": 1,
-        "twins": {
-            str(a): {"accepted": 2, "duplicates": 1, "first_seq": 1, "last_seq": 2},
-            str(b): {"accepted": 2, "duplicates": 0, "first_seq": 1, "last_seq": 2},
-        },
+    answer = response.json()
+    assert (answer["accepted"], answer["duplicates"]) == (4, 1)
+    assert parts(answer) == {
+        str(a): {"accepted": 2, "duplicates": 1, "first_seq": 1, "last_seq": 2},
+        str(b): {"accepted": 2, "duplicates": 0, "first_seq": 1, "last_seq": 2},
     }
     again = client.post("/observations", json={"observations": [gw(b, 6.0), gw(b, 7.0)]})
-    assert again.json()["twins"] == {
+    assert parts(again.json()) == {
         str(b): {"accepted": 1, "duplicates": 1, "first_seq": 3, "last_seq": 3}
     }
     assert [(r.seq, r.ts) for r in stored(sessions, a)] == [(1, 1.0), (2, 2.0)]
