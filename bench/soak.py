@@ -162,8 +162,11 @@ def main() -> None:
                 f"worker {reference[1] or float('nan'):.0f} MB",
                 flush=True,
             )
-            print("| minute | API RSS MB | worker RSS MB | observations stored | lag p50 / p95 s |")
-            print("|---|---|---|---|---|", flush=True)
+            print(
+                "| minute | API RSS MB | worker RSS MB | observations stored | "
+                "failed posts | lag p50 / p95 s |"
+            )
+            print("|---|---|---|---|---|---|", flush=True)
             t0 = time.time() - 20  # ts = t0 + k tracks the clock, k one a second
             failed: list = []
             seconds = args.minutes * 60
@@ -184,7 +187,7 @@ def main() -> None:
                 rows.append(row)
                 print(
                     f"| {row[0]:.1f} | {row[1]:.0f} | {row[2] or float('nan'):.0f} | "
-                    f"{row[3]} | {p50:.1f} / {p95:.1f} |",
+                    f"{row[3]} | {len(failed)} | {p50:.1f} / {p95:.1f} |",
                     flush=True,
                 )
         verdict(rows, failed)
