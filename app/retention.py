@@ -4,8 +4,9 @@ that storage stays bounded at fleet scale (docs/retention.md).
 The worker calls `Retention.step()` between calibration passes. A sweep (every `interval`
 seconds) finds the twins with something to remove in one statement of per-twin index lookups;
 each step then deletes for those twins, at most `batch` rows per transaction, until its time
-budget is spent, and the next step carries on. Transactions stay short, so SQLite's one write
-lock is never held for long and ingestion and calibration go on in between.
+budget is spent, and a later step carries on: steps take at most `share` of the worker's time,
+so a backlog of removals never holds calibration back. Transactions stay short, so SQLite's
+one write lock is never held for long and ingestion and calibration go on in between.
 
 What is never removed, whatever the settings:
 - an observation not yet learned (seq above the latest version's watermark), nor the newest
@@ -61,6 +62,7 @@ class RetentionPolicy:
     batch: int = 500  # rows per transaction
     interval: float = 60.0  # seconds between sweeps
     budget: float = 0.1  # seconds of deleting per step
+    share: float = 0.25  # most of the worker's time retention takes while it has work
     floor: int = WINDOW_FLOOR  # newest learned observations always kept
 
     @property
@@ -102,6 +104,7 @@ class Retention:
         self.policy = policy
         self._queue: deque[TwinState] = deque()
         self._next_sweep = 0.0
+        self._resume = 0.0  # monotonic time before which a step waits (its share of time)
         self.removed = {"observations": 0, "predictions": 0, "versions": 0}
 
     def step(self, now: float | None = None) -> int:
@@ -109,11 +112,14 @@ class Retention:
         one's work is done. Returns the rows removed."""
         if not self.policy.active:
             return 0
+        started = time.monotonic()
+        if started < self._resume:
+            return 0
         clock = time.time() if now is None else now
         if not self._queue and clock >= self._next_sweep:
             self._next_sweep = clock + self.policy.interval
             self._queue.extend(self.sweep(clock))
-        deadline = time.monotonic() + self.policy.budget
+        deadline = started + self.policy.budget
         removed = 0
         while self._queue and time.monotonic() < deadline:
             twin = self._queue[0]
@@ -121,6 +127,8 @@ class Retention:
             removed += gone
             if not gone:  # nothing more of this twin this sweep
                 self._queue.popleft()
+        spent = time.monotonic() - started
+        self._resume = started + spent / self.policy.share  # calibration gets the rest
         return removed
 
     def hook(self) -> None:
