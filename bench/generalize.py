@@ -2,7 +2,7 @@
 random from seeds that no default was tuned on, against references run on the same data.
 
     python bench/generalize.py [--tune] [--seeds 1000-1023] [--plants N] [--quick] [--tuned]
-                               [--obs N] [--jobs J]
+                               [--obs N] [--jobs J] [--learners pgpe,kalman]
 
 Seeds 0-999 are the tuning seeds (`--tune`: the first 24 of them, or `--seeds` among them);
 1000-1999 the report seeds, and the default table is the first 24 of those. Each plant is fed
@@ -82,8 +82,11 @@ def default_learner(case: Case) -> tuple[str, bool]:
     return method, same
 
 
-def evaluate(seed: int, n: int, tuned: bool = False) -> PlantResult:
-    """Every learner's defaults and every reference on the plant of `seed`."""
+def evaluate(
+    seed: int, n: int, tuned: bool = False, learners: tuple[str, ...] = tuple(LEARNERS)
+) -> PlantResult:
+    """The defaults of `learners` (all by default), the default learner and every reference
+    on the plant of `seed`."""
     torch.set_num_threads(1)
     case = draw(seed, n)
     oracle = case.oracle[WARMUP:]
@@ -104,7 +107,7 @@ def evaluate(seed: int, n: int, tuned: bool = False) -> PlantResult:
     runs["river (best lr)"], lr = filters.river_best(case, excess)
     notes.append(f"rls lam={lam}, river lr={lr}")
     seconds["references"] = time.perf_counter() - t0
-    for method in LEARNERS:
+    for method in learners:
         runs[method], seconds[method] = _guarded(case, {"method": method}, notes, method)
     method, same = default_learner(case)
     if same and method in runs:
@@ -117,7 +120,7 @@ def evaluate(seed: int, n: int, tuned: bool = False) -> PlantResult:
     result = PlantResult(seed, case.label, case.group, ref / case.noise_var.mean(), ratios)
     result.notes, result.seconds = notes, seconds
     if tuned:
-        for method in LEARNERS:
+        for method in learners:
             result.tuned[method] = _best_hand_setting(case, method, excess, ref)
     return result
 
@@ -169,7 +172,14 @@ def main(argv: list[str] | None = None) -> None:
         "--tuned", action="store_true", help="also grid-search hand settings of every learner"
     )
     parser.add_argument("--jobs", type=int, default=1, help="plants run in parallel processes")
+    parser.add_argument(
+        "--learners", help=f"learners to run, comma-separated (default: all, {','.join(LEARNERS)})"
+    )
     args = parser.parse_args(argv)
+    learners = tuple(args.learners.split(",")) if args.learners else tuple(LEARNERS)
+    unknown = [m for m in learners if m not in LEARNERS]
+    if unknown:
+        parser.error(f"unknown learners {unknown}; known: {', '.join(LEARNERS)}")
     pool, name = (TUNE_SEEDS, "TUNING") if args.tune else (REPORT_SEEDS, "REPORT")
     count = args.plants or (QUICK_PLANTS if args.quick else PLANTS)
     seeds = seeds_of(args.seeds) if args.seeds else list(pool[:count])
@@ -187,32 +197,35 @@ def main(argv: list[str] | None = None) -> None:
             if args.tune
             else "no default was tuned on these plants.\n"
         )
-        + f"Twins: every learner of twin.learners at its defaults ({', '.join(LEARNERS)}) and "
+        + f"Twins: learners of twin.learners at their defaults ({', '.join(learners)}) and "
         f"'default' (a spec without learner.method), fed in chunks of {CHUNK}.\n"
         f"Figures: excess MSE over the noise floor / the informed Kalman filter's ('{KF}').\n"
     )
     t0 = time.perf_counter()
-    results = _run_all(seeds, n, args.tuned, args.jobs)
-    methods = ["default", *LEARNERS, *REFERENCES]
+    results = _run_all(seeds, n, args.tuned, args.jobs, learners)
+    methods = ["default", *learners, *REFERENCES]
     print_plants(results, methods)
     print_summary(results, methods)
     if args.tuned:
-        print_tuned(results, list(LEARNERS))
+        print_tuned(results, list(learners))
     print_targets(targets(results))
     print(f"\n{time.perf_counter() - t0:.0f} s on {os.cpu_count()} cores, {args.jobs} job(s)")
 
 
-def _run_all(seeds: list[int], n: int, tuned: bool, jobs: int) -> list[PlantResult]:
+def _run_all(
+    seeds: list[int], n: int, tuned: bool, jobs: int, learners: tuple[str, ...]
+) -> list[PlantResult]:
     if jobs <= 1:
-        return [_progress(evaluate(s, n, tuned)) for s in seeds]
+        return [_progress(evaluate(s, n, tuned, learners)) for s in seeds]
     with ProcessPoolExecutor(max_workers=jobs) as ex:
-        futures = [ex.submit(evaluate, s, n, tuned) for s in seeds]
+        futures = [ex.submit(evaluate, s, n, tuned, learners) for s in seeds]
         return [_progress(f.result()) for f in futures]
 
 
 def _progress(result: PlantResult) -> PlantResult:
     took = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
-    print(f"  plant {result.label}: {took}", file=sys.stderr, flush=True)
+    ratios = ", ".join(f"{k} {v:.3g}" for k, v in result.ratios.items())
+    print(f"  plant {result.label}: {took}; ratios {ratios}", file=sys.stderr, flush=True)
     return result
 
 

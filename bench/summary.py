@@ -47,7 +47,7 @@ def group_stats(results, method: str, group: str | None = None) -> tuple[float, 
     """(median, worst, count) of a method's ratios over the plants of a group (None: all);
     a failed run counts as infinitely bad."""
     values = [
-        np.nan_to_num(r.ratios.get(method, np.nan), nan=np.inf)
+        np.nan_to_num(r.ratios.get(method, np.nan), nan=np.inf, posinf=np.inf)
         for r in results
         if group is None or r.group == group
     ]
@@ -76,7 +76,7 @@ def tuned_losses(results, method: str) -> list[float]:
     out = []
     for r in results:
         best = min(r.tuned[method][0], r.ratios.get(method, np.inf))
-        out.append(np.nan_to_num(r.ratios.get(method, np.nan), nan=np.inf) / best)
+        out.append(np.nan_to_num(r.ratios.get(method, np.nan), nan=np.inf, posinf=np.inf) / best)
     return out
 
 

@@ -90,3 +90,11 @@ def test_summary_counts_a_failed_run_as_the_worst():
     results = [SimpleNamespace(group="linear", ratios={"pgpe": v}) for v in (1.0, 3.0, 2.0, np.nan)]
     median, worst, count = group_stats(results, "pgpe", "linear")
     assert (median, worst, count) == (2.5, np.inf, 4)
+    results[0].ratios["pgpe"] = np.inf  # an infinite ratio stays infinite (not float max)
+    assert group_stats(results, "pgpe", "linear")[1] == np.inf
+
+
+def test_an_unknown_learner_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--learners", "pgpe,newton"])
+    assert "unknown learners" in capsys.readouterr().err
