@@ -35,9 +35,10 @@ from twin.models.base import DTYPE, TwinModel, flat_parameters, load_flat, unfla
 from twin.observations import Observations, supervised
 from twin.spec import SpecError
 
-# The covariance is P x P and every target costs O(P^2): a filter over more parameters than this
-# belongs to the gradient learner (mlp has hundreds).
-MAX_PARAMS = 64
+# The covariance is P x P and every target costs O(P^2) (16K multiply-adds at 128): a filter over
+# more parameters than this belongs to the gradient learner (a default mlp has over a thousand;
+# a one-layer mlp of 16 hidden units, 97, fits).
+MAX_PARAMS = 128
 PRIOR = 1.0  # prior variance of each scaled coordinate: they are O(1) by construction
 WINSOR = 3.0  # innovations clipped at this many predicted std in the noise estimate
 # E[min(x^2, c^2)] for a standard normal x and c = WINSOR: divides the winsorized mean square
