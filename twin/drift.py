@@ -35,60 +35,67 @@ def _decay(half_life: float) -> float:
 
 
 def _moments(r: np.ndarray) -> np.ndarray:
-    """(..., n_out) residuals -> (..., 3, n_out): r, |r| and r^2, the sums every metric needs."""
-    return np.stack([r, np.abs(r), r * r], axis=-2)
+    """(m,) residuals -> (m, 3): r, |r| and r^2, the sums every metric needs."""
+    return np.stack([r, np.abs(r), r * r], axis=-1)
 
 
 class ErrorStats:
     """Rolling-window and exponentially weighted RMSE, MAE and bias (mean residual) per output.
 
-    Rows with a NaN (observations the twin could not predict yet) are ignored. The window sums
-    are recomputed from the ring buffer every `window` rows so rounding errors cannot pile up.
-    The EW means are bias-corrected (divided by the total weight 1 - beta^n, as in Adam).
+    Each output is its own stream: a NaN residual (an observation the twin could not predict
+    yet, or an output the sensor did not report) is skipped for that output only, so the window
+    holds each output's last `window` residuals. The window sums are recomputed from the ring
+    buffer every `window` residuals so rounding errors cannot pile up. The EW means are
+    bias-corrected (divided by the total weight 1 - beta^n, as in Adam).
     """
 
     def __init__(self, n_outputs: int, window: int = 100, half_life: float = 50.0):
         assert n_outputs >= 1 and window >= 1, "need at least one output and a window of 1"
         self.n_outputs, self.window, self.half_life = n_outputs, int(window), float(half_life)
         self._beta = _decay(half_life)
-        self._buf = np.zeros((self.window, n_outputs))  # ring buffer; empty slots hold zeros
-        self._pos = 0  # slot the next row goes to
-        self._filled = 0
-        self._total = 0
-        self._since_sync = 0
+        self._buf = np.zeros((self.window, n_outputs))  # ring buffers; empty slots hold zeros
+        self._pos = np.zeros(n_outputs, dtype=np.int64)  # slot each output's next value goes to
+        self._filled = np.zeros(n_outputs, dtype=np.int64)
+        self._total = np.zeros(n_outputs, dtype=np.int64)
+        self._since_sync = np.zeros(n_outputs, dtype=np.int64)
         self._sums = np.zeros((3, n_outputs))  # window sums of r, |r|, r^2
         self._ew = np.zeros((3, n_outputs))  # EW sums of r, |r|, r^2 (not bias-corrected)
-        self._ew_weight = 0.0  # 1 - beta^n: the total weight given so far
+        self._ew_weight = np.zeros(n_outputs)  # 1 - beta^n: the total weight given so far
 
     def update(self, residuals: np.ndarray) -> None:
         r = np.asarray(residuals, dtype=np.float64).reshape(-1, self.n_outputs)  # (N, n_out)
-        r = r[np.isfinite(r).all(axis=1)]
+        seen = np.isfinite(r)
+        for j in range(self.n_outputs):
+            self._update_output(j, r[seen[:, j], j])
+
+    def _update_output(self, j: int, r: np.ndarray) -> None:
+        """Add the finite residuals r (m,) of output j, oldest first."""
         m = r.shape[0]
         if m == 0:
             return
-        mom = _moments(r)  # (m, 3, n_out)
+        mom = _moments(r)  # (m, 3)
         decay_m = self._beta**m
         weights = self._beta ** np.arange(m - 1, -1, -1, dtype=np.float64)  # newest weighs 1
-        self._ew = decay_m * self._ew + (1.0 - self._beta) * np.einsum("i,ijk->jk", weights, mom)
-        self._ew_weight = decay_m * self._ew_weight + (1.0 - decay_m)
-        self._total += m
+        self._ew[:, j] = decay_m * self._ew[:, j] + (1.0 - self._beta) * (weights @ mom)
+        self._ew_weight[j] = decay_m * self._ew_weight[j] + (1.0 - decay_m)
+        self._total[j] += m
         if m >= self.window:
-            self._buf[:] = r[-self.window :]
-            self._pos, self._filled = 0, self.window
-            self._sync()
+            self._buf[:, j] = r[-self.window :]
+            self._pos[j], self._filled[j] = 0, self.window
+            self._sync(j)
             return
-        slots = (self._pos + np.arange(m)) % self.window
-        self._sums += mom.sum(axis=0) - _moments(self._buf[slots]).sum(axis=0)
-        self._buf[slots] = r
-        self._pos = int((self._pos + m) % self.window)
-        self._filled = min(self._filled + m, self.window)
-        self._since_sync += m
-        if self._since_sync >= self.window:
-            self._sync()
+        slots = (self._pos[j] + np.arange(m)) % self.window
+        self._sums[:, j] += mom.sum(axis=0) - _moments(self._buf[slots, j]).sum(axis=0)
+        self._buf[slots, j] = r
+        self._pos[j] = (self._pos[j] + m) % self.window
+        self._filled[j] = min(self._filled[j] + m, self.window)
+        self._since_sync[j] += m
+        if self._since_sync[j] >= self.window:
+            self._sync(j)
 
-    def _sync(self) -> None:
-        self._sums = _moments(self._buf).sum(axis=0)
-        self._since_sync = 0
+    def _sync(self, j: int) -> None:
+        self._sums[:, j] = _moments(self._buf[:, j]).sum(axis=0)
+        self._since_sync[j] = 0
 
     def summary(self, names: list[str]) -> dict[str, dict[str, float | int | None]]:
         """{name: {rmse, mae, bias, ew_rmse, ew_mae, ew_bias, n, total}}; None where no data.
@@ -101,12 +108,13 @@ class ErrorStats:
             row: dict[str, float | int | None] = dict.fromkeys(
                 ("rmse", "mae", "bias", "ew_rmse", "ew_mae", "ew_bias")
             )
-            if self._filled:
-                s1, sa, s2 = self._sums[:, j] / self._filled
-                e1, ea, e2 = self._ew[:, j] / self._ew_weight
+            filled = int(self._filled[j])
+            if filled:
+                s1, sa, s2 = self._sums[:, j] / filled
+                e1, ea, e2 = self._ew[:, j] / self._ew_weight[j]
                 row.update(rmse=math.sqrt(max(s2, 0.0)), mae=float(sa), bias=float(s1))
                 row.update(ew_rmse=math.sqrt(max(e2, 0.0)), ew_mae=float(ea), ew_bias=float(e1))
-            row.update(n=self._filled, total=self._total)
+            row.update(n=filled, total=int(self._total[j]))
             out[name] = row
         return out
 
@@ -116,25 +124,27 @@ class ErrorStats:
             "window": self.window,
             "half_life": self.half_life,
             "buf": self._buf.tolist(),
-            "pos": self._pos,
-            "filled": self._filled,
-            "total": self._total,
-            "since_sync": self._since_sync,
+            "pos": self._pos.tolist(),
+            "filled": self._filled.tolist(),
+            "total": self._total.tolist(),
+            "since_sync": self._since_sync.tolist(),
             "sums": self._sums.tolist(),
             "ew": self._ew.tolist(),
-            "ew_weight": self._ew_weight,
+            "ew_weight": self._ew_weight.tolist(),
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Also reads state saved when the outputs shared one count (plain numbers)."""
         assert d["n_outputs"] == self.n_outputs and d["window"] == self.window, "shape mismatch"
         self.half_life = float(d["half_life"])
         self._beta = _decay(self.half_life)
         self._buf = np.array(d["buf"], dtype=np.float64).reshape(self.window, self.n_outputs)
-        self._pos, self._filled, self._total = int(d["pos"]), int(d["filled"]), int(d["total"])
-        self._since_sync = int(d["since_sync"])
+        shape = (self.n_outputs,)
+        for name in ("pos", "filled", "total", "since_sync"):
+            setattr(self, f"_{name}", np.broadcast_to(np.array(d[name], np.int64), shape).copy())
         self._sums = np.array(d["sums"], dtype=np.float64).reshape(3, self.n_outputs)
         self._ew = np.array(d["ew"], dtype=np.float64).reshape(3, self.n_outputs)
-        self._ew_weight = float(d["ew_weight"])
+        self._ew_weight = np.broadcast_to(np.array(d["ew_weight"], np.float64), shape).copy()
 
 
 @dataclass(frozen=True)

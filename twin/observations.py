@@ -13,13 +13,17 @@ class Observations:
     """Observations in `seq` order.
 
     ts: (N,) epoch seconds, strictly increasing; inputs: (N, n_inputs); outputs: (N, n_outputs);
-    seq: (N,) server sequence numbers (0..N-1 when not given).
+    seq: (N,) server sequence numbers (0..N-1 when not given). A value a sensor did not report
+    is NaN. observed: (N, n_outputs) which outputs were measured (default: the finite ones);
+    the twin fills the others in for context and passes the mask on, so learners fit only what
+    was measured.
     """
 
     ts: np.ndarray
     inputs: np.ndarray
     outputs: np.ndarray
     seq: np.ndarray | None = None
+    observed: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         ts = np.asarray(self.ts, dtype=np.float64).reshape(-1)
@@ -32,10 +36,16 @@ class Observations:
         assert seq.shape == (n,), "seq must have one entry per observation"
         if n > 1 and not np.all(np.diff(ts) > 0):
             raise ValueError("observation timestamps must be strictly increasing")
+        if self.observed is None:
+            observed = np.isfinite(outputs)
+        else:
+            observed = np.asarray(self.observed, dtype=bool)
+        assert observed.shape == outputs.shape, "observed must be shaped like outputs"
         object.__setattr__(self, "ts", ts)
         object.__setattr__(self, "inputs", inputs)
         object.__setattr__(self, "outputs", outputs)
         object.__setattr__(self, "seq", seq)
+        object.__setattr__(self, "observed", observed)
 
     def __len__(self) -> int:
         return self.ts.shape[0]
@@ -43,7 +53,11 @@ class Observations:
     def __getitem__(self, index: slice) -> Observations:
         assert isinstance(index, slice), "Observations only slice"
         return Observations(
-            self.ts[index], self.inputs[index], self.outputs[index], self.seq[index]
+            self.ts[index],
+            self.inputs[index],
+            self.outputs[index],
+            self.seq[index],
+            self.observed[index],
         )
 
 

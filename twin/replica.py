@@ -66,6 +66,7 @@ class Twin:
         self.monitor = DriftMonitor(list(spec.outputs))
         self.tracker = ParameterTracker()
         self.watermark = 0
+        self.late_skipped = 0  # observations that came after the twin had learned past them
         # The first guess: physical parameters the spec left open are set from the first
         # observations; black-box coefficients the spec left open mean "zero on the channels
         # standardized by the first observations" (arx: their mean). Until then there is none.
@@ -84,20 +85,29 @@ class Twin:
 
     # -- calibration --------------------------------------------------------------------------
     def step(self, obs: Observations, deadline: float | None = None) -> StepResult:
-        """Predict, monitor and learn a run of observations that follows the watermark.
+        """Predict, monitor and learn the observations past the watermark, in time order.
+
+        Observations at or before the newest one the twin has seen arrived too late to be
+        learned in time order: they are skipped (NaN predictions) and counted. The watermark
+        becomes the largest `seq` given, learned or skipped.
 
         With a `deadline` (a `time.monotonic()` value), stop at the first update boundary after
         it has passed and return only what was done (at least one update). The cut falls on a
         multiple of `update_size`, where an uncut run starts a chunk too, so learning the rest
-        in a later call gives the same parameters as one call over all of it."""
+        in a later call gives the same parameters as one call over all of it; and only where
+        every `seq` done is below every `seq` left (late observations put seqs out of order),
+        so that the watermark covers exactly what was done."""
         n_out = len(self.spec.outputs)
         preds = np.full((len(obs), n_out), np.nan)
         frozen = np.full((len(obs), n_out), np.nan)
         result = StepResult(obs.seq, preds, preds, frozen)
-        for start in range(0, len(obs), self.update_size):
-            chunk = obs[start : start + self.update_size]
+        newest = self.context_ts
+        skip = 0 if newest is None else int(np.searchsorted(obs.ts, newest, side="right"))
+        self.late_skipped += skip
+        for start in range(skip, len(obs), self.update_size):
+            chunk = self._hold_inputs(obs[start : start + self.update_size])
             part = slice(start, start + len(chunk))
-            predicted, frozen_predicted, outliers = self._predict_one_step(chunk)
+            predicted, frozen_predicted, filled, outliers = self._predict_one_step(chunk)
             if self.guessed is not None:  # no first guess, no prediction: NaN, not a placeholder
                 preds[part], frozen[part] = predicted, frozen_predicted
             # Values far outside a channel's robust range are faults, not the plant: they are
@@ -111,7 +121,8 @@ class Twin:
             if shifts:
                 self.learner.on_drift(min(e.start_seq for e in shifts))
             self.input_scaler.update(chunk.inputs)
-            self.output_scaler.update(chunk.outputs[~outliers.any(axis=1)])
+            self.output_scaler.update(seen)  # each channel over its measured, sound values
+            chunk = Observations(chunk.ts, chunk.inputs, filled, chunk.seq, chunk.observed)
             for m in (self.model, self.frozen):
                 m.set_normalization(
                     self.output_scaler.mean,
@@ -120,7 +131,7 @@ class Twin:
                     self.input_scaler.std,
                     keep_function=self.guessed is not None,
                 )
-            self.watermark = int(chunk.seq[-1])
+            self.watermark = max(self.watermark, int(chunk.seq.max()))
             if self.guessed is None:  # first a guess from the data
                 self.learner.observe(chunk)
                 physical_ready = len(self.learner.window) >= GUESS_AFTER and self._clean_tail()
@@ -130,20 +141,28 @@ class Twin:
                 result.reports.append(self.learner.update(chunk))
                 self._maybe_converged()
             done = start + len(chunk)
-            if deadline is not None and done < len(obs) and time.monotonic() > deadline:
+            if (
+                deadline is not None
+                and done < len(obs)
+                and time.monotonic() > deadline
+                and obs.seq[:done].max() < obs.seq[done:].min()
+            ):
                 obs = obs[:done]
                 preds, frozen = preds[:done], frozen[:done]
                 result.seq, result.predictions, result.frozen_predictions = obs.seq, preds, frozen
                 break
         result.residuals = obs.outputs - preds
+        if len(obs):
+            self.watermark = max(self.watermark, int(obs.seq.max()))
         if len(obs) and self.guessed is not None:
             self.tracker.update(self.model.named_values())
         return result
 
     def _clean_tail(self) -> bool:
-        """Whether the newest GUESS_AFTER observations hold no outlier to guess from."""
+        """Whether the newest GUESS_AFTER observations hold no outlier to guess from (a value
+        no sensor has reported yet is not one: `_first_guess` leaves its rows out)."""
         y = self.learner.window.last(GUESS_AFTER)[0]
-        return not self.learner.outlying(y).any()
+        return not (self.learner.outlying(y) & np.isfinite(y)).any()
 
     def _maybe_converged(self) -> None:
         """The first converged estimate, which parameter change is measured from: after a
@@ -171,7 +190,9 @@ class Twin:
         of this first guess is what the drift metrics compare against."""
         if self.model.physical:
             y, u, ts = self.learner.window.last(GUESS_AFTER)
-            seen = Observations(ts, u, y)
+            unknown = np.flatnonzero(~(np.isfinite(y).all(axis=1) & np.isfinite(u).all(axis=1)))
+            start = unknown[-1] + 1 if unknown.size else 0  # rows with no value to hold: first
+            seen = Observations(ts[start:], u[start:], y[start:])
             self.guessed = initial_guess(self.model, seen, set(self.spec.model.params))
         else:  # the scaler of the first observations is the guess
             self.guessed = sorted(set(self.model.named_values()) - set(self.spec.model.params))
@@ -180,32 +201,73 @@ class Twin:
         self.tracker = ParameterTracker()
         self.tracker.update(self.model.named_values())
 
+    def _hold_inputs(self, chunk: Observations) -> Observations:
+        """The chunk with each missing input (NaN) held from the previous observation's; one
+        with no earlier value stays NaN, and the predictions that need it are not made."""
+        if np.isfinite(chunk.inputs).all():
+            return chunk
+        u = np.concatenate([self.learner.context_arrays()[1][-1:], chunk.inputs])
+        for i in range(1, u.shape[0]):
+            u[i] = np.where(np.isnan(u[i]), u[i - 1], u[i])
+        held = u[u.shape[0] - len(chunk) :]
+        return Observations(chunk.ts, held, chunk.outputs, chunk.seq, chunk.observed)
+
     @torch.no_grad()
     def _predict_one_step(self, chunk: Observations) -> tuple[np.ndarray, ...]:
-        """(N, n_out) one-step predictions of the twin and of the frozen model, before learning,
-        and which of the chunk's outputs are outliers (`Learner.outlying`)."""
+        """(N, n_out) one-step predictions of the twin and of the frozen model, before learning;
+        the outputs with each missing one filled in as context for what follows; and which of
+        the chunk's outputs are outliers (`Learner.outlying`; a missing output is not one).
+
+        A prediction from a context holding an outlier would be as wrong as it: it is not made
+        (NaN). A missing output is filled with the twin's own prediction of it once the twin has
+        its first guess (the state a Kalman filter carries through a missing measurement:
+        holding the last value would claim the system stood still), else with the last value
+        held."""
+        y_old = self.learner.context_arrays()[0]
+        measured = np.where(chunk.observed, chunk.outputs, np.nan)
+        outliers = self.learner.outlying(np.concatenate([y_old, measured]))
+        outliers[len(y_old) :] &= chunk.observed
+        unsound = outliers.any(axis=1)  # (N_old + N,) rows no prediction may start from
+        y = chunk.outputs
+        missing = np.flatnonzero(~chunk.observed.all(axis=1))
+        if missing.size:
+            y = y.copy()
+            for i in missing:  # a row's prediction depends only on the rows before it
+                gap = ~chunk.observed[i]
+                guess = self._one_step(self.model, chunk, y, unsound)[i]
+                none = np.full_like(y[i], np.nan)
+                held = y[i - 1] if i else (y_old[-1] if len(y_old) else none)
+                if self.guessed is None:
+                    guess = held
+                y[i, gap] = np.where(np.isfinite(guess), guess, held)[gap]
+        return (
+            self._one_step(self.model, chunk, y, unsound),
+            self._one_step(self.frozen, chunk, y, unsound),
+            y,
+            outliers[len(y_old) :],
+        )
+
+    def _one_step(
+        self, model: TwinModel, chunk: Observations, y_chunk: np.ndarray, unsound: np.ndarray
+    ) -> np.ndarray:
+        """(N, n_out) one-step predictions of the chunk's rows from the context before each,
+        NaN where that context holds an `unsound` row (N_old + N,)."""
         y_old, u_old, ts_old = self.learner.context_arrays()
         L = self.model.context
         ts = np.concatenate([ts_old, chunk.ts])
         u = np.concatenate([u_old, chunk.inputs])
-        y = np.concatenate([y_old, chunk.outputs])
+        y = np.concatenate([y_old, y_chunk])
         n_old = ts_old.shape[0]
-        # A prediction from a context holding an outlier (see Twin.step) would be as wrong as
-        # it: it is not made (NaN).
-        outliers = self.learner.outlying(y)  # (N_old + N, n_out)
-        bad = np.cumsum(np.concatenate([[0], outliers.any(axis=1)]))
-        blind = bad[L : len(y)] - bad[: len(y) - L] > 0  # (N_old + N - L,)
-        out = []
-        for model in (self.model, self.frozen):
-            pred = np.full(chunk.outputs.shape, np.nan)
-            if ts.shape[0] > L:
-                y_ctx, u_ctx, u_now, dt, _ = supervised(*map(_tensor, (ts, u, y)), L)
-                yhat = model(y_ctx, u_ctx, u_now, dt).numpy()  # (N_old + N - L, n_out)
-                yhat[blind] = np.nan
-                first = max(L - n_old, 0)  # chunk rows that have a full context
-                pred[first:] = yhat[len(yhat) - (len(chunk) - first) :]
-            out.append(pred)
-        return out[0], out[1], outliers[n_old:]
+        pred = np.full(chunk.outputs.shape, np.nan)
+        if ts.shape[0] > L:
+            bad = np.cumsum(np.concatenate([[0], unsound]))
+            blind = bad[L : len(y)] - bad[: len(y) - L] > 0  # (N_old + N - L,)
+            y_ctx, u_ctx, u_now, dt, _ = supervised(*map(_tensor, (ts, u, y)), L)
+            yhat = model(y_ctx, u_ctx, u_now, dt).numpy()  # (N_old + N - L, n_out)
+            yhat[blind] = np.nan
+            first = max(L - n_old, 0)  # chunk rows that have a full context
+            pred[first:] = yhat[len(yhat) - (len(chunk) - first) :]
+        return pred
 
     # -- what-if ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -269,6 +331,7 @@ class Twin:
             "outputs": summary["outputs"],
             "alarms": summary["alarms"],
             "parameters": self.tracker.summary(),
+            "late": {"skipped": self.late_skipped},
         }
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -286,6 +349,7 @@ class Twin:
             "guessed": self.guessed,
             "guess_seq": self.guess_seq,
             "settling": [list(row) for row in self.settling],
+            "late_skipped": self.late_skipped,
         }
 
     @classmethod
@@ -302,6 +366,7 @@ class Twin:
         twin.guessed = state["guessed"]
         twin.guess_seq = int(state.get("guess_seq", 0))
         twin.settling = [list(row) for row in state.get("settling", [])]
+        twin.late_skipped = int(state.get("late_skipped", 0))
         return twin
 
     def to_bytes(self) -> bytes:

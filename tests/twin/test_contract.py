@@ -6,8 +6,10 @@ import copy
 
 import numpy as np
 import pytest
+import torch
 
 from twin.models import model_kinds
+from twin.models.base import flat_parameters
 from twin.observations import Observations
 from twin.replica import GUESS_AFTER, Twin
 from twin.spec import TwinSpec
@@ -138,3 +140,38 @@ def test_rollout_has_one_row_per_future_input(spec):
 def test_rollout_needs_an_observed_state(spec):
     with pytest.raises(ValueError, match="not seen enough|no first guess"):
         Twin.create(spec).predict(np.ones((3, len(spec.inputs))), np.ones(3))
+
+
+def test_an_output_not_measured_is_not_learned_from(spec):
+    """Whatever value stands in for an output the sensor did not report, the update is the
+    same (masked loss; a filter gets no measurement row); a measured value does move it."""
+    twin = Twin.create(spec)
+    twin.step(make_observations(spec, 40))
+    nxt = make_observations(spec, twin.update_size, start=40)
+    observed = np.ones(nxt.outputs.shape, dtype=bool)
+    observed[-1, 0] = False  # the newest target: no other target's context holds it yet
+    learned = []
+    for value, measured in ((0.0, observed), (5.0, observed), (5.0, None)):
+        y = nxt.outputs.copy()
+        y[-1, 0] = value
+        learner = Twin.from_bytes(twin.to_bytes()).learner
+        learner.update(Observations(nxt.ts, nxt.inputs, y, nxt.seq, measured))
+        learned.append((flat_parameters(learner.model), learner.summary()))
+    (a, summary_a), (b, summary_b), (c, _) = learned
+    assert torch.equal(a, b) and summary_a == summary_b
+    assert torch.isfinite(a).all()
+    assert not torch.equal(b, c)
+
+
+def test_missing_outputs_are_predicted_and_their_residuals_left_null(spec):
+    obs = make_observations(spec, 48)
+    y = obs.outputs.copy()
+    y[20:27, 0] = np.nan  # a sensor out for a while
+    y[33, -1] = np.nan
+    twin = Twin.create(spec)
+    result = twin.step(Observations(obs.ts, obs.inputs, y, obs.seq))
+    first = max(twin.model.context, GUESS_AFTER if twin.model.physical else twin.update_size)
+    assert np.isfinite(result.predictions[first:]).all()  # the gaps are predicted too
+    np.testing.assert_array_equal(np.isnan(result.residuals[first:]), np.isnan(y[first:]))
+    assert all(np.isfinite(v) for v in twin.parameters().values())
+    assert twin.watermark == 48

@@ -52,11 +52,18 @@ class UpdateReport:
         }
 
 
-def screened(outputs: Tensor, context: int) -> tuple[Tensor, Tensor | None]:
+def screened(
+    outputs: Tensor, context: int, observed: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
     """Window outputs (N, n_out) with outlying values (`twin.learners.guard`) replaced by their
     channel's median, and (N - context,) which targets see one, as target or in their context
-    (None when none does)."""
-    bad = torch.from_numpy(outlying(outputs.numpy()))
+    (None when none does). Only measured values (`observed`, default all) can be outliers: a
+    missing one is left as it is, for `target_mask` to leave out."""
+    if observed is None:
+        bad = torch.from_numpy(outlying(outputs.numpy()))
+    else:
+        measured = torch.where(observed, outputs, torch.nan)
+        bad = torch.from_numpy(outlying(measured.numpy())) & observed
     if not bool(bad.any()):
         return outputs, None
     fill = torch.where(bad, torch.nan, outputs).nanmedian(dim=0).values.nan_to_num(0.0)
@@ -65,6 +72,18 @@ def screened(outputs: Tensor, context: int) -> tuple[Tensor, Tensor | None]:
     T = max(outputs.shape[0] - context, 0)
     hit = seen[context + 1 : context + 1 + T] - seen[:T] > 0  # rows t .. t + context
     return torch.where(bad, fill, outputs), hit
+
+
+def target_mask(observed: Tensor, y: Tensor, args: tuple[Tensor, ...]) -> Tensor:
+    """(T, n_out) which targets y (T, n_out) a fit may use: those measured (`observed`, the
+    targets' rows of the window's) whose value, context and input are known."""
+    y_ctx, u_ctx, u_now, _ = args
+    known = (
+        torch.isfinite(y_ctx).all(dim=(1, 2))
+        & torch.isfinite(u_ctx).all(dim=(1, 2))
+        & torch.isfinite(u_now).all(dim=1)
+    )  # (T,)
+    return observed & torch.isfinite(y) & known[:, None]
 
 
 class Objective:
@@ -78,6 +97,13 @@ class Objective:
     With `drift` q > 0 the parameters are taken to random-walk by N(0, q I) per observation in
     scaled coordinates, and the residuals are whitened by their covariance under that walk before
     the Huber loss (`twin.learners.walk.RandomWalk`); the recency weights then add to it.
+
+    Targets that see an outlier (`screened`), as target or in their context, get zero weight.
+    Outputs a sensor did not report (and targets whose context is unknown) are masked: their
+    residuals and Jacobian rows are zero, so they add nothing to the loss, its curvature or the
+    walk's covariance (a zero Jacobian row makes a target independent of the others under the
+    walk, which is the exact marginal of the measured ones). `mask` is None when nothing is
+    missing, and the loss is then computed exactly as without masking.
     """
 
     def __init__(
@@ -90,9 +116,17 @@ class Objective:
         drift: float = 0.0,
     ):
         self.model = model
-        outputs, excluded = screened(window.outputs, model.context)
+        complete = window.complete()
+        observed = None if complete else window.observed
+        outputs, excluded = screened(window.outputs, model.context, observed)
         y_ctx, u_ctx, u_now, dt, y = supervised(window.ts, window.inputs, outputs, model.context)
         self.args = (y_ctx, u_ctx, u_now, dt)
+        self.mask = None  # (T, n_out) which targets were measured, None when all were
+        if not complete:
+            self.mask = target_mask(window.observed[model.context :], y, self.args)
+            # unknown values only meet masked targets: any finite stand-in will do
+            self.args = tuple(torch.nan_to_num(a) for a in self.args)
+            y = torch.where(self.mask, y, 0.0)
         self.y = y  # (T, n_out)
         self.n_targets = y.shape[0]
         self.delta = options["huber"]
@@ -108,15 +142,17 @@ class Objective:
             total = self.weights.sum()
             self.weights = self.weights / total if total > 0 else self.weights
             self.n_targets = self.n_targets if total > 0 else 0
+        if self.mask is not None and not bool(self.mask[self.weights > 0].any()):
+            self.n_targets = 0  # nothing measured to learn from
         self.s = torch.ones(y.shape[1], dtype=DTYPE)
         self.center_loss = math.nan
         yhat = torch.zeros_like(y)
         if self.n_targets:
             with torch.no_grad():
                 yhat = self.predict(self.theta_prev)
-            self.s = robust_scale(y - yhat, self.weights, y)
+            self.s = robust_scale(y - yhat, self.weights, y, self.mask)
         self.y_scaled = y / self.s  # (T, n_out)
-        self.residuals = self.y_scaled - yhat / self.s  # (T, n_out) at the starting center
+        self.residuals = self._masked(self.y_scaled - yhat / self.s)  # (T, n_out) at the center
         # Output-major, as physical kinds lay out their predictions (see _from_predictions):
         self.y_rows = self.y_scaled.T.contiguous()  # (n_out, T)
         self.inv_s = 1 / self.s  # (n_out,)
@@ -133,8 +169,15 @@ class Objective:
         theta / scale, at the update's starting center (computed once, by forward mode)."""
         if self._jacobian is None:
             z = self.z_prev
-            self._jacobian = jacfwd(lambda z: self.predict(z * self.scale) / self.s)(z).detach()
+            jac = jacfwd(lambda z: self.predict(z * self.scale) / self.s)(z).detach()
+            self._jacobian = jac if self.mask is None else self._masked(jac, self.mask[..., None])
         return self._jacobian
+
+    def _masked(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x with zeros at the masked targets (x (..., T, n_out) by default)."""
+        if self.mask is None:
+            return x
+        return torch.where(self.mask if mask is None else mask, x, 0.0)
 
     def curvature(self) -> Tensor:
         """(P, P) Gauss-Newton matrix of the loss in z at the starting center: its Hessian where
@@ -178,7 +221,7 @@ class Objective:
     def _from_predictions(self, yhat: Tensor, theta: Tensor) -> Tensor:
         """yhat (..., T, n_out), theta (..., P) -> (...)."""
         if self.walk is not None:
-            fit = self.walk.loss(self.y_scaled - yhat / self.s, self.delta)
+            fit = self.walk.loss(self._masked(self.y_scaled - yhat / self.s), self.delta)
         else:
             # Output by output, (n_out, ..., T): rows contiguous in time where yhat's memory is
             # output-major (physical kinds), so every operation runs along whole rows.
@@ -187,6 +230,8 @@ class Objective:
             target = self.y_rows.view(lead + (rows.shape[-1],)).expand_as(rows)
             scaled = rows * self.inv_s.view(lead + (1,))
             h = huber_loss(scaled, target, reduction="none", delta=self.delta)
+            if self.mask is not None:  # (T, n_out) -> (n_out, 1.., T) like h
+                h = torch.where(self.mask.T.reshape(lead + (rows.shape[-1],)), h, 0.0)
             fit = (h @ self.w_mean).sum(dim=0)  # (n_out, ...) -> (...)
         if self.smoothness:
             jump = theta / self.scale - self.z_prev
@@ -264,7 +309,11 @@ class Learner:
             )
         if self.options["drift"] == "auto" and self.n_updates % DRIFT_EVERY == 0:
             self.drift_rate.observe(
-                objective.jacobian(), objective.residuals, objective.weights, objective.s
+                objective.jacobian(),
+                objective.residuals,
+                objective.weights,
+                objective.s,
+                observed=objective.mask,
             )
         theta, loss_after = self._learn(objective, lr, boost)
         if not bool(torch.isfinite(theta).all()):  # refused: the center stays

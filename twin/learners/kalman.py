@@ -17,7 +17,9 @@ are not over-fitted.
 Outliers: an innovation beyond `huber` predicted standard deviations is down-weighted as Huber's
 loss would (its noise variance scaled by |nu| / huber; Cipra & Romera 1997, "Kalman filter with
 outliers and missing observations", Test 6(2)), and values far outside a channel's range are
-never learned (`twin.learners.guard`). Bounds are kept by projecting the center onto them. A
+never learned (`twin.learners.guard`). An output a sensor did not report adds no measurement
+row: only the time update runs for it (the missing-observation case of the same paper), and it
+is left out of the noise estimates. Bounds are kept by projecting the center onto them. A
 drift alarm adds the prior's covariance to P, so the filter re-learns what the change moved.
 """
 
@@ -29,7 +31,14 @@ import numpy as np
 import torch
 from torch.func import jacfwd
 
-from twin.learners.base import DRIFT_EVERY, Learner, Objective, UpdateReport, screened
+from twin.learners.base import (
+    DRIFT_EVERY,
+    Learner,
+    Objective,
+    UpdateReport,
+    screened,
+    target_mask,
+)
 from twin.learners.options import COMMON_OPTIONS, Option, positive
 from twin.models.base import DTYPE, TwinModel, flat_parameters, load_flat, unflatten
 from twin.observations import Observations, supervised
@@ -119,9 +128,16 @@ class KalmanLearner(Learner):
         if self.options["drift"] == "auto" and self.n_updates % DRIFT_EVERY == 0:
             self._estimate_rate()
         w = self.window
-        outputs, excluded = screened(w.outputs[-tail:], L)
+        complete = w.complete()
+        observed = None if complete else w.observed[-tail:]
+        outputs, excluded = screened(w.outputs[-tail:], L, observed)
         y_ctx, u_ctx, u_now, dt, y = supervised(w.ts[-tail:], w.inputs[-tail:], outputs, L)
         keep = np.ones(y.shape[0], dtype=bool) if excluded is None else ~excluded.numpy()
+        measured = np.ones(y.shape, dtype=bool)  # (T, n_out) which targets have a measurement
+        if not complete:
+            mask = target_mask(observed[L:], y, (y_ctx, u_ctx, u_now, dt))
+            y_ctx, u_ctx, u_now, dt = (torch.nan_to_num(a) for a in (y_ctx, u_ctx, u_now, dt))
+            y, measured = torch.where(mask, y, 0.0), mask.numpy()
         scale = self.model.parameter_scales().detach().to(DTYPE)
         low, high = (b.to(DTYPE) / scale for b in self.model.raw_bounds())
         z0 = flat_parameters(self.model).to(DTYPE) / scale
@@ -137,11 +153,12 @@ class KalmanLearner(Learner):
         yhat0, jac, y = yhat0.numpy(), jac.numpy(), y.numpy()
         if not (np.isfinite(yhat0).all() and np.isfinite(jac).all()):  # refused: center stays
             return UpdateReport(math.nan, math.nan, 0.0, None, math.nan, k, y.shape[0])
-        if self.n_seen == 0:  # the first targets set the noise estimate's starting point
-            hph = np.einsum("top,pq,toq->to", jac[keep], self.covariance, jac[keep])
-            self._match_noise((y - yhat0)[keep], hph)
+        first = keep & measured.all(axis=1)  # rows whole enough to start the noise estimate
+        if self.n_seen == 0 and first.any():  # the first targets set its starting point
+            hph = np.einsum("top,pq,toq->to", jac[first], self.covariance, jac[first])
+            self._match_noise((y - yhat0)[first], hph)
         z_start = z0.numpy()
-        z, loss_before, loss_after = self._fold(z_start, yhat0, jac, y, keep)
+        z, loss_before, loss_after = self._fold(z_start, yhat0, jac, y, keep, measured)
         z = np.clip(z, low.numpy(), high.numpy())
         if np.isfinite(z).all() and np.isfinite(self.covariance).all():
             load_flat(self.model, torch.from_numpy(z) * scale)
@@ -150,11 +167,13 @@ class KalmanLearner(Learner):
             self.covariance = np.eye(z.shape[0]) * self.options["prior"]
         self.n_updates += 1
         step = float(np.linalg.norm(z - z_start))
-        return UpdateReport(loss_before, loss_after, step, None, math.nan, k, int(keep.sum()))
+        n_targets = int((keep & measured.any(axis=1)).sum())
+        return UpdateReport(loss_before, loss_after, step, None, math.nan, k, n_targets)
 
-    def _fold(self, z, yhat0, jac, y, keep) -> tuple[np.ndarray, float, float]:
-        """Fold the targets (T, n_out) in one at a time; return the center and the mean squared
-        standardized innovation before and residual after (the update's losses)."""
+    def _fold(self, z, yhat0, jac, y, keep, measured) -> tuple[np.ndarray, float, float]:
+        """Fold the targets (T, n_out) in one at a time, those `measured` (T, n_out) only; return
+        the center and the mean squared standardized innovation before and residual after (the
+        update's losses)."""
         z0, P = z.copy(), self.covariance
         q = self.drift()
         delta = self.options["huber"]
@@ -162,8 +181,8 @@ class KalmanLearner(Learner):
         eye = np.eye(z.shape[0])
         for t in np.flatnonzero(keep):
             P = P + q * eye
-            e_t, hph_t = np.empty(y.shape[1]), np.empty(y.shape[1])
-            for o in range(y.shape[1]):
+            e_t, hph_t = np.zeros(y.shape[1]), np.zeros(y.shape[1])
+            for o in np.flatnonzero(measured[t]):  # a missing output: no measurement row
                 r = self.noise[o]
                 h = jac[t, o]  # (P,) raw output units per scaled coordinate
                 e = y[t, o] - yhat0[t, o] - h @ (z - z0)
@@ -179,19 +198,25 @@ class KalmanLearner(Learner):
                 e_t[o], hph_t[o] = e, hph
                 before.append(e * e / s if s > 0 else math.nan)
                 after.append((y[t, o] - yhat0[t, o] - h @ (z - z0)) ** 2 / r if r > 0 else math.nan)
-            self._match_noise(e_t[None], hph_t[None])
+            self._match_noise(e_t[None], hph_t[None], measured[t][None])
         self.covariance = P
         return z, _mean(before), _mean(after)
 
-    def _match_noise(self, e: np.ndarray, hph: np.ndarray) -> None:
+    def _match_noise(self, e: np.ndarray, hph: np.ndarray, measured: np.ndarray | None = None):
         """Fold innovations e (T, n_out), whose parameter part of the variance is h P h'
-        (T, n_out), into their winsorized running mean square, over the window's length."""
-        for row, hrow in zip(e, hph, strict=True):
+        (T, n_out), into their winsorized running mean square, over the window's length; only
+        where `measured` (T, n_out; default all) holds."""
+        if measured is None:
+            measured = np.ones(e.shape, dtype=bool)
+        for row, hrow, seen in zip(e, hph, measured, strict=True):
+            if not seen.any():
+                continue
             self.n_seen += 1
-            rate = 1.0 / min(self.n_seen, self.options["window"])
-            predicted = hrow + (self.noise if self.n_seen > 1 else row * row)
+            fresh = self.innovation_sq == 0  # outputs no innovation has informed yet
+            rate = np.where(fresh, 1.0, 1.0 / min(self.n_seen, self.options["window"]))
+            predicted = hrow + np.where(fresh, row * row, self.noise)
             sq = np.minimum(row * row, WINSOR**2 * predicted)
-            self.innovation_sq += rate * (sq - self.innovation_sq)
+            self.innovation_sq += np.where(seen, rate * (sq - self.innovation_sq), 0.0)
 
     def _estimate_rate(self) -> None:
         """Fold the window into the REML estimate of the random walk's rate (`DriftRate`)."""
@@ -204,7 +229,11 @@ class KalmanLearner(Learner):
         )
         if objective.n_targets:
             self.drift_rate.observe(
-                objective.jacobian(), objective.residuals, objective.weights, objective.s
+                objective.jacobian(),
+                objective.residuals,
+                objective.weights,
+                objective.s,
+                observed=objective.mask,
             )
 
     def summary(self) -> dict[str, float]:

@@ -108,11 +108,19 @@ class DriftRate:
         return self.log_noise[int(torch.argmin(self.deviance))].exp()
 
     def observe(
-        self, jac: Tensor, residuals: Tensor, weights: Tensor, scale: Tensor | None = None
+        self,
+        jac: Tensor,
+        residuals: Tensor,
+        weights: Tensor,
+        scale: Tensor | None = None,
+        observed: Tensor | None = None,
     ) -> None:
         """Fold in one window: (T, n_out, P) Jacobian, (T, n_out) standardized residuals at the
-        center, (T,) recency weights (zero before a detected change), and (n_out,) the scale the
-        residuals were standardized by (for the noise estimate; optional)."""
+        center, (T,) recency weights (zero before a detected change and for targets that see an
+        outlier), (n_out,) the scale the residuals were standardized by (for the noise estimate;
+        optional), and optionally (T, n_out) which targets were measured (the others have zero
+        residuals and Jacobian rows: they whiten to zero and only their degrees of freedom need
+        leaving out)."""
         keep = weights > 0
         n, p = int(keep.sum()), jac.shape[-1]
         if n < max(MIN_TARGETS, 4 * p):
@@ -120,6 +128,7 @@ class DriftRate:
         jac, e, w = jac[keep], residuals[keep], weights[keep]
         if not bool(torch.isfinite(jac).all() and torch.isfinite(e).all()):
             return  # a window the model cannot linearize informs nothing
+        measured = n if observed is None else observed[keep].sum(dim=0)  # per output
         used = jac.abs().amax(dim=0) > 0  # (n_out, P) parameters each output depends on
         ridge = 1e-9 * torch.eye(p, dtype=DTYPE)
         rows, noise = [], []
@@ -130,17 +139,25 @@ class DriftRate:
             gram = white_j.transpose(1, 2) @ white_j + ridge  # (n_out, P, P)
             fit = torch.linalg.solve(gram, white_j.transpose(1, 2) @ white_e)
             rss = (white_e - white_j @ fit).square().sum(dim=(1, 2))  # (n_out,)
-            dof = n - used.sum(dim=1)  # (n_out,)
+            dof = measured - used.sum(dim=1)  # (n_out,)
             logdet = 2 * chol.diagonal(dim1=1, dim2=2).log().sum(dim=1)
             _, gram_logdet = torch.linalg.slogdet(gram)
-            rows.append((dof * (rss / dof).log() + logdet + gram_logdet).sum())
+            deviance = dof * (rss / dof).log() + logdet + gram_logdet
+            if observed is not None:  # an output measured too rarely says nothing
+                deviance = torch.where(dof > 0, deviance, 0.0)
+            rows.append(deviance.sum())
             noise.append((rss / dof).log())
         deviance = torch.stack(rows)
         self.deviance = deviance if self.deviance is None else self.deviance.lerp(deviance, MEMORY)
         if scale is not None:
             log_noise = torch.stack(noise) + 2 * scale.log()  # (len(LOG_RATES), n_out)
             same = self.log_noise is not None and self.log_noise.shape == log_noise.shape
-            self.log_noise = self.log_noise.lerp(log_noise, MEMORY) if same else log_noise
+            informed = dof > 0  # (n_out,) outputs this window measured often enough
+            if same:
+                mixed = self.log_noise.lerp(log_noise, MEMORY)
+                self.log_noise = torch.where(informed, mixed, self.log_noise)
+            elif bool(informed.all()):
+                self.log_noise = log_noise
 
     def state_dict(self) -> dict:
         return {

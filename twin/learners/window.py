@@ -15,8 +15,8 @@ MIN_FRESH = 16  # targets a fit keeps after a detected change, however recent th
 
 
 class Window:
-    """The last `capacity` raw observations, oldest first, as float64 tensors (a bounded FIFO),
-    with their `seq`."""
+    """The last `capacity` observations, oldest first, as float64 tensors (a bounded FIFO), with
+    their `seq` and which outputs were measured (`observed`; the twin fills in the others)."""
 
     def __init__(self, capacity: int, n_inputs: int, n_outputs: int):
         self.capacity = capacity
@@ -24,6 +24,7 @@ class Window:
         self.ts = torch.empty(0, dtype=DTYPE)
         self.inputs = torch.empty(0, n_inputs, dtype=DTYPE)
         self.outputs = torch.empty(0, n_outputs, dtype=DTYPE)
+        self.observed = torch.empty(0, n_outputs, dtype=torch.bool)
 
     def __len__(self) -> int:
         return self.ts.shape[0]
@@ -35,6 +36,7 @@ class Window:
         self.ts = torch.cat([self.ts, torch.tensor(obs.ts, dtype=DTYPE)])[keep:]
         self.inputs = torch.cat([self.inputs, torch.tensor(obs.inputs, dtype=DTYPE)])[keep:]
         self.outputs = torch.cat([self.outputs, torch.tensor(obs.outputs, dtype=DTYPE)])[keep:]
+        self.observed = torch.cat([self.observed, torch.tensor(obs.observed)])[keep:]
 
     def last(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Outputs (k', n_out), inputs (k', n_in), ts (k',) of the newest k' = min(k, held) rows."""
@@ -51,6 +53,7 @@ class Window:
             "ts": self.ts.clone(),
             "inputs": self.inputs.clone(),
             "outputs": self.outputs.clone(),
+            "observed": self.observed.clone(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -59,6 +62,16 @@ class Window:
         self.seq = state.get("seq", unknown).clone().to(torch.int64)
         self.inputs = state["inputs"].clone().to(DTYPE)
         self.outputs = state["outputs"].clone().to(DTYPE)
+        measured = torch.isfinite(self.outputs)  # saved before missing outputs were kept
+        self.observed = state.get("observed", measured).clone().to(torch.bool)
+
+    def complete(self) -> bool:
+        """Whether every output was measured and every value is known (the common case)."""
+        return bool(
+            self.observed.all()
+            and torch.isfinite(self.outputs).all()
+            and torch.isfinite(self.inputs).all()
+        )
 
 
 def recency_weights(n: int, half_life: float) -> Tensor:
@@ -80,17 +93,27 @@ def regime_weights(seq: Tensor, half_life: float, regime_start: int | None) -> T
 
 
 def weighted_median(x: Tensor, w: Tensor) -> Tensor:
-    """Per column of x (T, O) with row weights w (T,) summing to 1: the lower weighted median."""
+    """Per column of x (T, O) with row weights w (T,), or per-column weights (T, O), summing to 1
+    in each column: the lower weighted median."""
     xs, order = x.sort(dim=0)
-    cum = w[order].cumsum(dim=0)  # (T, O)
+    cum = (w[order] if w.dim() == 1 else w.gather(0, order)).cumsum(dim=0)  # (T, O)
     k = (cum < 0.5).sum(dim=0).clamp(max=x.shape[0] - 1)  # (O,) first row reaching half
     return xs.gather(0, k[None]).squeeze(0)
 
 
-def robust_scale(residuals: Tensor, w: Tensor, y: Tensor) -> Tensor:
-    """(O,) residual scale: 1.4826 * weighted MAD, floored at 1e-6 * std(y) and at 1e-12."""
+def robust_scale(residuals: Tensor, w: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """(O,) residual scale: 1.4826 * weighted MAD, floored at 1e-6 * std(y) and at 1e-12; over
+    the targets where `mask` (T, O) holds, if given."""
     residuals = torch.nan_to_num(residuals, nan=0.0, posinf=0.0, neginf=0.0)
+    if mask is not None:  # each output over its measured targets
+        w = w[:, None] * mask
+        w = w / w.sum(dim=0).clamp(min=1e-300)
     center = weighted_median(residuals, w)
     s = MAD_TO_STD * weighted_median((residuals - center).abs(), w)
-    spread = y.std(dim=0, correction=0) if y.shape[0] > 1 else torch.zeros_like(s)
+    if mask is not None:
+        n = mask.sum(dim=0).clamp(min=1)
+        mean = (y * mask).sum(dim=0) / n
+        spread = (((y - mean) * mask).square().sum(dim=0) / n).sqrt()
+    else:
+        spread = y.std(dim=0, correction=0) if y.shape[0] > 1 else torch.zeros_like(s)
     return torch.maximum(s, torch.clamp(1e-6 * spread, min=1e-12))
