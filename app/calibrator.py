@@ -357,6 +357,9 @@ class Calibrator:
 
 
 def _observations(rows, n_inputs: int, n_outputs: int) -> Observations:
+    """Rows (seq, ts, inputs, outputs) read in `seq` (arrival) order, in time order: a late
+    observation is learned where it belongs in time if the twin has not learned past it."""
+    rows = sorted(rows, key=lambda r: r[1])
     seq = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     ts = np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows))
     inputs = np.array([r[2] for r in rows], dtype=np.float64).reshape(len(rows), n_inputs)

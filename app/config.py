@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     history_limit: int = Field(1_000, gt=0, description="Default rows per history page.")
     max_history_limit: int = Field(10_000, gt=0)
     twin_cache_size: int = Field(32, ge=0, description="Loaded twins kept in memory (LRU).")
+    min_ts: float = Field(
+        0.0, allow_inf_nan=False, description="Oldest accepted ts, epoch seconds (1970-01-01)."
+    )
+    max_ts_ahead: float = Field(
+        86_400.0, ge=0, allow_inf_nan=False, description="How far ahead of the clock a ts may be."
+    )
 
     # what one request may cost (app.limits)
     max_request_bytes: int = Field(

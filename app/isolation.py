@@ -52,7 +52,7 @@ def learn_isolated(
             check_finite(twin)
         except Exception as exc:
             twin, error = Twin.from_bytes(saved), exc
-            twin.watermark = int(chunk.seq[-1])
+            twin.watermark = max(twin.watermark, int(chunk.seq.max()))
             passed += len(chunk)
         else:
             done.predictions[start:end] = part.predictions
@@ -60,7 +60,12 @@ def learn_isolated(
             done.events.extend(part.events)
             done.reports.extend(part.reports)
             error = None
-        if deadline is not None and time.monotonic() > deadline:
+        # stop only where the watermark covers exactly what was done (late rows reorder seqs)
+        if (
+            deadline is not None
+            and time.monotonic() > deadline
+            and (end == len(obs) or obs.seq[:end].max() < obs.seq[end:].min())
+        ):
             break
     done.seq, done.predictions = obs.seq[:end], done.predictions[:end]
     done.frozen_predictions = done.frozen_predictions[:end]

@@ -117,8 +117,13 @@ class TwinRead(ReadModel):
 # -- observations -----------------------------------------------------------------------------
 class ObservationIn(BaseModel):
     ts: float | str = Field(description="Epoch seconds, or RFC 3339 (a naive time is UTC).")
-    inputs: dict[str, float] = Field(default_factory=dict)
-    outputs: dict[str, float]
+    inputs: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="A null or left-out input is missing: the twin holds its previous value.",
+    )
+    outputs: dict[str, float | None] = Field(
+        description="A null or left-out output is missing; at least one needs a value."
+    )
 
 
 class GatewayObservationIn(ObservationIn):
@@ -129,6 +134,9 @@ class GatewayObservationIn(ObservationIn):
 class IngestResult(ReadModel):
     accepted: int
     duplicates: int = Field(description="Rows whose ts the twin already had, or repeated ts.")
+    late: int = Field(
+        0, description="Accepted rows older than the twin's newest observation (stored)."
+    )
     first_seq: int | None
     last_seq: int | None
 
@@ -144,10 +152,14 @@ class GatewayIngestResult(ReadModel):
 class HistoryRow(BaseModel):
     seq: int
     ts: float
-    inputs: dict[str, float]
-    outputs: dict[str, float]
+    inputs: dict[str, float | None] = Field(description="null: missing (the twin held it).")
+    outputs: dict[str, float | None] = Field(description="null: missing (not learned from).")
     prediction: dict[str, float | None] | None
     residual: dict[str, float | None] | None
+    flags: list[str] = Field(
+        description='"inputs_held": a missing input was held; "late": older than the twin\'s '
+        "newest observation when it arrived."
+    )
 
 
 class History(BaseModel):
@@ -218,10 +230,21 @@ class DriftEventRead(ReadModel):
     start_ts: float | None = Field(description="ts of the observation `start_seq`.")
 
 
+class LateCounts(ReadModel):
+    observations: int = Field(
+        description="Accepted observations older than the twin's newest when they arrived."
+    )
+    skipped: int = Field(
+        description="Of those, learned observations that came after the twin had learned past "
+        "their time: stored and shown, with a null prediction, but not learned."
+    )
+
+
 class DriftRead(ReadModel):
     version: int
     watermark: int
     calibration_lag: CalibrationLag
+    late: LateCounts
     outputs: dict[str, Any] = Field(
         description="Per output: the errors of the twin and of its frozen first guess."
     )

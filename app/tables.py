@@ -51,6 +51,7 @@ class Twin(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     last_ts: Mapped[float | None] = mapped_column(Float)
     last_received_at: Mapped[float | None] = mapped_column(Float)
+    late_observations: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
     # calibration health: "failing" while the twin's steps raise (see app.calibrator)
@@ -63,8 +64,20 @@ class Twin(Base):
     deleted_at: Mapped[float | None] = mapped_column(Float)
 
 
+# Observation.flags bits
+INPUTS_HELD = 1  # an input was missing (null): the twin holds the previous observation's value
+LATE = 2  # older than the twin's newest observation when it arrived
+FLAG_NAMES = {INPUTS_HELD: "inputs_held", LATE: "late"}
+
+
+def flag_names(flags: int) -> list[str]:
+    """The names of the bits set in an observation's flags, in bit order."""
+    return [name for bit, name in FLAG_NAMES.items() if flags & bit]
+
+
 class Observation(Base):
-    """One accepted observation; inputs and outputs are lists in the spec's channel order."""
+    """One accepted observation; inputs and outputs are lists in the spec's channel order, with
+    null where a channel is missing."""
 
     __tablename__ = "observations"
     __table_args__ = (UniqueConstraint("twin_id", "ts"),)
@@ -74,9 +87,10 @@ class Observation(Base):
     )
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     ts: Mapped[float] = mapped_column(Float)
-    inputs: Mapped[list[float]] = mapped_column(JSON)
-    outputs: Mapped[list[float]] = mapped_column(JSON)
+    inputs: Mapped[list[float | None]] = mapped_column(JSON)
+    outputs: Mapped[list[float | None]] = mapped_column(JSON)
     received_at: Mapped[float] = mapped_column(Float)
+    flags: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Prediction(Base):

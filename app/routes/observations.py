@@ -74,7 +74,8 @@ async def post_observations(
 
     def ingest() -> IngestResult:
         raw = ingestion.parse_batch(body, content_type, settings.max_batch_rows, inputs, outputs)
-        rows = ingestion.check_rows(raw, inputs, outputs)
+        window = ingestion.ts_window(settings.min_ts, settings.max_ts_ahead)
+        rows = ingestion.check_rows(raw, inputs, outputs, window)
         return ingestion.store(session, twin.id, rows)
 
     result = await run_in_threadpool(ingest)
@@ -113,8 +114,9 @@ def read_observations(
     ] = None,
     limit: Annotated[int | None, Query(ge=1, description="Rows per page.")] = None,
 ) -> Response:
-    """Observations in `seq` (= `ts`) order with the prequential prediction and residual per
-    output (null until a version has learned the observation)."""
+    """Observations in `seq` (arrival) order with the prequential prediction and residual per
+    output (null until a version has learned the observation, and for a late one it skipped)
+    and flags ("late", "inputs_held")."""
     limit = min(limit or settings.history_limit, settings.max_history_limit)
     page = history.observation_history(
         session, twin, query_time(start, "start"), query_time(end, "end"), after_seq, limit

@@ -7,8 +7,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
 from app.errors import NotFound
-from app.schemas import CalibrationLag, DriftEventRead, DriftRead, VersionRead
-from app.tables import DriftEvent, Observation, Prediction, Twin, Version
+from app.schemas import CalibrationLag, DriftEventRead, DriftRead, LateCounts, VersionRead
+from app.tables import DriftEvent, Observation, Prediction, Twin, Version, flag_names
 
 
 def observation_history(
@@ -19,11 +19,11 @@ def observation_history(
     after_seq: int | None,
     limit: int,
 ) -> dict:
-    """Observations with `start <= ts <= end` and `seq > after_seq`, in `seq` order (which is
-    `ts` order: ingestion only appends newer observations), as plain dicts for fast encoding."""
+    """Observations with `start <= ts <= end` and `seq > after_seq`, in `seq` order (the order
+    of arrival: `ts` order except for late observations), as plain dicts for fast encoding."""
     o, p = Observation, Prediction
     query = (
-        select(o.seq, o.ts, o.inputs, o.outputs, p.prediction, p.residual)
+        select(o.seq, o.ts, o.inputs, o.outputs, o.flags, p.prediction, p.residual)
         .outerjoin(p, (p.twin_id == o.twin_id) & (p.seq == o.seq))
         .where(o.twin_id == twin.id)
         .order_by(o.seq)
@@ -48,8 +48,9 @@ def observation_history(
                 "outputs": dict(zip(outs, y, strict=True)),
                 "prediction": None if pred is None else dict(zip(outs, pred, strict=True)),
                 "residual": None if res is None else dict(zip(outs, res, strict=True)),
+                "flags": flag_names(flags),
             }
-            for seq, ts, u, y, pred, res in rows
+            for seq, ts, u, y, flags, pred, res in rows
         ],
         "next_after_seq": rows[-1][0] if more else None,
         # where the stored history starts (retention removes the oldest rows); a min probe
@@ -112,6 +113,10 @@ def drift(session: Session, twin: Twin, lag: CalibrationLag, limit: int) -> Drif
         version=version.number,
         watermark=version.watermark,
         calibration_lag=lag,
+        late=LateCounts(
+            observations=twin.late_observations,
+            skipped=int((metrics.get("late") or {}).get("skipped", 0)),
+        ),
         outputs=metrics.get("outputs", {}),
         parameters=metrics.get("parameters", {}),
         alarms=int(metrics.get("alarms", 0) or 0),

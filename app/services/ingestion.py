@@ -1,10 +1,13 @@
 """Observation ingestion: parse and check a batch with plain code (no per-row models, for
 speed), then store it in one transaction that assigns gap-free `seq`s.
 
-Rules (see README): a batch is all-or-nothing; rows are stored in `ts` order; a `ts` the twin
-already has, or one repeated in the batch, is a duplicate (counted, not stored: retries are
-safe, the first row of a repeated `ts` wins); a new row older than the twin's newest observation
-is refused, because the learner consumes observations in time order.
+Rules (see docs/observations.md): a batch is all-or-nothing; a `ts` outside the accepted window
+(settings `min_ts`, `max_ts_ahead`) is refused; a batch's rows are stored in `ts` order; a `ts`
+the twin already has, or one repeated in the batch, is a duplicate (counted, not stored: retries
+are safe, the first row of a repeated `ts` wins); a new row older than the twin's newest one is
+late: stored and flagged `LATE` (the learner takes it if it has not learned past it). A
+channel that is null or left out is missing: stored as null (a row needs at least one output);
+a row with a missing input is flagged `INPUTS_HELD`, since the twin holds the previous value.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import Invalid, NotFound, TooLarge, UnsupportedMedia
 from app.schemas import IngestResult
-from app.tables import Observation, Twin
+from app.tables import INPUTS_HELD, LATE, Observation, Twin
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/ndjson"})
 CSV_TYPES = frozenset({"text/csv", "application/csv"})
@@ -32,8 +35,9 @@ DUPLICATE_LOOKUP_CHUNK = 500  # ts values per `IN (...)` when looking for stored
 ROW_KEYS = frozenset({"ts", "inputs", "outputs"})
 _MISSING = object()
 
-# one checked observation: (ts, index in the batch, inputs, outputs) in spec channel order
-Row = tuple[float, int, list[float], list[float]]
+# one checked observation: (ts, index in the batch, inputs, outputs) in spec channel order,
+# None where a channel is missing
+Row = tuple[float, int, list[float | None], list[float | None]]
 
 
 def media_kind(content_type: str | None) -> str:
@@ -161,8 +165,14 @@ def _parse_ndjson(body: bytes) -> list[Any]:
     return rows
 
 
-def check_rows(raw: Sequence[Any], inputs: Sequence[str], outputs: Sequence[str]) -> list[Row]:
-    """Check every row against the twin's channels; raise `Invalid` listing each bad field."""
+def check_rows(
+    raw: Sequence[Any],
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    window: tuple[float, float] = (-math.inf, math.inf),
+) -> list[Row]:
+    """Check every row against the twin's channels and the accepted `window` of timestamps
+    (oldest, newest; epoch seconds); raise `Invalid` listing each bad field."""
     errors: list[dict[str, Any]] = []
     rows: list[Row] = []
     for i, obj in enumerate(raw):
@@ -173,14 +183,42 @@ def check_rows(raw: Sequence[Any], inputs: Sequence[str], outputs: Sequence[str]
             for key in sorted(set(obj) - ROW_KEYS):
                 errors.append(_error(i, key, "unknown field"))
         ts = _timestamp(obj.get("ts", _MISSING), i, errors)
+        if ts is not None and not window[0] <= ts <= window[1]:
+            errors.append(_error(i, "ts", _outside(ts, window)))
+            ts = None
         u = _values(obj.get("inputs", {} if not inputs else _MISSING), inputs, "inputs", i, errors)
         y = _values(obj.get("outputs", _MISSING), outputs, "outputs", i, errors)
+        if y is not None and y.count(None) == len(y):
+            errors.append(_error(i, "outputs", "no output has a value; a row needs at least one"))
+            y = None
         if ts is not None and u is not None and y is not None:
             rows.append((ts, i, u, y))
     if errors:
         bad = len({e["index"] for e in errors})
         raise Invalid(f"{bad} of {len(raw)} observations are invalid; nothing was stored", errors)
     return rows
+
+
+def ts_window(min_ts: float, max_ts_ahead: float, now: float | None = None) -> tuple[float, float]:
+    """The accepted timestamps: from `min_ts` to `max_ts_ahead` seconds past the clock."""
+    return min_ts, (time.time() if now is None else now) + max_ts_ahead
+
+
+def _outside(ts: float, window: tuple[float, float]) -> str:
+    low, high = window
+    if ts < low:
+        return f"{ts!r} is before the oldest accepted time, {_rfc3339(low)} ({low!r})"
+    return (
+        f"{ts!r} is ahead of the newest accepted time, {_rfc3339(high)} ({high!r}): "
+        "the server's clock plus TANDEM_MAX_TS_AHEAD"
+    )
+
+
+def _rfc3339(ts: float) -> str:
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return "out of calendar range"
 
 
 def _error(index: int, field: str | None, message: str) -> dict[str, Any]:
@@ -218,22 +256,23 @@ def _timestamp(value: Any, i: int, errors: list) -> float | None:
 
 
 def _values(obj: Any, names: Sequence[str], kind: str, i: int, errors: list) -> list | None:
-    """The channel values of `obj` in spec order, or None after recording what is wrong."""
+    """The channel values of `obj` in spec order (None for a channel that is null or left
+    out: missing), or None after recording what is wrong."""
     if obj is _MISSING:
         errors.append(_error(i, kind, "is required"))
         return None
     if type(obj) is not dict:
         errors.append(_error(i, kind, "must be an object of channel: number"))
         return None
-    out: list[float] = []
+    out: list[float | None] = []
     n_errors = len(errors)
     for name in names:
-        v = obj.get(name, _MISSING)
+        v = obj.get(name)
         t = type(v)
         if (t is float or t is int) and math.isfinite(v):
             out.append(float(v))
-        elif v is _MISSING:
-            errors.append(_error(i, f"{kind}.{name}", "missing channel"))
+        elif v is None:
+            out.append(None)
         elif t is float or t is int:
             errors.append(_error(i, f"{kind}.{name}", "must be finite"))
         else:
@@ -249,27 +288,41 @@ def _json_type(v: Any) -> str:
     return "null" if v is None else names.get(type(v), type(v).__name__)
 
 
-def _insert(session: Session, twin_id: int, first: int, rows: list[Row], now: float) -> None:
+def _insert(
+    session: Session, twin_id: int, first: int, rows: list[Row], late: set[int], now: float
+) -> None:
     """Bulk insert at the driver level: one executemany of plain tuples, JSON encoded once by
-    orjson. SQLAlchemy's per-row parameter processing cost more than SQLite's own insert."""
+    orjson. SQLAlchemy's per-row parameter processing cost more than SQLite's own insert.
+    `late`: the batch indexes of the rows to flag as late."""
     conn = session.connection()
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     table = Observation.__table__
-    columns = ("twin_id", "seq", "ts", "inputs", "outputs", "received_at")
+    columns = ("twin_id", "seq", "ts", "inputs", "outputs", "received_at", "flags")
     assert all(c in table.c for c in columns), "observations table changed"
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * 6)})"
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * 7)})"
     dumps = orjson.dumps
     conn.exec_driver_sql(
         sql,
         [
-            (twin_id, first + k, r[0], dumps(r[2]).decode(), dumps(r[3]).decode(), now)
+            (
+                twin_id,
+                first + k,
+                r[0],
+                dumps(r[2]).decode(),
+                dumps(r[3]).decode(),
+                now,
+                (INPUTS_HELD if None in r[2] else 0) | (LATE if r[1] in late else 0),
+            )
             for k, r in enumerate(rows)
         ],
     )
 
 
 def store(session: Session, twin_id: int, rows: list[Row], now: float | None = None):
-    """Store checked rows for a twin in the session's transaction; returns an `IngestResult`."""
+    """Store checked rows for a twin in the session's transaction; returns an `IngestResult`.
+
+    Seqs are given in arrival order (a batch's rows in `ts` order); a row older than the twin's
+    newest observation is stored too, flagged late, and counted on the twin."""
     now = time.time() if now is None else now
     rows.sort(key=lambda r: (r[0], r[1]))
     unique: list[Row] = []
@@ -277,37 +330,42 @@ def store(session: Session, twin_id: int, rows: list[Row], now: float | None = N
         if not unique or r[0] != unique[-1][0]:
             unique.append(r)
     duplicates = len(rows) - len(unique)
-    last_seq, last_ts = _lock_twin(session, twin_id)
-    n_old = 0  # rows at or before the newest stored ts: duplicates, or refused
+    last_seq, last_ts, late_before = _lock_twin(session, twin_id)
+    n_old = 0  # rows at or before the newest stored ts: duplicates, or late
     if last_ts is not None:
         while n_old < len(unique) and unique[n_old][0] <= last_ts:
             n_old += 1
+    new = unique
+    late: set[int] = set()
     if n_old:
         stored = _stored_ts(session, twin_id, [r[0] for r in unique[:n_old]])
-        late = [r for r in unique[:n_old] if r[0] not in stored]
-        if late:
-            message = (
-                f"older than the twin's newest observation (ts={last_ts!r}); send in time order"
-            )
-            errors = [_error(r[1], "ts", message) for r in sorted(late, key=lambda r: r[1])]
-            raise Invalid(f"{len(late)} observations are older than the twin's newest one", errors)
-        duplicates += n_old
-    new = unique[n_old:]
+        new = [r for r in unique[:n_old] if r[0] not in stored] + unique[n_old:]
+        late = {r[1] for r in unique[:n_old] if r[0] not in stored}
+        duplicates += n_old - len(late)
     if not new:
         return IngestResult(accepted=0, duplicates=duplicates, first_seq=None, last_seq=None)
     first = last_seq + 1
-    _insert(session, twin_id, first, new, now)
+    _insert(session, twin_id, first, new, late, now)
     last = first + len(new) - 1
+    newest = new[-1][0] if last_ts is None else max(last_ts, new[-1][0])
     session.execute(
         update(Twin.__table__)
         .where(Twin.id == twin_id)
-        .values(last_seq=last, last_ts=new[-1][0], last_received_at=now)
+        .values(
+            last_seq=last,
+            last_ts=newest,
+            last_received_at=now,
+            late_observations=late_before + len(late),
+        )
     )
-    return IngestResult(accepted=len(new), duplicates=duplicates, first_seq=first, last_seq=last)
+    return IngestResult(
+        accepted=len(new), duplicates=duplicates, late=len(late), first_seq=first, last_seq=last
+    )
 
 
-def _lock_twin(session: Session, twin_id: int) -> tuple[int, float | None]:
-    """Serialize ingestion per twin and read its newest seq and ts under the lock.
+def _lock_twin(session: Session, twin_id: int) -> tuple[int, float | None, int]:
+    """Serialize ingestion per twin and read its newest seq and ts, and its count of late
+    observations, under the lock.
 
     PostgreSQL: a row lock (SELECT ... FOR UPDATE). SQLite has no row locks; a no-op UPDATE as
     the transaction's first write takes the database write lock at once (BEGIN IMMEDIATE
@@ -319,15 +377,16 @@ def _lock_twin(session: Session, twin_id: int) -> tuple[int, float | None]:
             update(twins)
             .where(twins.c.id == twin_id)
             .values(last_seq=twins.c.last_seq)
-            .returning(twins.c.last_seq, twins.c.last_ts)
+            .returning(twins.c.last_seq, twins.c.last_ts, twins.c.late_observations)
         )
     else:
-        stmt = select(twins.c.last_seq, twins.c.last_ts).where(twins.c.id == twin_id)
+        columns = (twins.c.last_seq, twins.c.last_ts, twins.c.late_observations)
+        stmt = select(*columns).where(twins.c.id == twin_id)
         stmt = stmt.with_for_update()
     row = session.execute(stmt).first()
     if row is None:
         raise NotFound(f"twin {twin_id} does not exist")
-    return int(row[0]), row[1]
+    return int(row[0]), row[1], int(row[2])
 
 
 def _stored_ts(session: Session, twin_id: int, candidates: list[float]) -> set[float]:

@@ -29,7 +29,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("twins") as batch:
-        for column in ("retry_at", "calibration_failures", "calibration_error"):
-            batch.drop_column(column)
-        batch.drop_column("calibration_status")
+    # Each column dropped in place (SQLite >= 3.35 too): a batch copy would drop and recreate
+    # `twins`, and dropping it deletes every row that refers to it (ON DELETE CASCADE).
+    for column in ("retry_at", "calibration_failures", "calibration_error", "calibration_status"):
+        op.drop_column("twins", column)

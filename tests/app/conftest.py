@@ -138,7 +138,9 @@ def learn(sessions):
                 .where(t.Observation.twin_id == twin_id, t.Observation.seq > version.watermark)
                 .order_by(t.Observation.seq)
             ).all()
-            seq, ts, u, y = (np.array(c) for c in zip(*rows, strict=True))
+            rows = sorted(rows, key=lambda r: r[1])  # learned in time order, as the calibrator does
+            seq, ts, u, y = (np.array(c, dtype=float) for c in zip(*rows, strict=True))
+            seq = seq.astype(np.int64)
             result = replica.step(Observations(ts, u, y, seq))
             number = version.number + 1
             session.execute(

@@ -14,7 +14,13 @@ def test_csv_rows_are_stored_like_json_rows(client, make_twin):
     twin = make_twin()
     response = post_body(client, twin["id"], CSV, "text/csv; charset=utf-8")
     assert response.status_code == 202, response.text
-    assert response.json() == {"accepted": 2, "duplicates": 0, "first_seq": 1, "last_seq": 2}
+    assert response.json() == {
+        "accepted": 2,
+        "duplicates": 0,
+        "late": 0,
+        "first_seq": 1,
+        "last_seq": 2,
+    }
     rows = client.get(f"/twins/{twin['id']}/observations").json()["observations"]
     assert [r["ts"] for r in rows] == [1000.0, 1795600800.0]
     assert rows[1]["inputs"] == {"heat": 6.0, "ambient": 20.0}

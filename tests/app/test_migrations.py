@@ -7,7 +7,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from app.db import (
     current_revision,
@@ -78,5 +78,32 @@ def test_alembic_cli_config_takes_the_url_from_x_argument(database_url):
     engine = make_engine(database_url)
     try:
         assert schema_is_current(engine)
+    finally:
+        engine.dispose()
+
+
+def test_observations_stored_before_flags_upgrade_and_downgrade_with_their_data(database_url):
+    """Rows written at 0003 keep their data through the head (no flag, no late count) and back:
+    no downgrade recreates a table that others refer to (that would cascade to their rows)."""
+    upgrade(database_url, "0003")
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO twins (id, name, spec, created_at, last_seq) "
+                    "VALUES (1, 'a', '{}', 0, 1)"
+                )
+            )
+            conn.execute(text("INSERT INTO observations VALUES (1, 1, 5.0, '[1.0]', '[2.0]', 6.0)"))
+        upgrade(database_url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT flags FROM observations")).scalar() == 0
+            assert conn.execute(text("SELECT late_observations FROM twins")).scalar() == 0
+        downgrade(database_url, "0003")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT ts FROM observations")).scalar() == 5.0
+            assert conn.execute(text("SELECT name FROM twins")).scalar() == "a"
+        assert current_revision(engine) == "0003"
     finally:
         engine.dispose()
