@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.services import fleet
 
 log = logging.getLogger("tandem.metrics")
+CLIENT_LEFT = 499  # the status counted for a request answered with nothing (as nginx logs it)
 
 
 class ServiceMetrics:
@@ -158,7 +159,7 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        status: int | None = None
         started = time.perf_counter()
 
         async def send_status(message):
@@ -169,9 +170,15 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, send_status)
+        except BaseException:
+            status = status or 500
+            raise
         finally:
+            # Refusals before routing (401, 403, 413, 408, ...) are named by their route too
+            # (`app.auth`); a request answered with nothing (the client left mid-body) is 499.
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
+            code = str(status or CLIENT_LEFT)
+            self.metrics.http_requests.labels(scope["method"], route, code).inc()
             self.metrics.http_seconds.labels(scope["method"], route).observe(
                 time.perf_counter() - started
             )

@@ -89,6 +89,31 @@ def test_stalled_uploads_hold_no_database_session_and_get_408(live):
         s.close()
     assert app.state.engine.pool.checkedout() == 0
     assert http.get(f"/twins/{twin_id}").json()["last_seq"] == 3
+    # the refusals are counted under their routes; a client that leaves mid-body is no 500
+    gone = stalled_upload(base, f"/twins/{twin_id}/observations")
+    time.sleep(0.2)
+    gone.close()
+    counted = request_counts(http)
+    assert counted[("POST", "/twins/{twin_id}/observations", "408")] == 17
+    assert counted[("POST", "/twins", "408")] == 1
+    deadline = time.monotonic() + 10
+    while ("POST", "/twins/{twin_id}/observations", "499") not in request_counts(http):
+        assert time.monotonic() < deadline, "the abandoned upload was never counted"
+        time.sleep(0.1)
+    assert not [k for k in request_counts(http) if k[2] == "500"]
+
+
+def request_counts(http) -> dict[tuple[str, str, str], float]:
+    """http_requests_total from /metrics: {(method, route, status): count}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {}
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "http_requests_total":
+                labels = sample.labels
+                counts[(labels["method"], labels["route"], labels["status"])] = sample.value
+    return counts
 
 
 def test_exhausted_pool_is_503_with_retry_after_within_a_second(live):
@@ -146,6 +171,9 @@ def test_every_route_refuses_a_body_over_its_limit_before_parsing(small):
         f"/twins/{twin_id}/predict", content=iter([big[:3_000], big[3_000:]]), headers=headers
     )
     assert streamed.status_code == 413 and "exceeds" in streamed.json()["detail"]
+    counted = request_counts(small)
+    assert counted[("POST", "/twins", "413")] == 1
+    assert counted[("POST", "/twins/{twin_id}/predict", "413")] == 1
     # observation batches take the larger limit
     rows = {"observations": thermal_rows(40)}
     assert len(httpx.Request("POST", "/", json=rows).content) > 4_000
@@ -242,7 +270,7 @@ def test_defaults_of_every_kind_and_learner_fit_the_budget_comfortably(name, spe
     ("change", "field"),
     [
         ({"learner": {"popsize": 10_000, "iterations": 10_000}}, "learner.popsize"),
-        ({"learner": {"popsize": 1_000, "iterations": 3_000}}, "learner.popsize"),
+        ({"learner": {"popsize": 1_000, "iterations": 3_000}}, "learner.iterations"),
         ({"learner": {"iterations": 10_000, "window": 100_000}}, "learner.window"),
         (
             {
@@ -288,6 +316,21 @@ def test_update_cost_grows_with_the_options_that_drive_it():
     for option, value in (("popsize", 100), ("iterations", 60), ("window", 2048)):
         bigger = cost(**{option: value})
         assert bigger.seconds > base.seconds and bigger.memory_bytes > base.memory_bytes, option
+
+
+def test_pgpe_holds_one_block_of_directions_while_its_time_grows_with_iterations():
+    from twin.learners.cost import estimate
+    from twin.learners.pgpe import BLOCK_SAMPLES
+    from twin.spec import TwinSpec
+
+    def cost(**learner):
+        return estimate(TwinSpec.from_dict({**SPEC, "learner": {"popsize": 1000, **learner}}))
+
+    block = BLOCK_SAMPLES // (1000 * 2)  # iterations per block for thermal_rc's 2 parameters
+    one_block, many = cost(iterations=block), cost(iterations=30 * block)
+    assert many.memory_bytes == one_block.memory_bytes
+    assert many.seconds > 20 * one_block.seconds
+    assert cost(iterations=block // 4).memory_bytes < one_block.memory_bytes
 
 
 def test_a_whatif_past_its_limit_is_422_saying_how_many_steps_fit(database_url):

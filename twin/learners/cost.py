@@ -1,7 +1,8 @@
 """What one update will cost, known from the spec alone: a small model of memory and time.
 
 An update evaluates the model over the learner's window (T targets) many times: pgpe scores
-S = 1 + 2 * popsize parameter vectors per iteration; gradient takes forward and backward passes,
+S = 1 + 2 * popsize parameter vectors per iteration (its random directions drawn a block of
+iterations at a time, so what it holds does not grow with `iterations`; its time does); gradient takes forward and backward passes,
 or a Jacobian (P forward-mode tangents) for Gauss-Newton; a drift model adds per-output T x T
 covariances and their Cholesky factors. `estimate` counts these as multiply-adds ("work") and
 float64 values held at once, from the model's size (parameters P, per-target work F, per-target
@@ -106,10 +107,15 @@ def estimate(spec: TwinSpec) -> UpdateCost:
         work += DRIFT_RATE_GRID * per_rate
         values += O * T * T * 3 + O * T * P * 2 + O * P * P
     if method == "pgpe":
+        from twin.learners.pgpe import BLOCK_SAMPLES
+
         S = 1 + 2 * o["popsize"]
         work += iterations * S * (eval_work + P * 4)
         values += S * T * (O * 4 + H) + S * P * 4  # one iteration's scores and samples
-        values += iterations * S * P * 4  # directions drawn for every iteration up front
+        # directions are drawn a block of iterations at a time: one block's are held (the
+        # samples, their signed copies and the two estimate matrices)
+        block = min(max(BLOCK_SAMPLES // (o["popsize"] * P), 1), iterations)
+        values += block * S * P * 4
         if walk:
             work += iterations * S * O * T * T / 2
             values += S * T * O * 2
