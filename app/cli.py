@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from app.cli_options import DatabaseUrl
 from app.importing import import_command
 from app.keys_cli import keys_cli
 
@@ -28,15 +29,6 @@ cli = typer.Typer(
 )
 _debug = False  # --debug: let errors through with their traceback
 
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        envvar="TANDEM_DATABASE_URL",
-        show_default="sqlite:///./tandem.db",
-        help="A SQLite file (sqlite:///path) or PostgreSQL (postgresql+psycopg://user@host/db).",
-    ),
-]
 Host = Annotated[str, typer.Option(envvar="TANDEM_HOST", help="Address to listen on.")]
 
 

@@ -10,17 +10,9 @@ from typing import Annotated
 
 import typer
 
-keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+from app.cli_options import DatabaseUrl
 
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        envvar="TANDEM_DATABASE_URL",
-        show_default="sqlite:///./tandem.db",
-        help="The service's database (SQLite file or PostgreSQL URL).",
-    ),
-]
+keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 
 
 @contextmanager
