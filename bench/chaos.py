@@ -313,7 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-sigterm", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tandem-chaos-") as tmp:
-        print(f"chaos on {os.cpu_count()} cpus, logs in {tmp}", flush=True)
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"chaos on {os.cpu_count()} cpus, load average {load}, logs in {tmp}", flush=True)
         if not args.skip_table:
             issue_table(Path(tmp), args.rows)
         if not args.skip_kill:
@@ -321,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
             kill_rounds(Path(tmp) / "kill", args.rounds)
         if not args.skip_sigterm:
             sigterm(Path(tmp))
+        print("load average at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":

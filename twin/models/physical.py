@@ -19,6 +19,12 @@ from twin.models.base import DTYPE, TwinModel
 from twin.models.oscillator import oscillator_step
 from twin.spec import SpecError, TwinSpec
 
+# A positive parameter's log is kept within +-LOG_RANGE (1e-100 to 1e100 in its units) when its
+# bounds leave it open: no physical constant lies beyond, and past about 709 exp() overflows, so
+# a learner walking a parameter the data do not pin down (a time constant over a flat window)
+# would otherwise reach an infinite value.
+LOG_RANGE = 100 * math.log(10)
+
 
 @dataclass(frozen=True)
 class PhysicalParam:
@@ -151,6 +157,7 @@ class PhysicalModel(TwinModel):
             lo, hi = self.bounds.get(p.name, (-math.inf, math.inf))
             if p.positive:
                 lo, hi = (math.log(lo) if lo > 0 else -math.inf), math.log(hi)
+                lo, hi = max(lo, -LOG_RANGE), min(hi, LOG_RANGE)
             low.append(lo)
             high.append(hi)
         return torch.tensor(low, dtype=DTYPE), torch.tensor(high, dtype=DTYPE)
