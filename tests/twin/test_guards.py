@@ -9,7 +9,7 @@ import torch
 
 from twin.learners import pgpe
 from twin.learners.guard import FAR, cholesky, outlying
-from twin.models.base import DTYPE, flat_parameters
+from twin.models.base import DTYPE, flat_parameters, load_flat
 from twin.observations import Observations
 from twin.plants import FirstOrderPlant
 from twin.replica import Twin
@@ -106,3 +106,16 @@ def test_pgpe_draws_its_samples_a_bounded_block_at_a_time(monkeypatch):
     twin.step(obs[:40])
     assert drawn and max(drawn) <= 100
     assert sum(drawn) >= 50 * 8 * 3, "every iteration gets its own directions"
+
+
+def test_an_open_positive_parameter_cannot_overflow():
+    """A learner walking a time constant the data do not pin down stops at 1e100, finite."""
+    twin, _ = first_order_twin("gradient")
+    low, high = twin.model.raw_bounds()
+    assert torch.isfinite(low).sum() >= 2 and torch.isfinite(high).sum() >= 2  # K and tau
+    load_flat(twin.model, torch.where(torch.isfinite(high), high + 1e3, 0.0))
+    clamped = torch.clamp(flat_parameters(twin.model), low, high)
+    load_flat(twin.model, clamped)
+    values = twin.model.named_values()
+    assert all(math.isfinite(v) for v in values.values())
+    assert values["tau"] == pytest.approx(1e100, rel=1e-9)
