@@ -1,12 +1,13 @@
 """What one update will cost, known from the spec alone: a small model of memory and time.
 
-An update evaluates the model over the learner's window (T targets) many times: pgpe scores
-S = 1 + 2 * popsize parameter vectors per iteration (its random directions drawn a block of
-iterations at a time, so what it holds does not grow with `iterations`; its time does); gradient takes forward and backward passes,
-or a Jacobian (P forward-mode tangents) for Gauss-Newton; a drift model adds per-output T x T
-covariances and their Cholesky factors. `estimate` counts these as multiply-adds ("work") and
-float64 values held at once, from the model's size (parameters P, per-target work F, per-target
-intermediates H), the channels and the learner options, without building a large model.
+An update evaluates the model over the learner's window (T targets) many times: pgpe scores S =
+1 + 2 * popsize parameter vectors per iteration (its random directions drawn a block of
+iterations at a time, so what it holds does not grow with `iterations`; its time does); gradient
+takes forward and backward passes, or a Jacobian (P forward-mode tangents) for Gauss-Newton; a
+drift model adds per-output T x T covariances and their Cholesky factors. `estimate` counts
+these as multiply-adds ("work") and float64 values held at once, from the model's size
+(parameters P, per-target work F, per-target intermediates H), the channels and the learner
+options, without building a large model.
 
 Two constants turn counts into figures, fitted by `bench/update_cost.py` on measured updates
 (see docs/limits.md): SECONDS_PER_WORK and SECONDS_PER_ITERATION (the fixed cost of a torch
