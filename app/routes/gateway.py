@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import TypeAdapter
@@ -76,7 +78,9 @@ async def post_gateway_observations(
 
     def ingest():
         raw = gateway.parse_body(body, content_type, settings.max_batch_rows)
-        return gateway.ingest(session, raw, ingestion.check_rows, access.sees)
+        window = ingestion.ts_window(settings.min_ts, settings.max_ts_ahead)
+        check = functools.partial(ingestion.check_rows, window=window)
+        return gateway.ingest(session, raw, check, access.sees)
 
     result, names = await run_in_threadpool(ingest)
 

@@ -100,17 +100,21 @@ def test_one_bad_row_refuses_the_whole_body_naming_its_index_and_twin(make_twin,
     assert stored(sessions, a) == [] and stored(sessions, b) == []
 
 
-def test_a_row_older_than_its_twins_newest_refuses_every_twins_rows(make_twin, client, sessions):
+def test_late_rows_are_stored_and_a_ts_outside_the_window_refuses_the_body(
+    make_twin, client, sessions
+):
     a, b = make_twin("a")["id"], make_twin("b")["id"]
     assert client.post("/observations", json={"observations": [gw(b, 10.0)]}).status_code == 202
-    response = client.post("/observations", json={"observations": [gw(a, 1.0), gw(b, 5.0)]})
-    if response.status_code == 202:  # late observations are stored (and flagged) instead
-        assert response.json()["twins"][str(b)]["accepted"] == 1
-        return
-    assert response.status_code == 422
-    assert response.json()["errors"][0]["index"] == 1
-    assert response.json()["errors"][0]["twin"] == b
-    assert stored(sessions, a) == []
+    late = client.post("/observations", json={"observations": [gw(a, 1.0), gw(b, 5.0)]})
+    assert late.status_code == 202, late.text
+    assert late.json()["twins"][str(b)]["accepted"] == 1
+    assert late.json()["twins"][str(b)]["late"] == 1
+    assert [r.ts for r in stored(sessions, b)] == [10.0, 5.0]
+    ahead = client.post("/observations", json={"observations": [gw(a, 2.0), gw(b, 1e308)]})
+    assert ahead.status_code == 422
+    error = ahead.json()["errors"][0]
+    assert (error["index"], error["twin"], error["field"]) == (1, b, "ts")
+    assert [r.ts for r in stored(sessions, a)] == [1.0]
 
 
 def test_limits_are_the_per_twin_routes(make_twin, client):
