@@ -14,6 +14,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -77,15 +78,21 @@ def flag_names(flags: int) -> list[str]:
 
 class Observation(Base):
     """One accepted observation; inputs and outputs are lists in the spec's channel order, with
-    null where a channel is missing."""
+    null where a channel is missing.
+
+    On PostgreSQL both keys are covering indexes (docs/fleet.md): the primary key carries
+    `received_at`, so the calibration lag and the claim order read the oldest pending
+    observation from the index alone, and (twin_id, ts) carries `seq`, so retention by age
+    finds what to delete from the index alone."""
 
     __tablename__ = "observations"
-    __table_args__ = (UniqueConstraint("twin_id", "ts"),)
-
-    twin_id: Mapped[int] = mapped_column(
-        ForeignKey("twins.id", ondelete="CASCADE"), primary_key=True
+    __table_args__ = (
+        PrimaryKeyConstraint("twin_id", "seq", postgresql_include=["received_at"]),
+        UniqueConstraint("twin_id", "ts", postgresql_include=["seq"]),
     )
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+    twin_id: Mapped[int] = mapped_column(ForeignKey("twins.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(BigInteger, autoincrement=False)
     ts: Mapped[float] = mapped_column(Float)
     inputs: Mapped[list[float | None]] = mapped_column(JSON)
     outputs: Mapped[list[float | None]] = mapped_column(JSON)
