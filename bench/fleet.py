@@ -43,7 +43,8 @@ PERIOD = 10.0  # seconds between a twin's posts
 PLANTS = 16  # distinct simulated plants; twin i follows plant i % PLANTS
 PREFIX = "fleet-"
 CONNECTIONS = 64  # the client's keep-alive pool
-BURST_CONCURRENCY = 32
+BURST_CONCURRENCY = 12  # under the API's database pool (5 + 10 overflow connections)
+SETUP_RETRIES = 20  # set-up requests answered 503/429 are retried after their Retry-After
 TIMEOUT_S = 30.0  # a post slower than this counts as failed
 JSON = {"content-type": "application/json"}
 TARGET_P95_S, TARGET_CATCH_UP_S = 5.0, 10.0
@@ -102,13 +103,21 @@ class Result:
 
 
 # -- HTTP -------------------------------------------------------------------------------------
-async def post(client: httpx.AsyncClient, twin_id: int, body: bytes) -> int:
-    """Observations accepted, or -1 when the post failed (error status or timeout)."""
-    try:
-        response = await client.post(f"/twins/{twin_id}/observations", content=body, headers=JSON)
-    except httpx.HTTPError:
-        return -1
-    return response.json()["accepted"] if response.status_code == 202 else -1
+async def post(client: httpx.AsyncClient, twin_id: int, body: bytes, retry: bool = False) -> int:
+    """Observations accepted, or -1 when the post failed (error status or timeout). With
+    `retry` (set-up, not the measured load), a 503 or 429 is retried after its Retry-After."""
+    url = f"/twins/{twin_id}/observations"
+    for _ in range(SETUP_RETRIES if retry else 1):
+        try:
+            response = await client.post(url, content=body, headers=JSON)
+        except httpx.HTTPError:
+            return -1
+        if response.status_code == 202:
+            return response.json()["accepted"]
+        if response.status_code not in (429, 503):
+            return -1
+        await asyncio.sleep(float(response.headers.get("retry-after", 1)))
+    return -1
 
 
 async def create_twins(client: httpx.AsyncClient, n: int) -> list[int]:
@@ -117,7 +126,11 @@ async def create_twins(client: httpx.AsyncClient, n: int) -> list[int]:
 
     async def create(i: int) -> int:
         async with gate:
-            response = await client.post("/twins", json={"name": f"{PREFIX}{i:05d}", **spec})
+            for _ in range(SETUP_RETRIES):
+                response = await client.post("/twins", json={"name": f"{PREFIX}{i:05d}", **spec})
+                if response.status_code not in (429, 503):
+                    break
+                await asyncio.sleep(float(response.headers.get("retry-after", 1)))
             response.raise_for_status()
             return response.json()["id"]
 
@@ -125,22 +138,28 @@ async def create_twins(client: httpx.AsyncClient, n: int) -> list[int]:
 
 
 async def lags(client: httpx.AsyncClient, n: int) -> list[float]:
-    """Every fleet twin's calibration lag in seconds, from the paged twin list."""
+    """Every fleet twin's calibration lag in seconds, from the paged twin list (none when the
+    service is too busy to answer: that sample is skipped)."""
     out: list[float] = []
     for offset in range(0, n, 10_000):
         response = await client.get(
             "/twins", params={"prefix": PREFIX, "limit": 10_000, "offset": offset}
         )
+        if response.status_code in (429, 503):
+            return []
         response.raise_for_status()
         out += [t["calibration_lag"]["seconds"] for t in response.json()]
     return out
 
 
 async def pending(client: httpx.AsyncClient) -> int:
-    """The most observations any fleet twin has not learned yet."""
+    """The most observations any fleet twin has not learned yet (-1: the service was too busy
+    to say)."""
     response = await client.get(
         "/twins", params={"prefix": PREFIX, "sort": "lag", "desc": "true", "limit": 1}
     )
+    if response.status_code in (429, 503):
+        return -1
     response.raise_for_status()
     rows = response.json()
     return rows[0]["calibration_lag"]["observations"] if rows else 0
@@ -162,7 +181,7 @@ async def burst(client: httpx.AsyncClient, ids: list[int], work: Workload) -> tu
 
     async def one(i: int) -> int:
         async with gate:
-            return await post(client, ids[i], work.body(i))
+            return await post(client, ids[i], work.body(i), retry=True)
 
     start = time.monotonic()
     accepted = await asyncio.gather(*(one(i) for i in range(len(ids))))
