@@ -90,6 +90,7 @@ class Result:
     catch_up: float | None
     burst_rps: float  # the reference: requests/s of one batch to every twin at once
     burst_learned: float  # ... and batches/s learned until all were
+    per_core: float  # twins at 1 obs/s one core holds: 10 x batches per CPU-second in the burst
     server_cores: float  # CPU seconds of the deployment per second of load
     client_cores: float
 
@@ -235,8 +236,10 @@ async def measure(base: str, run, n: int, args) -> Result:
         _, failed = await burst(client, ids, work)  # warm-up: first guesses, caches
         if failed or await wait_caught_up(client, args.catch_up_timeout) is None:
             raise RuntimeError("the warm-up batch was not learned")
+        burst_cpu = run.cpu_seconds()
         posted, failed = await burst(client, ids, work)  # the reference, timed
         drained = await wait_caught_up(client, args.catch_up_timeout)
+        burst_cpu = run.cpu_seconds() - burst_cpu
         if failed or drained is None:
             raise RuntimeError("the reference batch was not learned")
         cpu0, client0, t0 = run.cpu_seconds(), time.process_time(), time.monotonic()
@@ -256,6 +259,7 @@ async def measure(base: str, run, n: int, args) -> Result:
         catch_up,
         n / posted,
         n / (posted + drained),
+        PERIOD * n / max(burst_cpu, 1e-9),
         cpu / elapsed,
         client_cpu / elapsed,
     )
@@ -270,12 +274,12 @@ def print_results(results: list[Result], duration: float) -> None:
     head = (
         f"{'configuration':<24} {'twins':>6} {'accepted':>10} {'failed':>6} {'late':>5} "
         f"{'lag p50 / p95 / max (s)':>24} {'catch-up':>9} {'ref: API':>10} {'ref: learned':>13} "
-        f"{'server':>7} {'client':>7}"
+        f"{'ref: twins':>11} {'server':>7} {'client':>7}"
     )
     print(head)
     print(
         f"{'':<24} {'':>6} {'obs/s':>10} {'posts':>6} {'posts':>5} {'':>24} {'s':>9} "
-        f"{'req/s':>10} {'batches/s':>13} {'cores':>7} {'cores':>7}"
+        f"{'req/s':>10} {'batches/s':>13} {'per core':>11} {'cores':>7} {'cores':>7}"
     )
     for r in results:
         lag = f"{r.lag[0]:.1f} / {r.lag[1]:.1f} / {r.lag[2]:.1f}"
@@ -283,13 +287,15 @@ def print_results(results: list[Result], duration: float) -> None:
         print(
             f"{r.config:<24} {r.twins:>6,} {r.accepted_rate:>10,.0f} {r.failed:>6} {r.late:>5} "
             f"{lag:>24} {caught:>9} {r.burst_rps:>10,.0f} {r.burst_learned:>13,.0f} "
-            f"{r.server_cores:>7.2f} {r.client_cores:>7.2f}"
+            f"{r.per_core:>11,.0f} {r.server_cores:>7.2f} {r.client_cores:>7.2f}"
         )
     print(
         "\nref: one batch posted to every twin at once (warm), API requests/s while posting and "
         "batches learned/s until all were; a twin at 1 obs/s needs 0.1 batches/s, so "
-        "10 x batches/s is the fleet the calibrator could hold.\nlate: posts sent more than one "
-        "period after their slot (the client fell behind; see its cores)."
+        "10 x batches/s is the fleet the calibrator could hold; per core: 10 x batches per "
+        "CPU-second the service's processes spent on the burst (posting and learning), the "
+        "twins at 1 obs/s one core holds, whatever else the machine runs.\nlate: posts sent "
+        "more than one period after their slot (the client fell behind; see its cores)."
     )
     by_config: dict[str, list[Result]] = {}
     for r in results:

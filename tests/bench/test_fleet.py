@@ -28,7 +28,7 @@ def _check(results, config: str, twins: int) -> None:
     assert r.accepted_rate > 0 and r.accepted_rate <= twins * BATCH / PERIOD * 1.5
     assert r.samples >= 1 and r.lag[1] >= 0
     assert r.catch_up is not None  # everything posted was learned
-    assert r.burst_rps > 0 and r.burst_learned > 0
+    assert r.burst_rps > 0 and r.burst_learned > 0 and r.per_core > 0
 
 
 @pytest.mark.slow
