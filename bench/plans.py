@@ -171,7 +171,7 @@ def run_paths(url: str, twins: int, pending: int, ts: float) -> tuple[object, li
     except ImportError:
         Retention = None
     if Retention is not None:
-        policy = RetentionPolicy(observation_seconds=600.0, observation_count=1000)
+        policy = RetentionPolicy(observation_seconds=600.0)  # by age: the (twin_id, ts) key
         retention = Retention(sessions, policy)
         with captured(engine, "retention sweep", statements):
             due = retention.sweep(time.time())
