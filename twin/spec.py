@@ -102,7 +102,7 @@ def _channels(value: Any, name: str, allow_empty: bool) -> tuple[str, ...]:
     if not value and not allow_empty:
         raise SpecError(name, "needs at least one channel")
     for i, ch in enumerate(value):
-        if not isinstance(ch, str) or not CHANNEL_NAME.match(ch):
+        if not isinstance(ch, str) or not CHANNEL_NAME.fullmatch(ch):
             raise SpecError(f"{name}[{i}]", f"{ch!r} is not a valid channel name")
     if len(set(value)) != len(value):
         raise SpecError(name, "channel names must be unique")

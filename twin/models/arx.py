@@ -9,27 +9,28 @@ import torch
 from torch import Tensor, nn
 
 from twin.models import register
-from twin.models.base import DTYPE, TwinModel
+from twin.models.base import DTYPE, KindInfo, ModelOption, TwinModel, summary
 from twin.spec import SpecError, TwinSpec
 
 MAX_LAG = 32
 _COEFFICIENT = re.compile(r"^([AB])(\d+)\[([^,\]]+),([^,\]]+)\]$")
 _CONSTANT = re.compile(r"^c\[([^\]]+)\]$")
+# the names `params` may give, whatever the channels (`_parse` then checks lags and channels)
+PARAM_NAMES = r"^(?:[AB][0-9]+\[[^,\]]+,[^,\]]+\]|c\[[^\]]+\])$"
 
 
-def int_option(
-    options: dict[str, Any], name: str, default: int, low: int, high: int, kind: str
-) -> int:
-    """An integer option in [low, high], or a SpecError naming `model.<name>`."""
-    value = options.get(name, default)
+def int_option(options: dict[str, Any], name: str, option: ModelOption, kind: str) -> int:
+    """An integer option in [option.low, option.high], or a SpecError naming `model.<name>`."""
+    value = options.get(name, option.default)
     if not isinstance(value, int) or isinstance(value, bool):
         raise SpecError(f"model.{name}", f"must be an integer, got {value!r}")
+    low, high = option.low, option.high
     if not low <= value <= high:
         raise SpecError(f"model.{name}", f"{kind} needs {low} <= {name} <= {high}, got {value}")
     return value
 
 
-def check_options(options: dict[str, Any], known: tuple[str, ...], kind: str) -> None:
+def check_options(options: dict[str, Any], known: dict[str, ModelOption], kind: str) -> None:
     """Raise a SpecError naming the first option that `kind` does not take."""
     for key in options:
         if key not in known:
@@ -56,7 +57,11 @@ class ARX(TwinModel):
     """
 
     kind = "arx"
-    OPTIONS = ("na", "nb", "nk")
+    OPTIONS = {
+        "na": ModelOption("int", 1, 1, MAX_LAG, description="output lags"),
+        "nb": ModelOption("int", 1, 0, MAX_LAG, description="input lags (none without inputs)"),
+        "nk": ModelOption("int", 1, 0, 1, description="input delay: 0 lets u_t act on y_t"),
+    }
 
     def __init__(
         self,
@@ -79,19 +84,30 @@ class ARX(TwinModel):
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
+    def describe(cls) -> KindInfo:
+        return KindInfo(
+            cls.kind,
+            summary(cls),
+            param_names=PARAM_NAMES,
+            options=cls.OPTIONS,
+            bounds=False,
+            default_learner=cls.default_learner(),
+        )
+
+    @classmethod
     def from_spec(cls, spec: TwinSpec) -> ARX:
         """Coefficients start at zero, or at `params` given by their `named_values` names.
 
         The initial normalization is the identity, so given values are in the channels' units.
         """
         cls.validate_spec(spec)
-        o = spec.model.options
+        o = {name: spec.model.options.get(name, opt.default) for name, opt in cls.OPTIONS.items()}
         model = cls(
             len(spec.inputs),
             len(spec.outputs),
-            na=o.get("na", 1),
-            nb=o.get("nb", 1),
-            nk=o.get("nk", 1),
+            na=o["na"],
+            nb=o["nb"],
+            nk=o["nk"],
             input_names=spec.inputs,
             output_names=spec.outputs,
         )
@@ -105,9 +121,9 @@ class ARX(TwinModel):
     def validate_spec(cls, spec: TwinSpec) -> None:
         o = spec.model.options
         check_options(o, cls.OPTIONS, cls.kind)
-        na = int_option(o, "na", 1, 1, MAX_LAG, cls.kind)
-        nb = int_option(o, "nb", 1, 0, MAX_LAG, cls.kind) if spec.inputs else 0
-        int_option(o, "nk", 1, 0, 1, cls.kind)
+        na = int_option(o, "na", cls.OPTIONS["na"], cls.kind)
+        nb = int_option(o, "nb", cls.OPTIONS["nb"], cls.kind) if spec.inputs else 0
+        int_option(o, "nk", cls.OPTIONS["nk"], cls.kind)
         reject_bounds(spec, cls.kind)
         for name in spec.model.params:
             if _parse(name, na, nb, spec.inputs, spec.outputs) is None:

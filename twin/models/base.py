@@ -10,6 +10,9 @@ that follows this contract can be calibrated.
 
 from __future__ import annotations
 
+import inspect
+import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -20,6 +23,52 @@ if TYPE_CHECKING:
     from twin.spec import TwinSpec
 
 DTYPE = torch.float64  # channels span 1e-3..1e7 in their own units; float32 is not enough
+
+
+@dataclass(frozen=True)
+class ModelOption:
+    """A structural option of a model kind: an "int" or a "float" from `low` to `high`
+    (`low` itself excluded when `open_low`), its default and unit."""
+
+    type: str
+    default: float
+    low: float
+    high: float = math.inf
+    open_low: bool = False
+    unit: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """A named parameter of a model kind, in its physical unit; `positive` ones stay > 0."""
+
+    name: str
+    unit: str
+    description: str
+    positive: bool = True
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """What a model kind takes, as plain data: for documentation and the API's schema (the
+    checks themselves are `TwinModel.validate_spec`'s).
+
+    inputs, outputs: the channels' roles in the order the spec must list them (None: any
+    number); params: the named parameters (None: free-form names matching `param_names`, a
+    regular expression, or any when it is empty); options: the structural options (None: not
+    declared, any are passed to the kind); bounds: whether `model.bounds` is taken.
+    """
+
+    kind: str
+    summary: str
+    inputs: tuple[str, ...] | None = None
+    outputs: tuple[str, ...] | None = None
+    params: tuple[ParamInfo, ...] | None = None
+    param_names: str = ""
+    options: dict[str, ModelOption] | None = None
+    bounds: bool = True
+    default_learner: str = "pgpe"
 
 
 class TwinModel(nn.Module):
@@ -62,6 +111,11 @@ class TwinModel(nn.Module):
     @classmethod
     def default_learner(cls) -> str:
         return "pgpe"
+
+    @classmethod
+    def describe(cls) -> KindInfo:
+        """What this kind takes; a kind that does not override it declares nothing exactly."""
+        return KindInfo(cls.kind, summary(cls), default_learner=cls.default_learner())
 
     # -- prediction ---------------------------------------------------------------------------
     @property
@@ -133,6 +187,12 @@ class TwinModel(nn.Module):
     def config(self) -> dict[str, Any]:
         """Plain-dict description for checkpoints (kind and structural options)."""
         return {"kind": self.kind, "n_inputs": self.n_inputs, "n_outputs": self.n_outputs}
+
+
+def summary(cls: type) -> str:
+    """The first paragraph of a class's docstring, on one line."""
+    doc = inspect.getdoc(cls) or ""
+    return doc.split("\n\n")[0].replace("\n", " ").strip()
 
 
 def rollout_with(model: nn.Module, y_ctx: Tensor, u_ctx: Tensor, u_future: Tensor, dt: Tensor):

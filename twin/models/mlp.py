@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from twin.models import register
 from twin.models.arx import MAX_LAG, check_options, int_option, reject_bounds
-from twin.models.base import DTYPE, TwinModel
+from twin.models.base import DTYPE, KindInfo, ModelOption, TwinModel, summary
 from twin.spec import SpecError, TwinSpec
 
 
@@ -36,7 +36,15 @@ class MLP(TwinModel):
     """
 
     kind = "mlp"
-    OPTIONS = ("na", "nb", "hidden", "layers", "dt_ref")
+    OPTIONS = {
+        "na": ModelOption("int", 2, 1, MAX_LAG, description="output lags"),
+        "nb": ModelOption("int", 2, 0, MAX_LAG, description="input lags (none without inputs)"),
+        "hidden": ModelOption("int", 32, 1, 1024, description="width of each hidden layer"),
+        "layers": ModelOption("int", 2, 1, 8, description="hidden layers"),
+        "dt_ref": ModelOption(
+            "float", 1.0, 0.0, open_low=True, unit="s", description="the net sees dt / dt_ref"
+        ),
+    }
 
     def __init__(
         self,
@@ -63,18 +71,29 @@ class MLP(TwinModel):
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
+    def describe(cls) -> KindInfo:
+        return KindInfo(
+            cls.kind,
+            summary(cls),
+            params=(),
+            options=cls.OPTIONS,
+            bounds=False,
+            default_learner=cls.default_learner(),
+        )
+
+    @classmethod
     def from_spec(cls, spec: TwinSpec) -> MLP:
         """Hidden layers are drawn from the learner's seed, so one spec gives one model."""
         cls.validate_spec(spec)
-        o = spec.model.options
+        o = {name: spec.model.options.get(name, opt.default) for name, opt in cls.OPTIONS.items()}
         return cls(
             len(spec.inputs),
             len(spec.outputs),
-            na=o.get("na", 2),
-            nb=o.get("nb", 2),
-            hidden=o.get("hidden", 32),
-            layers=o.get("layers", 2),
-            dt_ref=o.get("dt_ref", 1.0),
+            na=o["na"],
+            nb=o["nb"],
+            hidden=o["hidden"],
+            layers=o["layers"],
+            dt_ref=o["dt_ref"],
             seed=spec.learner.seed,
         )
 
@@ -82,12 +101,10 @@ class MLP(TwinModel):
     def validate_spec(cls, spec: TwinSpec) -> None:
         o = spec.model.options
         check_options(o, cls.OPTIONS, cls.kind)
-        int_option(o, "na", 2, 1, MAX_LAG, cls.kind)
-        if spec.inputs:
-            int_option(o, "nb", 2, 0, MAX_LAG, cls.kind)
-        int_option(o, "hidden", 32, 1, 1024, cls.kind)
-        int_option(o, "layers", 2, 1, 8, cls.kind)
-        dt_ref = o.get("dt_ref", 1.0)
+        for name in ("na", "nb", "hidden", "layers"):
+            if name != "nb" or spec.inputs:
+                int_option(o, name, cls.OPTIONS[name], cls.kind)
+        dt_ref = o.get("dt_ref", cls.OPTIONS["dt_ref"].default)
         ok = isinstance(dt_ref, int | float) and not isinstance(dt_ref, bool)
         if not (ok and math.isfinite(dt_ref) and dt_ref > 0):
             raise SpecError("model.dt_ref", f"must be a positive number of seconds, got {dt_ref!r}")

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from twin.models import register
-from twin.models.base import DTYPE, TwinModel
+from twin.models.base import DTYPE, KindInfo, ParamInfo, TwinModel, summary
 from twin.models.oscillator import oscillator_step
 from twin.spec import SpecError, TwinSpec
 
@@ -38,6 +38,8 @@ class PhysicalParam:
     default: float
     positive: bool = True
     scale_output: int = 0
+    unit: str = ""
+    description: str = ""
 
     @property
     def raw_name(self) -> str:
@@ -72,6 +74,19 @@ class PhysicalModel(TwinModel):
             self.register_parameter(p.raw_name, nn.Parameter(torch.tensor(v, dtype=DTYPE)))
 
     # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def describe(cls) -> KindInfo:
+        params = tuple(ParamInfo(p.name, p.unit, p.description, p.positive) for p in cls.PARAMS)
+        return KindInfo(
+            cls.kind,
+            summary(cls),
+            inputs=cls.INPUTS,
+            outputs=cls.OUTPUTS,
+            params=params,
+            options={},
+            default_learner=cls.default_learner(),
+        )
+
     @classmethod
     def from_spec(cls, spec: TwinSpec) -> PhysicalModel:
         cls.validate_spec(spec)
@@ -202,9 +217,9 @@ class FirstOrder(PhysicalModel):
     INPUTS = ("u",)
     OUTPUTS = ("y",)
     PARAMS = (
-        PhysicalParam("K", 1.0),
-        PhysicalParam("tau", 1.0),
-        PhysicalParam("b", 0.0, positive=False),
+        PhysicalParam("K", 1.0, unit="output units per input unit", description="gain"),
+        PhysicalParam("tau", 1.0, unit="s", description="time constant"),
+        PhysicalParam("b", 0.0, positive=False, unit="output units", description="offset"),
     )
 
     def step(self, v, y_prev, u_prev, dt):
@@ -224,7 +239,10 @@ class ThermalRC(PhysicalModel):
     kind = "thermal_rc"
     INPUTS = ("Q", "T_amb")
     OUTPUTS = ("T",)
-    PARAMS = (PhysicalParam("R", 1.0), PhysicalParam("C", 1.0))
+    PARAMS = (
+        PhysicalParam("R", 1.0, unit="K/W", description="thermal resistance to ambient"),
+        PhysicalParam("C", 1.0, unit="J/K", description="heat capacitance"),
+    )
 
     def step(self, v, y_prev, u_prev, dt):
         resistance, capacitance = _rows(v, "R", "C")
@@ -245,7 +263,11 @@ class MassSpringDamper(PhysicalModel):
     kind = "mass_spring_damper"
     INPUTS = ("F",)
     OUTPUTS = ("x", "v")
-    PARAMS = (PhysicalParam("m", 1.0), PhysicalParam("c", 1.0), PhysicalParam("k", 1.0))
+    PARAMS = (
+        PhysicalParam("m", 1.0, unit="kg", description="mass (kg with F in N and x in m)"),
+        PhysicalParam("c", 1.0, unit="N s/m", description="damping"),
+        PhysicalParam("k", 1.0, unit="N/m", description="stiffness"),
+    )
 
     def step(self, v, y_prev, u_prev, dt):
         x, vel, force = y_prev[:, 0], y_prev[:, 1], u_prev[:, 0]  # (B,) each
