@@ -284,8 +284,8 @@ def _bearer(scope) -> str | None:
 
 # -- wiring -------------------------------------------------------------------------------------
 def install_access(app: FastAPI, settings: Settings) -> None:
-    """Keys routes, the access middleware, CORS when origins are configured, and the bearer
-    scheme in the OpenAPI description. `tandem serve` sets `app.state.listen_host`."""
+    """Keys routes, the access middleware and CORS when origins are configured (`app.openapi`
+    documents their answers). `tandem serve` sets `app.state.listen_host`."""
     from app.routes import keys
 
     app.state.listen_host = None
@@ -301,38 +301,3 @@ def install_access(app: FastAPI, settings: Settings) -> None:
             expose_headers=["Retry-After", "Location"],
             max_age=600,
         )
-    _document_bearer(app)
-
-
-def _document_bearer(app: FastAPI) -> None:
-    """Declare the bearer scheme and the 401/403/429 answers on every protected operation, so
-    `/docs` offers an Authorize button."""
-    build = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = build()
-        schema.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "An API key from `tandem keys create` or `POST /keys`.",
-        }
-        body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
-        answers = {
-            "401": "No API key, or an unknown or revoked one",
-            "403": "Outside the key's scopes or twins",
-            "429": "Over the key's rate; see Retry-After",
-        }
-        for path, operations in schema.get("paths", {}).items():
-            for method, operation in operations.items():
-                if required_scope(method.upper(), path) is None:
-                    continue
-                operation["security"] = [{"apiKey": []}]
-                for code, description in answers.items():
-                    operation["responses"].setdefault(
-                        code, {"description": description, "content": body}
-                    )
-        return schema
-
-    app.openapi = openapi

@@ -50,20 +50,24 @@ class UnsupportedMedia(DomainError):
 
 
 ERROR_DESCRIPTIONS = {
-    403: "Outside the key's scopes or twins",
-    404: "No such twin",
-    409: "Conflicts with the twin's state",
-    413: "Batch or body too large",
-    415: "Content type not accepted",
-    422: "Invalid request; `errors` names each field (and row)",
+    403: "Outside the key's scopes or twins (`forbidden`).",
+    404: "No such twin (`not_found`).",
+    409: "Conflicts with the twin's state (`conflict`).",
+    413: "Batch or body too large (`too_large`).",
+    415: "Content type not accepted (`unsupported_media_type`).",
+    422: "Invalid request; `errors` names each field (`invalid`).",
 }
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries documenting the error body for `codes`."""
+def error_responses(*codes: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries with the error body for `codes`, each described by the
+    keyword `e<code>` where given (`e409="A twin has that name"`), else generically."""
     from app.schemas import ErrorBody
 
-    return {c: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[c]} for c in codes}
+    return {
+        c: {"model": ErrorBody, "description": described.get(f"e{c}", ERROR_DESCRIPTIONS[c])}
+        for c in codes
+    }
 
 
 def error_body(code: str, detail: str, errors: list[dict[str, Any]] | None = None) -> dict:

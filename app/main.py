@@ -16,6 +16,7 @@ from app.db import make_engine, make_session_factory, upgrade
 from app.errors import install_error_handlers
 from app.limits import install_limits, pool_options
 from app.metrics import RequestMetrics, ServiceMetrics
+from app.openapi import install_openapi
 from app.purge import start_purger
 from app.routes import gateway, observations, ops, reads, twins
 from app.services.checkpoints import TwinCache
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (twins, observations, gateway, reads, ops):
         app.include_router(module.router)
     app.include_router(dashboard.router)
+    install_openapi(app)
     install_api_docs(app)  # before /static: its assets live under /static/api-docs
     app.mount("/static", dashboard.static, name="static")
     return app

@@ -9,7 +9,9 @@ from __future__ import annotations
 import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+
+from app.spec_schema import LEARNER, MODEL, SPEC, placeholder
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0)]
@@ -36,36 +38,95 @@ class ReadModel(BaseModel):
 class ErrorBody(BaseModel):
     """Every error response: a code, a sentence, and the offending fields or rows."""
 
-    error: str
-    detail: str
-    errors: list[dict[str, Any]]
-
-
-# -- twins ------------------------------------------------------------------------------------
-class TwinCreate(BaseModel):
-    """A twin's name and spec: channels, model {kind, params?, bounds?, ...options} and learner
-    {method?, seed?, ...options}; `twin.spec.TwinSpec.from_dict` checks the spec part."""
-
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
-                    "name": "hx-1",
-                    "inputs": ["heat", "ambient"],
-                    "outputs": ["T"],
-                    "model": {"kind": "thermal_rc", "params": {"R": 2.0, "C": 500.0}},
-                    "learner": {"method": "pgpe", "seed": 1},
+                    "error": "invalid",
+                    "detail": "invalid twin spec: model.params.R: must be positive",
+                    "errors": [{"field": "model.params.R", "message": "must be positive"}],
                 }
             ]
-        },
+        }
+    )
+
+    error: str = Field(
+        description="A stable code: `invalid`, `not_found`, `conflict`, `too_large`, "
+        "`unsupported_media_type`, `unauthorized`, `forbidden`, `rate_limited`, `busy`, ..."
+    )
+    detail: str = Field(description="What is wrong, in a sentence.")
+    errors: list[dict[str, Any]] = Field(
+        description="Each offending field (`field`, `message`; `index` for a batch row); at "
+        "most 100, the detail says how many there were."
+    )
+
+
+# -- probes -----------------------------------------------------------------------------------
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class WorkerState(BaseModel):
+    pid: int | None = Field(description="The embedded worker's process id.")
+    reporting: bool = Field(description="Whether it reported since it started.")
+    heartbeat_age: float = Field(description="Seconds since it last reported.")
+    restarts: int = Field(description="How often it was restarted.")
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ready", "revision": "0009"}]}
+    )
+
+    status: Literal["ready"]
+    revision: str = Field(description="The database schema's revision (the newest).")
+    worker: WorkerState | None = Field(
+        None, description="The embedded calibration worker, when this process runs one."
+    )
+
+
+class NotReady(ErrorBody):
+    status: Literal["unavailable"]
+    worker: WorkerState | None = None
+
+
+# -- twins ------------------------------------------------------------------------------------
+CHANNELS = {
+    "items": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"},
+    "uniqueItems": True,
+}
+# what the README's examples use: a heat exchanger's thermal RC twin
+EXAMPLE_SPEC = {
+    "inputs": ["Q", "T_amb"],
+    "outputs": ["T"],
+    "model": {"kind": "thermal_rc", "params": {"R": 0.07}, "bounds": {"R": [0.005, 0.5]}},
+    "learner": {"method": "pgpe", "half_life": 64, "seed": 1},
+}
+
+
+class TwinCreate(BaseModel):
+    """A twin's name and spec: channels, model and learner. The spec is checked by
+    `twin.spec.TwinSpec.from_dict`, whose messages name the field (`model.params.R`); a spec
+    whose estimated cost exceeds the service's limits is refused naming the option to lower."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "hx-1", **EXAMPLE_SPEC}]}
     )
 
     name: Name
-    inputs: list[str] = Field(default_factory=list)
-    outputs: list[str]
-    model: dict[str, Any]
-    learner: dict[str, Any] | None = None
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="Channels that drive the system (may be empty); unique names.",
+        json_schema_extra=CHANNELS,
+    )
+    outputs: list[str] = Field(
+        description="Channels the system measures: at least one; unique names, none also an input.",
+        json_schema_extra={**CHANNELS, "minItems": 1},
+    )
+    model: Annotated[dict[str, Any], WithJsonSchema(placeholder(MODEL))]
+    learner: Annotated[
+        dict[str, Any] | None, WithJsonSchema({"anyOf": [placeholder(LEARNER), {"type": "null"}]})
+    ] = None
 
     def spec_dict(self) -> dict[str, Any]:
         return self.model_dump(exclude={"name"}, exclude_none=True)
@@ -92,7 +153,7 @@ class DriftSummary(BaseModel):
 class TwinRead(ReadModel):
     id: int
     name: str
-    spec: dict[str, Any]
+    spec: Annotated[dict[str, Any], WithJsonSchema(placeholder(SPEC))]
     created_at: float
     version: int = Field(description="Number of the latest version (0: the one at creation).")
     watermark: int = Field(description="Newest seq the latest version has learned.")
@@ -179,7 +240,7 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"inputs": [{"heat": 100.0, "ambient": 20.0}] * 3, "dt": 60.0}]
+            "examples": [{"inputs": [{"Q": 200, "T_amb": 20}, {"Q": 0, "T_amb": 20}], "dt": 60}]
         },
     )
 

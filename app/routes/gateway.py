@@ -58,7 +58,17 @@ GATEWAY_BODY = {
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=GatewayIngestResult,
-    responses=error_responses(403, 413, 415, 422),
+    summary="Post observations of many twins (gateways)",
+    operation_id="postGatewayObservations",
+    responses=error_responses(
+        403,
+        413,
+        415,
+        422,
+        e403="A row of a twin outside the key's twins, or outside its scopes (`forbidden`).",
+        e422="A bad row, or one naming no twin: nothing was stored; `errors` names each row's "
+        "`index`, `twin` and field (`invalid`).",
+    ),
     openapi_extra={"requestBody": GATEWAY_BODY},
 )
 async def post_gateway_observations(

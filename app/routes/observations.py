@@ -20,6 +20,12 @@ from app.services import history, ingestion
 router = APIRouter(prefix="/twins/{twin_id}/observations", tags=["observations"])
 
 _ROW_SCHEMA = TypeAdapter(ObservationIn).json_schema()
+# the README's examples: a heat exchanger's heat input Q, ambient T_amb and temperature T
+_ROWS = [
+    {"ts": "2026-11-25T10:00:00Z", "inputs": {"Q": 250.0, "T_amb": 21.0}, "outputs": {"T": 33.9}},
+    {"ts": "2026-11-25T10:00:10Z", "inputs": {"Q": 250.0, "T_amb": 21.0}, "outputs": {"T": 34.0}},
+]
+INGESTED = {"accepted": 2, "duplicates": 0, "first_seq": 1, "last_seq": 2}
 BATCH_BODY = {
     "required": True,
     "content": {
@@ -29,14 +35,12 @@ BATCH_BODY = {
                 "required": ["observations"],
                 "properties": {"observations": {"type": "array", "items": _ROW_SCHEMA}},
             },
-            "example": {
-                "observations": [
-                    {"ts": "2025-01-01T00:00:00Z", "inputs": {"heat": 1.0}, "outputs": {"T": 21}}
-                ]
-            },
+            "example": {"observations": _ROWS},
         },
         "application/x-ndjson": {
-            "schema": {"type": "string", "description": "One observation object per line."}
+            "schema": {"type": "string", "description": "One observation object per line."},
+            "example": '{"ts": 1795601000, "inputs": {"Q": 0, "T_amb": 20}, '
+            '"outputs": {"T": 30}}\n',
         },
         "text/csv": {
             "schema": {
@@ -45,7 +49,7 @@ BATCH_BODY = {
                 "twin, any order), then one observation per row; an empty cell is a missing "
                 "value.",
             },
-            "example": "ts,heat,T\n2025-01-01T00:00:00Z,1.0,21.0\n",
+            "example": "ts,Q,T_amb,T\n2026-11-25T10:20:00Z,0,20,29.5\n",
         },
     },
 }
@@ -55,7 +59,26 @@ BATCH_BODY = {
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=IngestResult,
-    responses=error_responses(404, 413, 415, 422),
+    summary="Post observations to a twin",
+    operation_id="postObservations",
+    responses={
+        202: {
+            "description": "Accepted and durable: stored (or counted as duplicates) before "
+            "this answer.",
+            "content": {"application/json": {"example": INGESTED}},
+        },
+        **error_responses(
+            404,
+            413,
+            415,
+            422,
+            e413="More rows than `TANDEM_MAX_BATCH_ROWS`, or a body over "
+            "`TANDEM_MAX_BODY_BYTES` (`too_large`).",
+            e415="A content type other than JSON, NDJSON or CSV (`unsupported_media_type`).",
+            e422="A bad row: nothing was stored; `errors` names each row's `index` and field "
+            "(`invalid`).",
+        ),
+    },
     openapi_extra={"requestBody": BATCH_BODY},
 )
 async def post_observations(
@@ -98,7 +121,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@router.get("", response_model=History, responses=error_responses(404, 422))
+@router.get(
+    "",
+    response_model=History,
+    summary="Read a twin's observations with predictions",
+    operation_id="listObservations",
+    responses=error_responses(404, 422, e422="Invalid query parameter (`invalid`)."),
+)
 def read_observations(
     twin: TwinDep,
     session: SessionDep,

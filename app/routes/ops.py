@@ -12,12 +12,13 @@ from sqlalchemy import text
 from app.db import current_revision, head_revision
 from app.deps import MetricsDep
 from app.errors import error_body
+from app.schemas import Health, NotReady, Readiness
 
 router = APIRouter(tags=["ops"])
 log = logging.getLogger("tandem.ops")
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health, summary="Liveness probe", operation_id="getHealth")
 def healthz() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
@@ -25,7 +26,17 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    responses={503: {"description": "Database unreachable or not at head, or worker silent"}},
+    response_model=Readiness,
+    summary="Readiness probe",
+    operation_id="getReadiness",
+    responses={
+        200: {"description": "Ready to serve."},
+        503: {
+            "model": NotReady,
+            "description": "Not ready (`not_ready`): the database is unreachable or not at the "
+            "newest migration, or the embedded worker is silent or being replaced.",
+        },
+    },
 )
 def readyz(request: Request) -> JSONResponse:
     """Ready when the database answers, its schema is at the newest migration, and the embedded
@@ -69,7 +80,18 @@ def _not_ready(reason: str, **extra) -> JSONResponse:
     return JSONResponse({"status": "unavailable", **error_body("not_ready", reason), **extra}, 503)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    summary="Prometheus metrics",
+    operation_id="getMetrics",
+    responses={
+        200: {
+            "description": "Prometheus text exposition format.",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        }
+    },
+)
 def metrics(metrics: MetricsDep) -> Response:
     """Prometheus text format: request and ingestion counters, per-twin gauges."""
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -23,10 +23,25 @@ from app.services.twins import twin_status
 
 router = APIRouter(prefix="/twins/{twin_id}", tags=["reads"])
 
+BAD_ID = "Invalid twin id (`invalid`)."
+BAD_QUERY = "Invalid twin id or query parameter (`invalid`)."
 Limit = Annotated[int, Query(ge=1, le=10_000, description="Most entries returned.")]
 
 
-@router.post("/predict", response_model=PredictResult, responses=error_responses(404, 409, 422))
+@router.post(
+    "/predict",
+    response_model=PredictResult,
+    summary="Predict the outputs under future inputs (what-if)",
+    operation_id="predict",
+    responses=error_responses(
+        404,
+        409,
+        422,
+        e409="The twin cannot roll forward yet: no observation, or none learned (`conflict`).",
+        e422="Invalid inputs or dt, future inputs that do not match the twin's channels, or "
+        "more steps than this twin's what-if limit (`invalid`).",
+    ),
+)
 def predict(
     body: PredictRequest,
     twin: TwinDep,
@@ -40,25 +55,57 @@ def predict(
     return checkpoints.predict(session, cache, twin, body, settings.max_horizon)
 
 
-@router.get("/parameters", response_model=ParametersRead, responses=error_responses(404))
+@router.get(
+    "/parameters",
+    response_model=ParametersRead,
+    summary="Read the calibrated parameters",
+    operation_id="getParameters",
+    responses=error_responses(
+        404,
+        409,
+        422,
+        e409="The twin has no checkpointed version (only a damaged database lacks one).",
+        e422=BAD_ID,
+    ),
+)
 def parameters(twin: TwinDep, session: SessionDep, cache: TwinCacheDep) -> ParametersRead:
     """The latest version's parameters (named, physical units), learner summary and bounds."""
     return checkpoints.parameters(session, cache, twin)
 
 
-@router.get("/versions", response_model=list[VersionRead], responses=error_responses(404))
+@router.get(
+    "/versions",
+    response_model=list[VersionRead],
+    summary="List the twin's versions, newest first",
+    operation_id="listVersions",
+    responses=error_responses(404, 422, e422=BAD_QUERY),
+)
 def versions(twin: TwinDep, session: SessionDep, limit: Limit = 100) -> list[VersionRead]:
     """Version history, newest first: parameters, watermark, loss and RMSE per output."""
     return history.versions(session, twin.id, limit)
 
 
-@router.get("/drift", response_model=DriftRead, responses=error_responses(404))
+@router.get(
+    "/drift",
+    response_model=DriftRead,
+    summary="Read drift metrics and events",
+    operation_id="getDrift",
+    responses=error_responses(404, 422, e422=BAD_QUERY),
+)
 def drift(twin: TwinDep, session: SessionDep, limit: Limit = 100) -> DriftRead:
     """Drift metrics of the latest version, calibration lag and the newest drift events."""
     return history.drift(session, twin, twin_status(session, twin).calibration_lag, limit)
 
 
-@router.get("/series", response_model=SeriesRead, responses=error_responses(404, 422))
+@router.get(
+    "/series",
+    response_model=SeriesRead,
+    summary="Read one output downsampled over a time range",
+    operation_id="getSeries",
+    responses=error_responses(
+        404, 422, e422="Invalid query parameter, or an output the twin does not have (`invalid`)."
+    ),
+)
 def output_series(
     twin: TwinDep,
     session: SessionDep,

@@ -17,12 +17,34 @@ from app.services import twins as service
 
 router = APIRouter(prefix="/twins", tags=["twins"])
 
+LOCATION = {
+    "Location": {"description": "The new twin's path, `/twins/{id}`.", "schema": {"type": "string"}}
+}
+TOTAL_COUNT = {
+    "X-Total-Count": {
+        "description": "How many twins match the filter, over all pages.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=TwinRead,
-    responses=error_responses(409, 422),
+    summary="Create a twin",
+    operation_id="createTwin",
+    responses={
+        201: {"description": "Created: the twin at version 0.", "headers": LOCATION},
+        **error_responses(
+            409,
+            422,
+            e409="A twin has that name (`conflict`).",
+            e422="Invalid spec, naming the field (`model.params.R`), or a spec whose channels, "
+            "size or estimated update cost exceed the service's limits, naming the option to "
+            "lower (`invalid`).",
+        ),
+    },
 )
 def create_twin(
     body: TwinCreate, session: SessionDep, settings: SettingsDep, response: Response
@@ -34,7 +56,16 @@ def create_twin(
     return TwinRead.model_validate(service.twin_status(session, twin))
 
 
-@router.get("", response_model=list[TwinRead])
+@router.get(
+    "",
+    response_model=list[TwinRead],
+    summary="List twins with their status",
+    operation_id="listTwins",
+    responses={
+        200: {"description": "One page of twins.", "headers": TOTAL_COUNT},
+        **error_responses(422, e422="Invalid query parameter (`invalid`)."),
+    },
+)
 def list_twins(
     session: SessionDep,
     access: AccessDep,
@@ -67,7 +98,13 @@ def list_twins(
     return _reads(session, statuses)
 
 
-@router.get("/{twin_id}", response_model=TwinRead, responses=error_responses(404))
+@router.get(
+    "/{twin_id}",
+    response_model=TwinRead,
+    summary="Read a twin's status",
+    operation_id="getTwin",
+    responses=error_responses(404, 422, e422="Invalid twin id (`invalid`)."),
+)
 def read_twin(twin: TwinDep, session: SessionDep) -> TwinRead:
     """One twin with its status (latest version, newest seq, watermark, calibration lag) and
     health (current error against the first guess, drift events)."""
@@ -79,7 +116,16 @@ def _reads(session, statuses) -> list[TwinRead]:
     return [TwinRead.model_validate({**vars(s), **health[s.id]}) for s in statuses]
 
 
-@router.delete("/{twin_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404))
+@router.delete(
+    "/{twin_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a twin and its history",
+    operation_id="deleteTwin",
+    responses={
+        204: {"description": "Deleted."},
+        **error_responses(404, 422, e422="Invalid twin id (`invalid`)."),
+    },
+)
 def delete_twin(
     twin: TwinDep, session: SessionDep, cache: TwinCacheDep, metrics: MetricsDep, request: Request
 ) -> Response:
