@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
 
 from app import dashboard
 from app.apidocs import install_api_docs
@@ -25,6 +26,13 @@ DESCRIPTION = """Digital twins that follow drifting real systems.
 
 Post a twin's spec, stream observations to it, and read back what-if predictions, calibrated
 parameters, version history and drift. Errors are `{"error", "detail", "errors": [...]}`."""
+
+
+def operation_id(route: APIRoute) -> str:
+    """A route's operationId where it does not set one: its function's name in camelCase
+    (`read_twin` -> `readTwin`), stable for client generators."""
+    first, *rest = route.name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -58,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.dispose()
 
     app = FastAPI(
+        generate_unique_id_function=operation_id,
         title="Tandem",
         version="0.1.0",
         description=DESCRIPTION,

@@ -193,6 +193,12 @@ class GatewayObservationIn(ObservationIn):
 
 
 class IngestResult(ReadModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"accepted": 2, "duplicates": 0, "first_seq": 1, "last_seq": 2}]
+        }
+    )
+
     accepted: int
     duplicates: int = Field(description="Rows whose ts the twin already had, or repeated ts.")
     late: int = Field(
@@ -253,6 +259,19 @@ class PredictRequest(BaseModel):
 
 
 class PredictResult(ReadModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": 134,
+                    "context_ts": 1795601200.0,
+                    "outputs": [{"T": 24.5}, {"T": 23.9}],
+                    "std": [{"T": 0.05}, {"T": 0.07}],
+                }
+            ]
+        }
+    )
+
     version: int
     context_ts: float | None = Field(description="ts of the observation the roll starts from.")
     outputs: list[dict[str, float | None]]
