@@ -1,12 +1,14 @@
 """The calibration worker: the exactly-once loop of DESIGN.md.
 
-For each twin with observations past its watermark: take the latest version (cached in memory),
-read the next observations in `seq` order, let the twin predict, monitor and learn them, then
-write the new version, the prequential predictions and the drift events in ONE transaction.
-A crash before the commit loses nothing; the next run redoes the same observations from the
-committed watermark with the same result. Workers claim twins through leases in the database
+For each claimed twin with observations past its watermark: take the latest version (kept in
+memory by the worker that committed it), read the next observations in `seq` order, let the
+twin predict, monitor and learn them; then write the pass's new versions, prequential
+predictions and drift events, for all its twins, in ONE transaction (`app.versions`). A crash
+before the commit loses nothing; the next run redoes the same observations from the committed
+watermarks with the same result. Workers claim twins through leases in the database
 (`FOR UPDATE SKIP LOCKED` on PostgreSQL), and the unique (twin, version number) key makes a
-lost lease harmless: the second writer's commit fails and it reloads.
+lost lease harmless: the second writer's commit fails, its twins are written one by one, and
+the twin that conflicts is reloaded.
 
 Twins are isolated from each other: a twin whose step raises or leaves a non-finite parameter
 is rolled back to its last committed version, marked `failing` with the error, and retried
@@ -23,19 +25,22 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from app import tables as t
 from app.isolation import check_finite, describe, learn_isolated
 from app.leases import Leases
+from app.versions import Learned, Retention, write_versions
 from twin.observations import Observations
-from twin.replica import StepResult, Twin
+from twin.replica import Twin
 
 log = logging.getLogger("tandem.calibrator")
 
@@ -43,7 +48,7 @@ log = logging.getLogger("tandem.calibrator")
 @dataclass(frozen=True)
 class CalibratorConfig:
     batch: int = 1024  # observations per committed version, at most
-    claim_limit: int = 4  # twins one pass claims, so that several workers share the work
+    claim_limit: int = 64  # twins one pass claims, learns and commits together
     lease_seconds: float = 30.0
     poll_interval: float = 0.1
     keep_checkpoints: int = 3  # newest versions that keep full learner state
@@ -52,14 +57,30 @@ class CalibratorConfig:
     retry_seconds: float = 1.0  # first wait after a failure; doubles with each failure
     retry_cap_seconds: float = 60.0
     quarantine_after: int = 3  # failures in a row before updates that fail are passed over
+    cached_twins: int = 10_000  # twins kept in memory between passes (about 50 kB each)
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(
+            self.lease_seconds, self.quarantine_after, self.keep_checkpoints, self.version_retention
+        )
 
 
 class TwinGone(Exception):
     """The twin was deleted while the worker held it."""
 
 
+class Claim(NamedTuple):
+    """A twin leased for a pass: its failures in a row and its newest committed version."""
+
+    twin_id: int
+    failures: int
+    version: int
+    watermark: int
+
+
 class Calibrator:
-    """Claims twins with pending observations and calibrates them, one version per commit."""
+    """Claims twins with pending observations and calibrates them, many versions per commit."""
 
     def __init__(
         self,
@@ -70,7 +91,9 @@ class Calibrator:
         self.sessions = sessions
         self.config = config or CalibratorConfig()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self._cache: dict[int, tuple[int, Twin]] = {}  # twin id -> (version number, twin)
+        # twin id -> (version number, twin): the state this worker committed last, kept while
+        # it holds the lease, so that a pass reloads a checkpoint only after another wrote it
+        self._cache: OrderedDict[int, tuple[int, Twin]] = OrderedDict()
         self.leases = Leases(sessions, self.owner, self.config.lease_seconds)  # sticky shares
         self.before_commit = None  # test hook: called between learning and commit
         self.on_progress: Callable[[], None] | None = None  # heartbeat: after each twin
@@ -78,34 +101,47 @@ class Calibrator:
 
     # -- the loop -----------------------------------------------------------------------------
     def run_once(self, stop: threading.Event | None = None) -> int:
-        """Calibrate every claimable twin with pending observations once; return how many
-        observations were learned (or passed over). A twin's own failure never ends the pass."""
-        learned = 0
-        for twin_id, failures in self._claim():
+        """Calibrate every claimed twin with pending observations once and commit them together;
+        return how many observations were learned (or passed over). A twin's own failure never
+        ends the pass nor rolls back the others."""
+        learned, batch = 0, []
+        started = time.monotonic()
+        for claim in self._claim():
             if stop is not None and stop.is_set():
                 break
+            if time.monotonic() - started > self.config.lease_seconds / 3:
+                break  # commit well within the leases; the rest stay ours for the next pass
             budget = self.config.budget_seconds
             deadline = None if budget is None else time.monotonic() + budget
-            try:
-                learned += self._calibrate(twin_id, failures, deadline)
-            except TwinGone:
-                log.info("twin %s was deleted while calibrating; dropped", twin_id)
-                self._cache.pop(twin_id, None)
-            except IntegrityError:
-                self._cache.pop(twin_id, None)
-                if self._exists(twin_id):
-                    log.warning("twin %s: another worker committed first; reloading", twin_id)
-                else:
-                    log.info("twin %s was deleted while calibrating; dropped", twin_id)
-            except OperationalError:
-                self._cache.pop(twin_id, None)
-                raise  # the database, not the twin: the pass backs off
-            except Exception as exc:
-                self._cache.pop(twin_id, None)
-                self._fail(twin_id, failures, exc)
+            item = self._guarded(claim.twin_id, claim.failures, self._learn, claim, deadline)
+            if item is not None:
+                batch.append(item)
+                learned += len(item.result.seq)
             if self.on_progress is not None:
                 self.on_progress()
+        self._commit(batch)
         return learned
+
+    def _guarded(self, twin_id: int, failures: int, fn, *args):
+        """Run one twin's part of a pass; what goes wrong is that twin's alone."""
+        try:
+            return fn(*args)
+        except TwinGone:
+            log.info("twin %s was deleted while calibrating; dropped", twin_id)
+            self._cache.pop(twin_id, None)
+        except IntegrityError:
+            self._cache.pop(twin_id, None)
+            if self._exists(twin_id):
+                log.warning("twin %s: another worker committed first; reloading", twin_id)
+            else:
+                log.info("twin %s was deleted while calibrating; dropped", twin_id)
+        except OperationalError:
+            self._cache.pop(twin_id, None)
+            raise  # the database, not the twin: the pass backs off
+        except Exception as exc:
+            self._cache.pop(twin_id, None)
+            self._fail(twin_id, failures, exc)
+        return None
 
     def run_until(self, stop: threading.Event) -> None:
         """Loop until `stop` is set; sleep `poll_interval` only when there was nothing to do."""
@@ -137,45 +173,36 @@ class Calibrator:
 
     # -- leases -------------------------------------------------------------------------------
     @staticmethod
-    def _latest():
-        """Each twin's newest watermark."""
-        return (
-            select(t.Version.twin_id, func.max(t.Version.watermark).label("watermark"))
-            .group_by(t.Version.twin_id)
-            .subquery()
-        )
-
-    def _pending_query(self):
-        """Twins with observations past their newest version's watermark."""
-        latest = self._latest()
-        return (
-            select(t.Twin.id)
-            .join(latest, latest.c.twin_id == t.Twin.id)
-            .where(t.Twin.last_seq > latest.c.watermark, t.Twin.deleted_at.is_(None))
+    def _pending_query():
+        """Twins with observations past their newest version's watermark (the twins table
+        alone: each row holds its newest watermark)."""
+        return select(t.Twin.id).where(
+            t.Twin.last_seq > t.Twin.watermark, t.Twin.deleted_at.is_(None)
         )
 
     def _pending(self) -> bool:
         with self.sessions() as session:
             return session.scalar(self._pending_query().limit(1)) is not None
 
-    def _claim(self) -> list[tuple[int, int]]:
+    def _claim(self) -> list[Claim]:
         """Lease up to `claim_limit` twins with pending work, longest-waiting first (by the
         receive time of the oldest observation not yet learned), within this worker's share
-        (app.leases); twins that failed wait for their `retry_at`. Returns (twin id, failures
-        in a row)."""
+        (app.leases); twins that failed wait for their `retry_at`."""
         self.leases.refresh()
         now = time.time()
         free = self.leases.claimable(now)
         due = or_(t.Twin.retry_at.is_(None), t.Twin.retry_at <= now)
-        latest = self._latest()
         oldest = aliased(t.Observation)
         query = (
-            select(t.Twin.id, t.Twin.calibration_failures, t.Twin.lease_owner)
-            .join(latest, latest.c.twin_id == t.Twin.id)
-            .outerjoin(
-                oldest, (oldest.twin_id == t.Twin.id) & (oldest.seq == latest.c.watermark + 1)
+            select(
+                t.Twin.id,
+                t.Twin.calibration_failures,
+                t.Twin.version,
+                t.Twin.watermark,
+                t.Twin.lease_owner,
             )
-            .where(t.Twin.last_seq > latest.c.watermark, t.Twin.deleted_at.is_(None), free, due)
+            .outerjoin(oldest, (oldest.twin_id == t.Twin.id) & (oldest.seq == t.Twin.watermark + 1))
+            .where(t.Twin.last_seq > t.Twin.watermark, t.Twin.deleted_at.is_(None), free, due)
             .order_by(func.coalesce(oldest.received_at, 0.0), t.Twin.id)
             .limit(self.config.claim_limit)
             .with_for_update(of=t.Twin, skip_locked=True)
@@ -183,37 +210,36 @@ class Calibrator:
         with self.sessions.begin() as session:
             rows = session.execute(query).all()
             claimed = self.leases.admit(
-                [(int(i), int(f)) for i, f, _ in rows], [o for *_, o in rows]
+                [Claim(*map(int, row[:4])) for row in rows], [row[4] for row in rows]
             )
-            self.leases.take(session, [i for i, _ in claimed], now)
+            self.leases.take(session, [c.twin_id for c in claimed], now)
         return claimed
 
     # -- one twin -----------------------------------------------------------------------------
-    def _load(self, session: Session, twin_id: int) -> tuple[int, Twin]:
-        number = session.scalar(
-            select(func.max(t.Version.number)).where(t.Version.twin_id == twin_id)
-        )
-        if number is None:
-            raise TwinGone(twin_id)
-        cached = self._cache.get(twin_id)
-        if cached and cached[0] == number:
-            return cached
-        blob = session.scalar(
+    def _load(self, session: Session, claim: Claim) -> Twin:
+        """The twin at its newest version: this worker's own, unless another committed since."""
+        cached = self._cache.get(claim.twin_id)
+        if cached and cached[0] == claim.version:
+            return cached[1]
+        blob = session.execute(
             select(t.Version.checkpoint).where(
-                t.Version.twin_id == twin_id, t.Version.number == number
+                t.Version.twin_id == claim.twin_id, t.Version.number == claim.version
             )
-        )
+        ).first()
         if blob is None:
-            raise RuntimeError(f"newest version {number} has no checkpoint")
-        return number, Twin.from_bytes(blob)
+            raise TwinGone(claim.twin_id)
+        if blob[0] is None:
+            raise RuntimeError(f"newest version {claim.version} has no checkpoint")
+        return Twin.from_bytes(blob[0])
 
     def _exists(self, twin_id: int) -> bool:
         with self.sessions() as session:
             return session.get(t.Twin, twin_id) is not None
 
-    def _calibrate(self, twin_id: int, failures: int, deadline: float | None) -> int:
+    def _learn(self, claim: Claim, deadline: float | None) -> Learned | None:
+        twin_id = claim.twin_id
         with self.sessions() as session:
-            number, twin = self._load(session, twin_id)
+            twin = self._load(session, claim)
             size = twin.update_size
             rows = session.execute(
                 select(
@@ -224,10 +250,10 @@ class Calibrator:
                 .limit(max(self.config.batch // size, 1) * size)  # cut on an update boundary
             ).all()
         if not rows:
-            return 0
+            return None
         obs = _observations(rows, len(twin.spec.inputs), len(twin.spec.outputs))
         self._cache.pop(twin_id, None)  # the twin mutates now; cached again only once committed
-        if failures >= self.config.quarantine_after:
+        if claim.failures >= self.config.quarantine_after:
             twin, result, error, passed = learn_isolated(twin, obs, deadline)
             if passed:
                 log.warning(
@@ -238,9 +264,40 @@ class Calibrator:
             check_finite(twin)
         if self.before_commit is not None:
             self.before_commit(twin_id, result)
-        self._commit(twin_id, number + 1, twin, result, failures, error)
-        self._cache[twin_id] = (number + 1, twin)
-        return len(result.seq)
+        return Learned(twin_id, claim.version + 1, twin, result, claim.failures, error)
+
+    def _commit(self, batch: list[Learned]) -> None:
+        """Write the pass's versions in one transaction; if that fails, twin by twin, so that
+        one twin's conflict (another worker committed first, or it was deleted) is its own."""
+        if not batch:
+            return
+        try:
+            self._write(batch)
+        except OperationalError:
+            raise
+        except Exception:
+            if len(batch) == 1:
+                item = batch[0]
+                self._guarded(item.twin_id, item.failures, self._write, batch)
+                return
+            for item in batch:
+                self._guarded(item.twin_id, item.failures, self._write, [item])
+
+    def _write(self, batch: list[Learned]) -> None:
+        for item in batch:
+            self._cache.pop(item.twin_id, None)
+        with self.sessions.begin() as session:
+            gone = write_versions(session, batch, self.config.retention)
+        for item in batch:
+            if item.twin_id in gone:
+                if len(batch) == 1:
+                    raise TwinGone(item.twin_id)
+                log.info("twin %s was deleted while calibrating; dropped", item.twin_id)
+            else:
+                self._cache[item.twin_id] = (item.number, item.twin)
+                if len(self._cache) > self.config.cached_twins:
+                    self._cache.popitem(last=False)  # the least recently learned
+                log.debug("twin %s: version %s", item.twin_id, item.number)
 
     def _fail(self, twin_id: int, failures: int, exc: Exception) -> None:
         """Leave the twin at its last committed version, say why, and retry it later."""
@@ -264,97 +321,6 @@ class Calibrator:
                 )
             )
 
-    def _commit(
-        self,
-        twin_id: int,
-        number: int,
-        twin: Twin,
-        result: StepResult,
-        failures: int = 0,
-        error: Exception | None = None,
-    ) -> None:
-        now = time.time()
-        metrics = twin.metrics()
-        metrics["loss"] = result.loss
-        metrics["observations"] = int(len(result.seq))
-        health = {"calibration_status": "ok", "calibration_error": None, "calibration_failures": 0}
-        if error is not None:  # quarantining: still failing, but making progress, so no wait
-            health = {
-                "calibration_status": "failing",
-                "calibration_error": describe(error),
-                "calibration_failures": max(failures, self.config.quarantine_after),
-            }
-        with self.sessions.begin() as session:
-            session.execute(
-                insert(t.Version),
-                [
-                    {
-                        "twin_id": twin_id,
-                        "number": number,
-                        "watermark": twin.watermark,
-                        "created_at": now,
-                        "parameters": twin.parameters(),
-                        "metrics": metrics,
-                        "checkpoint": twin.to_bytes(),
-                    }
-                ],
-            )
-            session.execute(
-                insert(t.Prediction),
-                [
-                    {
-                        "twin_id": twin_id,
-                        "seq": int(s),
-                        "version": number,
-                        "prediction": _json_row(p),
-                        "residual": _json_row(r),
-                        "first_guess": _json_row(f),
-                    }
-                    for s, p, r, f in zip(
-                        result.seq,
-                        result.predictions,
-                        result.residuals,
-                        result.frozen_predictions,
-                        strict=True,
-                    )
-                ],
-            )
-            if result.events:
-                session.execute(
-                    insert(t.DriftEvent),
-                    [{"twin_id": twin_id, "created_at": now, **e.to_dict()} for e in result.events],
-                )
-            self._prune(session, twin_id, number)
-            renewed = session.execute(
-                update(t.Twin)
-                .where(t.Twin.id == twin_id, t.Twin.deleted_at.is_(None))
-                .values(lease_expires_at=now + self.config.lease_seconds, retry_at=None, **health)
-            )
-            if renewed.rowcount != 1:  # marked deleted meanwhile: roll the version back
-                raise TwinGone(twin_id)
-        log.debug("twin %s: version %s, watermark %s", twin_id, number, twin.watermark)
-
-    def _prune(self, session: Session, twin_id: int, number: int) -> None:
-        """Drop full learner state from all but the newest checkpoints, and old versions."""
-        keep = self.config.keep_checkpoints
-        session.execute(
-            update(t.Version)
-            .where(
-                t.Version.twin_id == twin_id,
-                t.Version.number <= number - keep,
-                t.Version.checkpoint.is_not(None),
-            )
-            .values(checkpoint=None)
-        )
-        if self.config.version_retention:
-            session.execute(
-                delete(t.Version).where(
-                    t.Version.twin_id == twin_id,
-                    t.Version.number > 0,
-                    t.Version.number <= number - self.config.version_retention,
-                )
-            )
-
 
 def _observations(rows, n_inputs: int, n_outputs: int) -> Observations:
     """Rows (seq, ts, inputs, outputs) read in `seq` (arrival) order, in time order: a late
@@ -365,7 +331,3 @@ def _observations(rows, n_inputs: int, n_outputs: int) -> Observations:
     inputs = np.array([r[2] for r in rows], dtype=np.float64).reshape(len(rows), n_inputs)
     outputs = np.array([r[3] for r in rows], dtype=np.float64).reshape(len(rows), n_outputs)
     return Observations(ts, inputs, outputs, seq)
-
-
-def _json_row(values: np.ndarray) -> list[float | None]:
-    return [None if not np.isfinite(v) else float(v) for v in values]

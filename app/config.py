@@ -59,6 +59,9 @@ class Settings(BaseSettings):
 
     # calibrator (app.calibrator, app.embedded)
     calibration_batch: int = Field(1024, gt=0, description="Most observations per version.")
+    calibration_twins: int = Field(
+        64, gt=0, description="Most twins one calibrator pass learns and commits together."
+    )
     lease_seconds: float = Field(30.0, gt=0, description="How long a worker's claim lasts.")
     poll_interval: float = Field(0.1, gt=0, description="Seconds between calibrator polls.")
     keep_checkpoints: int = Field(3, gt=0, description="Newest versions that keep full state.")

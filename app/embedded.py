@@ -41,6 +41,7 @@ STABLE_AFTER = 60.0  # a child that lived this long restarts after the shortest 
 def calibrator_config(settings: Settings) -> CalibratorConfig:
     return CalibratorConfig(
         batch=settings.calibration_batch,
+        claim_limit=settings.calibration_twins,
         lease_seconds=settings.lease_seconds,
         poll_interval=settings.poll_interval,
         keep_checkpoints=settings.keep_checkpoints,

@@ -53,6 +53,10 @@ class Twin(Base):
     last_ts: Mapped[float | None] = mapped_column(Float)
     last_received_at: Mapped[float | None] = mapped_column(Float)
     late_observations: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # the newest version's number and watermark, written with it (see app.versions): twins
+    # with pending observations are those with last_seq > watermark
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    watermark: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
     # calibration health: "failing" while the twin's steps raise (see app.calibrator)

@@ -11,7 +11,7 @@ import uuid
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import create_engine, insert, select, text, update
 from sqlalchemy.engine import make_url
 
 from app import tables as t
@@ -173,6 +173,11 @@ def learn(sessions):
                     metrics={**replica.metrics(), "loss": result.loss},
                     checkpoint=replica.to_bytes(),
                 )
+            )
+            session.execute(
+                update(t.Twin)
+                .where(t.Twin.id == twin_id)
+                .values(version=number, watermark=replica.watermark)
             )
         return number
 

@@ -103,7 +103,7 @@ def test_claims_go_to_the_longest_waiting_twin_first(client, make_twin, post, se
     post(second, thermal_rows(8))  # received first, so waiting longest
     post(first, thermal_rows(8))
     worker = Calibrator(sessions, CalibratorConfig(claim_limit=1))
-    assert [i for i, _ in worker._claim()] == [second]
+    assert [c.twin_id for c in worker._claim()] == [second]
 
 
 def test_deleting_a_twin_the_worker_holds_is_quiet(client, make_twin, post, sessions, caplog):

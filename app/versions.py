@@ -1,0 +1,161 @@
+"""Writing what the calibrator learned: many twins' new versions, prequential predictions and
+drift events in ONE transaction (one commit, one fsync, for a whole pass).
+
+Each twin's part is exactly once on its own: its version row's unique (twin, number) key fails
+the transaction if another worker committed that number first, and a twin marked deleted
+meanwhile gets nothing written. The caller retries a failed batch twin by twin, so one twin's
+conflict never loses the others' work.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from app import tables as t
+from app.isolation import describe
+from twin.replica import StepResult, Twin
+
+
+@dataclass
+class Learned:
+    """One twin's step, ready to be written as its version `number`."""
+
+    twin_id: int
+    number: int
+    twin: Twin
+    result: StepResult
+    failures: int = 0
+    error: Exception | None = None  # quarantining: the newest update that still failed
+
+
+@dataclass(frozen=True)
+class Retention:
+    lease_seconds: float
+    quarantine_after: int
+    keep_checkpoints: int  # newest versions that keep full learner state
+    version_retention: int  # versions kept per twin (0: all); version 0 always stays
+
+
+def write_versions(session: Session, batch: list[Learned], rules: Retention) -> set[int]:
+    """Write every twin's version in the session's transaction; return the ids of the twins
+    marked deleted meanwhile, for which nothing was written."""
+    now = time.time()
+    twins = t.Twin.__table__
+    # The twins' rows first: on SQLite that takes the write lock before anything is read, and
+    # on PostgreSQL it locks the rows a concurrent DELETE marks.
+    session.execute(
+        update(twins)
+        .where(twins.c.id == bindparam("b_id"), twins.c.deleted_at.is_(None))
+        .values(
+            version=bindparam("b_version"),
+            watermark=bindparam("b_watermark"),
+            lease_expires_at=now + rules.lease_seconds,
+            retry_at=None,
+            calibration_status=bindparam("b_status"),
+            calibration_error=bindparam("b_error"),
+            calibration_failures=bindparam("b_failures"),
+        ),
+        # in id order, as every writer that locks several twins' rows, so that none deadlock
+        sorted((_health(item, rules) for item in batch), key=lambda row: row["b_id"]),
+    )
+    ids = [item.twin_id for item in batch]
+    gone = set(
+        session.scalars(
+            select(twins.c.id).where(twins.c.id.in_(ids), twins.c.deleted_at.is_not(None))
+        )
+    )
+    gone |= set(ids) - set(session.scalars(select(twins.c.id).where(twins.c.id.in_(ids))))
+    batch = [item for item in batch if item.twin_id not in gone]
+    if not batch:
+        return gone
+    session.execute(insert(t.Version.__table__), [_version(item, now) for item in batch])
+    predictions = [row for item in batch for row in _predictions(item)]
+    if predictions:
+        session.execute(insert(t.Prediction.__table__), predictions)
+    events = [
+        {"twin_id": item.twin_id, "created_at": now, **e.to_dict()}
+        for item in batch
+        for e in item.result.events
+    ]
+    if events:
+        session.execute(insert(t.DriftEvent.__table__), events)
+    _prune(session, batch, rules)
+    return gone
+
+
+def _health(item: Learned, rules: Retention) -> dict:
+    row = {"b_id": item.twin_id, "b_version": item.number, "b_watermark": item.twin.watermark}
+    if item.error is None:
+        return {**row, "b_status": "ok", "b_error": None, "b_failures": 0}
+    # quarantining: still failing, but making progress, so no wait
+    failures = max(item.failures, rules.quarantine_after)
+    return {**row, "b_status": "failing", "b_error": describe(item.error), "b_failures": failures}
+
+
+def _version(item: Learned, now: float) -> dict:
+    metrics = item.twin.metrics()
+    metrics["loss"] = item.result.loss
+    metrics["observations"] = int(len(item.result.seq))
+    return {
+        "twin_id": item.twin_id,
+        "number": item.number,
+        "watermark": item.twin.watermark,
+        "created_at": now,
+        "parameters": item.twin.parameters(),
+        "metrics": metrics,
+        "checkpoint": item.twin.to_bytes(),
+    }
+
+
+def _predictions(item: Learned) -> list[dict]:
+    r = item.result
+    rows = zip(
+        r.seq.tolist(),
+        _json_rows(r.predictions),
+        _json_rows(r.residuals),
+        _json_rows(r.frozen_predictions),
+        strict=True,
+    )
+    return [
+        {
+            "twin_id": item.twin_id,
+            "seq": s,
+            "version": item.number,
+            "prediction": p,
+            "residual": e,
+            "first_guess": f,
+        }
+        for s, p, e, f in rows
+    ]
+
+
+def _prune(session: Session, batch: list[Learned], rules: Retention) -> None:
+    """Drop full learner state from all but the newest checkpoints, and old versions."""
+    versions = t.Version.__table__
+    twin, upto = versions.c.twin_id == bindparam("b_id"), versions.c.number <= bindparam("b_upto")
+    keep = rules.keep_checkpoints
+    session.execute(
+        update(versions)
+        .where(twin, upto, versions.c.checkpoint.is_not(None))
+        .values(checkpoint=None),
+        [{"b_id": item.twin_id, "b_upto": item.number - keep} for item in batch],
+    )
+    if rules.version_retention:
+        session.execute(
+            delete(versions).where(twin, upto, versions.c.number > 0),
+            [{"b_id": i.twin_id, "b_upto": i.number - rules.version_retention} for i in batch],
+        )
+
+
+def _json_rows(values: np.ndarray) -> list[list[float | None]]:
+    """(N, n_out) -> rows of floats, with NaN and inf as None."""
+    finite = np.isfinite(values).tolist()
+    return [
+        [v if ok else None for v, ok in zip(row, oks, strict=True)]
+        for row, oks in zip(values.tolist(), finite, strict=True)
+    ]
