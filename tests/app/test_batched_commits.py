@@ -19,7 +19,7 @@ def one_by_one(tmp_path_factory):
     """Three twins calibrated twin by twin (one twin claimed per pass), commits of 64."""
     url = f"sqlite:///{tmp_path_factory.mktemp('one-by-one') / 'tandem.db'}"
     ids = seeded_database(url, twins=TWINS)
-    calibrator(url, batch=64, claim_limit=1).drain()
+    calibrator(url, batch=64, claim_limit=1).drain(timeout=600)
     return [history(url, i) for i in ids]
 
 
@@ -32,7 +32,7 @@ def test_one_pass_commits_every_claimed_twin_in_one_transaction(tmp_path, one_by
     assert worker.run_once() == TWINS * 64
     assert len(commits) == 2  # the claim, and the pass's versions
     assert [history(url, i)[0][-1][:2] for i in ids] == [(1, 64)] * TWINS
-    worker.drain()
+    worker.drain(timeout=600)
     assert [history(url, i) for i in ids] == one_by_one  # the same versions, bit for bit
 
 
@@ -49,10 +49,10 @@ def test_a_crash_before_the_commit_of_a_batch_loses_and_doubles_nothing(tmp_path
 
     crashing.before_commit = crash_in_the_second_pass
     with pytest.raises(PowerCut):
-        crashing.drain()
+        crashing.drain(timeout=600)
     assert [history(url, i)[0][-1][:2] for i in ids] == [(1, 64)] * TWINS  # first pass only
     release_leases(crashing.sessions, crashing.owner)  # as the supervisor of a dead worker does
-    calibrator(url, batch=64).drain()  # a fresh worker, with no memory of the lost pass
+    calibrator(url, batch=64).drain(timeout=600)  # a fresh worker, with no memory of the lost pass
     assert [history(url, i) for i in ids] == one_by_one
 
 
@@ -69,9 +69,9 @@ def test_a_conflict_on_one_twin_keeps_the_rest_of_its_batch(tmp_path, one_by_one
 
     def rival_commits_the_middle_twin_first(twin_id, _result):
         if twin_id == ids[-1]:
-            first._release()  # as if the first worker's leases had run out
+            first.leases.release()  # as if the first worker's leases had run out
             assert rival.run_once() == 64
-            rival._release()
+            rival.leases.release()
 
     first.before_commit = rival_commits_the_middle_twin_first
     with caplog.at_level(logging.WARNING, logger="tandem.calibrator"):
@@ -81,7 +81,7 @@ def test_a_conflict_on_one_twin_keeps_the_rest_of_its_batch(tmp_path, one_by_one
         f"twin {ids[1]}: another worker committed first; reloading"
     ]
     first.before_commit = None
-    first.drain()
+    first.drain(timeout=600)
     assert [history(url, i) for i in ids] == one_by_one
 
 
@@ -103,10 +103,10 @@ def test_a_worker_loads_a_checkpoint_only_after_another_worker_committed(
     post(twin_id, thermal_rows(8, start=2_000.0))
     mine.run_once()
     assert len(loads) == 1  # its own commit is the newest: kept in memory
-    mine._release()
+    mine.leases.release()
     post(twin_id, thermal_rows(8, start=3_000.0))
     other.run_once()
-    other._release()
+    other.leases.release()
     post(twin_id, thermal_rows(8, start=4_000.0))
     mine.run_once()
     assert len(loads) == 3  # the other worker's version 3, loaded by each
