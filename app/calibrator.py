@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from app import tables as t
 from app.isolation import check_finite, describe, learn_isolated
 from app.leases import Leases
-from app.versions import Learned, Retention, write_versions
+from app.versions import Learned, WriteRules, write_versions
 from twin.observations import Observations
 from twin.replica import Twin
 
@@ -60,8 +60,8 @@ class CalibratorConfig:
     cached_twins: int = 10_000  # twins kept in memory between passes (about 50 kB each)
 
     @property
-    def retention(self) -> Retention:
-        return Retention(
+    def write_rules(self) -> WriteRules:
+        return WriteRules(
             self.lease_seconds, self.quarantine_after, self.keep_checkpoints, self.version_retention
         )
 
@@ -287,7 +287,7 @@ class Calibrator:
         for item in batch:
             self._cache.pop(item.twin_id, None)
         with self.sessions.begin() as session:
-            gone = write_versions(session, batch, self.config.retention)
+            gone = write_versions(session, batch, self.config.write_rules)
         for item in batch:
             if item.twin_id in gone:
                 if len(batch) == 1:

@@ -34,14 +34,14 @@ class Learned:
 
 
 @dataclass(frozen=True)
-class Retention:
+class WriteRules:
     lease_seconds: float
     quarantine_after: int
     keep_checkpoints: int  # newest versions that keep full learner state
     version_retention: int  # versions kept per twin (0: all); version 0 always stays
 
 
-def write_versions(session: Session, batch: list[Learned], rules: Retention) -> set[int]:
+def write_versions(session: Session, batch: list[Learned], rules: WriteRules) -> set[int]:
     """Write every twin's version in the session's transaction; return the ids of the twins
     marked deleted meanwhile, for which nothing was written."""
     now = time.time()
@@ -88,7 +88,7 @@ def write_versions(session: Session, batch: list[Learned], rules: Retention) -> 
     return gone
 
 
-def _health(item: Learned, rules: Retention) -> dict:
+def _health(item: Learned, rules: WriteRules) -> dict:
     row = {"b_id": item.twin_id, "b_version": item.number, "b_watermark": item.twin.watermark}
     if item.error is None:
         return {**row, "b_status": "ok", "b_error": None, "b_failures": 0}
@@ -134,7 +134,7 @@ def _predictions(item: Learned) -> list[dict]:
     ]
 
 
-def _prune(session: Session, batch: list[Learned], rules: Retention) -> None:
+def _prune(session: Session, batch: list[Learned], rules: WriteRules) -> None:
     """Drop full learner state from all but the newest checkpoints, and old versions."""
     versions = t.Version.__table__
     twin, upto = versions.c.twin_id == bindparam("b_id"), versions.c.number <= bindparam("b_upto")
