@@ -79,9 +79,9 @@ def test_a_conflict_on_one_twin_keeps_the_rest_of_its_batch(tmp_path, one_by_one
     with caplog.at_level(logging.WARNING, logger="tandem.calibrator"):
         first.run_once()
     assert [history(url, i)[0][-1][:2] for i in ids] == [(2, 128)] * TWINS
-    assert [r.getMessage() for r in caplog.records] == [
-        f"twin {ids[1]}: another worker committed first; reloading"
-    ]
+    warnings = [r for r in caplog.records if r.name == "tandem.calibrator"]
+    warnings = [r.getMessage() for r in warnings if r.levelno >= logging.WARNING]
+    assert warnings == [f"twin {ids[1]}: another worker committed first; reloading"]
     first.before_commit = None
     first.drain(timeout=600)
     assert [history(url, i) for i in ids] == one_by_one
