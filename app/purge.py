@@ -1,11 +1,11 @@
 """Purging deleted twins' rows in small batches, in a thread of each API process.
 
 `DELETE /twins/{id}` only marks the twin (`deleted_at`), so it answers at once however many
-rows the twin has. The purger then deletes its observations, predictions, drift events and
-versions `batch` rows per transaction, pausing between transactions so that ingestion and the
-calibrator get the write lock in between, and finally the twin row. It waits while a worker
-still holds a live lease on the twin. It wakes when a twin is deleted and every `interval`
-seconds (twins left half-purged by a stopped process are finished by the next one).
+rows the twin has. The purger then deletes its observations, predictions, series blocks, drift
+events and versions `batch` rows per transaction, pausing between transactions so that
+ingestion and the calibrator get the write lock in between, and finally the twin row. It waits
+while a worker still holds a live lease on the twin. It wakes when a twin is deleted and every
+`interval` seconds (twins left half-purged by a stopped process are finished by the next one).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.tables import DriftEvent, Observation, Prediction, Twin, Version
+from app.tables import DriftEvent, Observation, Prediction, SeriesBlock, Twin, Version
 
 log = logging.getLogger("tandem.purge")
 
@@ -25,6 +25,7 @@ log = logging.getLogger("tandem.purge")
 CHILDREN = (
     (Observation, Observation.seq),
     (Prediction, Prediction.seq),
+    (SeriesBlock, SeriesBlock.block),  # every output and size of the first blocks
     (DriftEvent, DriftEvent.id),
     (Version, Version.id),
 )

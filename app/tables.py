@@ -120,6 +120,40 @@ class Prediction(Base):
     first_guess: Mapped[list[float | None] | None] = mapped_column(JSON)
 
 
+class SeriesBlock(Base):
+    """Aggregates of one output over `size` consecutive observations (seqs block*size+1 to
+    (block+1)*size), all learned: what downsampled series reads merge instead of raw rows
+    (app.services.blocks). Built by those reads; derived data, deleted with the twin."""
+
+    __tablename__ = "series_blocks"
+
+    twin_id: Mapped[int] = mapped_column(
+        ForeignKey("twins.id", ondelete="CASCADE"), primary_key=True
+    )
+    output: Mapped[int] = mapped_column(Integer, primary_key=True)  # index in the spec's outputs
+    size: Mapped[int] = mapped_column(Integer, primary_key=True)  # observations a block spans
+    block: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)  # observations stored (fewer after retention)
+    ts_sum: Mapped[float] = mapped_column(Float)  # of the observations' times
+    # per measure (observed, predicted, residual, first_guess): non-null values, min, max, sum
+    observed_n: Mapped[int] = mapped_column(Integer)
+    observed_min: Mapped[float | None] = mapped_column(Float)
+    observed_max: Mapped[float | None] = mapped_column(Float)
+    observed_sum: Mapped[float | None] = mapped_column(Float)
+    predicted_n: Mapped[int] = mapped_column(Integer)
+    predicted_min: Mapped[float | None] = mapped_column(Float)
+    predicted_max: Mapped[float | None] = mapped_column(Float)
+    predicted_sum: Mapped[float | None] = mapped_column(Float)
+    residual_n: Mapped[int] = mapped_column(Integer)
+    residual_min: Mapped[float | None] = mapped_column(Float)
+    residual_max: Mapped[float | None] = mapped_column(Float)
+    residual_sum: Mapped[float | None] = mapped_column(Float)
+    first_guess_n: Mapped[int] = mapped_column(Integer)
+    first_guess_min: Mapped[float | None] = mapped_column(Float)
+    first_guess_max: Mapped[float | None] = mapped_column(Float)
+    first_guess_sum: Mapped[float | None] = mapped_column(Float)
+
+
 class Version(Base):
     """A calibrated state of a twin; `checkpoint` (full state) is kept for the newest few."""
 

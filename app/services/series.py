@@ -1,12 +1,16 @@
 """Downsampled time series of one output: what a plot of minutes or months needs, in at most a
 few thousand points however many observations the range holds.
 
-The database does the work: observations (joined with their predictions) in the range are
-grouped into equal-width time buckets, and each bucket gives its mean time, count, and the
-minimum, maximum and mean of the observed value, the prediction, the residual and what the
-first guess predicted. A plot that
-draws min and max per pixel-wide bucket shows every spike a full-resolution plot would; where
-the range holds fewer rows than buckets, most buckets hold one row and the plot is exact.
+The range is cut into `points` equal-width time buckets; each gives its mean time, count, and
+the minimum, maximum and mean of the observed value, the prediction, the residual and what the
+first guess predicted. A plot that draws min and max per pixel-wide bucket shows every spike a
+full-resolution plot would; where the range holds fewer rows than buckets, most buckets hold
+one row and the plot is exact.
+
+The database does the work. Where buckets hold many rows (two blocks or more each), learned
+rows come merged from series blocks (app.services.blocks: aggregates of 16, 256 or 4096
+consecutive observations, each placed in the bucket of its mean time) and only the rows at the
+range's edges and past the newest block are read one by one; otherwise every row is grouped.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from app.errors import Invalid
-from app.tables import Observation, Prediction, Twin
+from app.services import blocks
+from app.tables import Observation, SeriesBlock, Twin
 
-MEASURES = ("observed", "predicted", "residual", "first_guess")
+MEASURES = blocks.MEASURES
+STATS = 4  # per measure: count, min, max, sum
 
 
 def output_series(
@@ -39,13 +45,14 @@ def output_series(
             [{"field": "output", "message": f"must be one of {known}"}],
         )
     j = outputs.index(name)
-    o, p = Observation, Prediction
-    mine = o.twin_id == twin.id
-    if start is None or end is None:
-        first, last = session.execute(select(func.min(o.ts), func.max(o.ts)).where(mine)).one()
-        start = first if start is None else start
-        end = last if end is None else end
-    empty = {
+    twin_id = twin.id
+    o = Observation
+    mine = o.twin_id == twin_id
+    if start is None:  # min and max apart: each is one step down the (twin_id, ts) index
+        start = session.scalar(select(func.min(o.ts)).where(mine))
+    if end is None:
+        end = session.scalar(select(func.max(o.ts)).where(mine))
+    out = {
         "output": name,
         "start": start,
         "end": end,
@@ -55,38 +62,105 @@ def output_series(
         **{m: {"min": [], "max": [], "mean": []} for m in MEASURES},
     }
     if start is None or end is None or end < start:
-        return empty
-    in_range = mine & (o.ts >= start) & (o.ts <= end)
-    columns = {
-        "observed": o.outputs[j].as_float(),
-        "predicted": p.prediction[j].as_float(),
-        "residual": p.residual[j].as_float(),
-        "first_guess": p.first_guess[j].as_float(),
-    }
+        return out
     # a hair wider than an even split, so that `end` itself falls in the last bucket
     width = (end - start) / points * (1 + 1e-9) if end > start else 1.0
-    bucket = cast(func.floor((o.ts - start) / width), Integer).label("bucket")
-    aggregates = [func.avg(o.ts), func.count()]
-    for column in columns.values():
-        aggregates += [func.min(column), func.max(column), func.avg(column)]
-    query = (
-        select(bucket, *aggregates)
-        .select_from(o)
-        .outerjoin(p, (p.twin_id == o.twin_id) & (p.seq == o.seq))
-        .where(in_range)
-        .group_by(bucket)
-        .order_by(bucket)
-    )
-    rows = session.execute(query).all()
-    out = {**empty, "bucket_seconds": width}
-    out["ts"] = [float(r[1]) for r in rows]
-    out["count"] = [int(r[2]) for r in rows]
+    in_range = mine & (o.ts >= start) & (o.ts <= end)
+    seqs = _seq_range(session, twin_id, start, end)
+    sizes = () if seqs is None else _sizes((seqs[1] - seqs[0] + 1) / points)
+    merged: dict[int, list] = {}
+    if not sizes:
+        _merge(merged, _raw(session, j, in_range, start, width))
+    else:
+        blocks.build(session, twin, j)  # commits (the twin's row is read again after)
+        have = blocks.built(session, twin_id, j)
+        for size, a, b in blocks.cover(*seqs, sizes, have):
+            if size:
+                _merge(merged, _blocks(session, twin_id, j, size, a, b, start, width))
+            else:
+                rows = in_range & (o.seq >= a) & (o.seq <= b)
+                _merge(merged, _raw(session, j, rows, start, width))
+    rows = [merged[bucket] for bucket in sorted(merged)]
+    out["bucket_seconds"] = width
+    out["ts"] = [acc[0] / acc[1] for acc in rows]
+    out["count"] = [int(acc[1]) for acc in rows]
     for k, measure in enumerate(MEASURES):
-        base = 3 + 3 * k
-        for i, stat in enumerate(("min", "max", "mean")):
-            out[measure][stat] = [_number(r[base + i]) for r in rows]
+        i = 2 + STATS * k
+        out[measure]["min"] = [acc[i + 1] for acc in rows]
+        out[measure]["max"] = [acc[i + 2] for acc in rows]
+        out[measure]["mean"] = [acc[i + 3] / acc[i] if acc[i] else None for acc in rows]
     return out
 
 
-def _number(value) -> float | None:
-    return None if value is None else float(value)
+def _sizes(rows_per_bucket: float) -> tuple[int, ...]:
+    """Block sizes to use, largest first: those with two blocks or more per bucket."""
+    return tuple(s for s in reversed(blocks.SIZES) if 2 * s <= rows_per_bucket)
+
+
+def _seq_range(session: Session, twin_id: int, start: float, end: float) -> tuple[int, int] | None:
+    """The seqs of the first and the last observation in [start, end] (by time; observations
+    are numbered in time order), or None when there is none."""
+    o = Observation
+    mine = o.twin_id == twin_id
+    first = session.scalar(
+        select(o.seq).where(mine, o.ts >= start, o.ts <= end).order_by(o.ts).limit(1)
+    )
+    if first is None:
+        return None
+    last = session.scalar(
+        select(o.seq).where(mine, o.ts >= start, o.ts <= end).order_by(o.ts.desc()).limit(1)
+    )
+    return first, last
+
+
+def _bucket(ts, start: float, width: float):
+    return cast(func.floor((ts - start) / width), Integer).label("bucket")
+
+
+def _raw(session: Session, j: int, where, start: float, width: float):
+    bucket = _bucket(Observation.ts, start, width)
+    query = (
+        select(bucket, *blocks.raw_aggregates(j))
+        .select_from(blocks.joined())
+        .where(where)
+        .group_by(bucket)
+    )
+    return session.execute(query)
+
+
+def _blocks(session, twin_id: int, j: int, size: int, a: int, b: int, start: float, width: float):
+    s = SeriesBlock
+    bucket = _bucket(s.ts_sum / s.n, start, width)
+    query = (
+        select(bucket, *blocks.block_aggregates())
+        .where(s.twin_id == twin_id, s.output == j, s.size == size, s.block.between(a, b))
+        .group_by(bucket)
+    )
+    return session.execute(query)
+
+
+def _merge(merged: dict[int, list], rows) -> None:
+    """Fold rows of (bucket, sum ts, count, then per measure count, min, max, sum) into
+    `merged`, per bucket."""
+    for bucket, *values in rows:
+        acc = merged.get(bucket)
+        if acc is None:
+            merged[bucket] = [v if v is not None else _zero(i) for i, v in enumerate(values)]
+            continue
+        acc[0] += values[0]
+        acc[1] += values[1]
+        for k in range(len(MEASURES)):
+            i = 2 + STATS * k
+            n, low, high, total = values[i : i + STATS]
+            if not n:
+                continue
+            acc[i] += n
+            acc[i + 1] = low if acc[i + 1] is None else min(acc[i + 1], low)
+            acc[i + 2] = high if acc[i + 2] is None else max(acc[i + 2], high)
+            acc[i + 3] = total if acc[i + 3] is None else acc[i + 3] + total
+
+
+def _zero(i: int):
+    """The empty value of aggregate i: 0 for sums and counts, None for min and max."""
+    k = (i - 2) % STATS
+    return None if i >= 2 and k in (1, 2) else 0

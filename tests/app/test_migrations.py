@@ -27,6 +27,7 @@ TABLES = {
     "drift_events",
     "api_keys",
     "workers",
+    "series_blocks",
 }
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ROOT / "migrations" / "versions"

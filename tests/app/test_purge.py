@@ -77,7 +77,7 @@ def rows_of(sessions, twin_id: int) -> int:
     with sessions() as session:
         return sum(
             session.scalar(select(func.count()).select_from(table).where(table.twin_id == twin_id))
-            for table in (t.Observation, t.Prediction, t.DriftEvent, t.Version)
+            for table in (t.Observation, t.Prediction, t.SeriesBlock, t.DriftEvent, t.Version)
         )
 
 

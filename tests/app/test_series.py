@@ -1,7 +1,11 @@
 """The downsampled series behind the dashboard's plots, and the paged, filtered twin list."""
 
-import pytest
+import math
 
+import pytest
+from sqlalchemy import insert, select, text
+
+from app import tables as t
 from tests.app.conftest import thermal_rows
 
 
@@ -41,6 +45,75 @@ def test_series_of_a_time_range_and_of_a_learned_twin(client, make_twin, post, l
         sum((o - g) ** 2 for o, g in zip(body["observed"]["mean"], guess, strict=True)) ** 0.5
         > rmse
     )
+
+
+def totals(body: dict, measure: str) -> tuple[float, float]:
+    return min(v for v in body[measure]["min"] if v is not None), max(
+        v for v in body[measure]["max"] if v is not None
+    )
+
+
+def predicted(sessions, twin_id: int, rows: list[dict]) -> None:
+    """Predictions for the first len(rows) observations and a version that learned them, as
+    if the calibrator had (with made-up values: learning 1,300 rows for real takes a minute)."""
+    with sessions.begin() as session:
+        version = session.scalars(select(t.Version).where(t.Version.twin_id == twin_id)).one()
+        values = [(r["outputs"]["T"], 20.0 + math.sin(i / 9.0)) for i, r in enumerate(rows)]
+        session.execute(
+            insert(t.Prediction),
+            [
+                {
+                    "twin_id": twin_id,
+                    "seq": i + 1,
+                    "version": 1,
+                    "prediction": [p],
+                    "residual": [o - p],
+                    "first_guess": [p - 0.5],
+                }
+                for i, (o, p) in enumerate(values)
+            ],
+        )
+        session.add(
+            t.Version(
+                twin_id=twin_id,
+                number=1,
+                watermark=len(rows),
+                created_at=version.created_at,
+                parameters=version.parameters,
+                metrics=version.metrics,
+                checkpoint=None,
+            )
+        )
+
+
+def test_series_of_many_rows_per_point_merges_blocks_and_misses_no_row(
+    client, make_twin, post, sessions
+):
+    twin = make_twin()
+    rows = thermal_rows(1_300)
+    post(twin["id"], rows)
+    predicted(sessions, twin["id"], rows)
+    post(twin["id"], thermal_rows(37, start=2_300.0))  # a tail not learned yet
+    url = f"/twins/{twin['id']}/series"
+    exact = client.get(url, params={"points": 10_000}).json()  # one row per point
+    assert exact["count"] == [1] * 1_337
+    for start, end in ((None, None), (1_003.5, 2_310.0)):
+        params = {"points": 2} | ({} if start is None else {"start": start, "end": end})
+        body = client.get(url, params=params).json()  # ~650 rows a point: blocks of 256, 16
+        inside = [i for i, ts in enumerate(exact["ts"]) if start is None or start <= ts <= end]
+        assert sum(body["count"]) == len(inside)
+        assert body["ts"] == sorted(body["ts"]) and len(body["ts"]) == 2
+        weighted = sum(m * n for m, n in zip(body["observed"]["mean"], body["count"], strict=True))
+        assert weighted == pytest.approx(sum(exact["observed"]["mean"][i] for i in inside))
+        for measure in ("observed", "predicted", "residual", "first_guess"):
+            values = [exact[measure]["mean"][i] for i in inside]
+            values = [v for v in values if v is not None]
+            assert totals(body, measure) == pytest.approx((min(values), max(values)))
+    with sessions() as session:
+        sizes = session.execute(
+            text("SELECT size, count(*), sum(n) FROM series_blocks GROUP BY size ORDER BY size")
+        ).all()
+    assert [tuple(r) for r in sizes] == [(16, 81, 1_296), (256, 5, 1_280)]
 
 
 def test_series_names_a_bad_output_or_time(client, make_twin):

@@ -1,0 +1,169 @@
+"""Series blocks: per-output aggregates of runs of consecutive learned observations, so that a
+downsampled read of a month (2.6 million rows at 1 Hz) merges a few thousand blocks instead of
+parsing every row.
+
+A block of size S covers seqs k*S+1 to (k+1)*S, and only once all of them are learned (their
+predictions written), so it never changes after: observations and predictions are append-only
+by seq. Blocks of 16 observations are built from the raw rows, blocks of 256 from those of 16,
+blocks of 4096 from those of 256. The series read builds what is missing first (in practice
+the few blocks the newest learned observations completed; the first read of a long history
+builds all of them once), then covers a range of seqs with the largest blocks that fit and raw
+rows at the edges and past the newest block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sqlalchemy import func, insert, literal, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from app.tables import Observation, Prediction, SeriesBlock, Twin, Version
+
+SIZES = (16, 256, 4096)  # each a multiple of the one before
+MEASURES = ("observed", "predicted", "residual", "first_guess")
+
+
+def measure_columns(j: int) -> dict:
+    """Output j's value per measure, as SQL expressions over observations joined with
+    predictions (null where a row has no prediction or no value)."""
+    o, p = Observation, Prediction
+    return {
+        "observed": o.outputs[j].as_float(),
+        "predicted": p.prediction[j].as_float(),
+        "residual": p.residual[j].as_float(),
+        "first_guess": p.first_guess[j].as_float(),
+    }
+
+
+def raw_aggregates(j: int) -> list:
+    """sum(ts), count, then per measure count, min, max and sum: one bucket's aggregates of
+    raw rows (the same shape as `block_aggregates`)."""
+    out = [func.sum(Observation.ts), func.count()]
+    for column in measure_columns(j).values():
+        out += [func.count(column), func.min(column), func.max(column), func.sum(column)]
+    return out
+
+
+def block_aggregates() -> list:
+    """The aggregates of `raw_aggregates`, merged over blocks."""
+    b = SeriesBlock
+    out = [func.sum(b.ts_sum), func.sum(b.n)]
+    for m in MEASURES:
+        out += [
+            func.sum(getattr(b, f"{m}_n")),
+            func.min(getattr(b, f"{m}_min")),
+            func.max(getattr(b, f"{m}_max")),
+            func.sum(getattr(b, f"{m}_sum")),
+        ]
+    return out
+
+
+def joined():
+    """Observations with their predictions (if any)."""
+    o, p = Observation, Prediction
+    return o.__table__.outerjoin(p, (p.twin_id == o.twin_id) & (p.seq == o.seq))
+
+
+def built(session: Session, twin_id: int, j: int) -> dict[int, int]:
+    """Per size, how many blocks lead the twin's history: blocks 0 to count-1 exist (or
+    were empty) for output j."""
+    b = SeriesBlock
+    rows = session.execute(
+        select(b.size, func.max(b.block))
+        .where(b.twin_id == twin_id, b.output == j)
+        .group_by(b.size)
+    )
+    counts = {size: 0 for size in SIZES}
+    counts.update({size: int(top) + 1 for size, top in rows})
+    return counts
+
+
+def build(session: Session, twin: Twin, j: int) -> None:
+    """Build output j's missing blocks, up to the newest learned observation, and commit.
+
+    Two reads building the same blocks at once: one commits, the other's insert fails and is
+    rolled back (it reads with the blocks there were, and raw rows for the rest)."""
+    watermark = session.scalar(
+        select(Version.watermark)
+        .where(Version.twin_id == twin.id)
+        .order_by(Version.number.desc())
+        .limit(1)
+    )
+    learned = min(watermark or 0, twin.last_seq)
+    have = built(session, twin.id, j)
+    try:
+        fine = SIZES[0]
+        top = learned // fine  # blocks 0..top-1 are complete
+        if have[fine] < top:
+            _from_rows(session, twin.id, j, have[fine], top)
+        for finer, size in zip(SIZES, SIZES[1:], strict=False):
+            coarse_top = top * fine // size
+            if have[size] < coarse_top:
+                _from_blocks(session, twin.id, j, finer, size, have[size], coarse_top)
+        session.commit()
+    except (IntegrityError, OperationalError):  # built by another read, or the lock was busy
+        session.rollback()
+
+
+def _from_rows(session: Session, twin_id: int, j: int, first: int, top: int) -> None:
+    size = SIZES[0]
+    o = Observation
+    block = ((o.seq - 1) // size).label("block")
+    query = (
+        select(o.twin_id, literal(j), literal(size), block, *raw_aggregates(j))
+        .select_from(joined())
+        .where(o.twin_id == twin_id, o.seq > first * size, o.seq <= top * size)
+        .group_by(o.twin_id, block)
+    )
+    session.execute(insert(SeriesBlock).from_select(_columns(), query))
+
+
+def _from_blocks(
+    session: Session, twin_id: int, j: int, finer: int, size: int, first: int, top: int
+) -> None:
+    b = SeriesBlock
+    ratio = size // finer
+    block = (b.block // ratio).label("block")
+    query = (
+        select(b.twin_id, literal(j), literal(size), block, *block_aggregates())
+        .where(
+            b.twin_id == twin_id,
+            b.output == j,
+            b.size == finer,
+            b.block >= first * ratio,
+            b.block < top * ratio,
+        )
+        .group_by(b.twin_id, block)
+    )
+    session.execute(insert(SeriesBlock).from_select(_columns(), query))
+
+
+def _columns() -> list[str]:
+    out = ["twin_id", "output", "size", "block", "ts_sum", "n"]
+    for m in MEASURES:
+        out += [f"{m}_n", f"{m}_min", f"{m}_max", f"{m}_sum"]
+    return out
+
+
+def cover(
+    first: int, last: int, sizes: tuple[int, ...], have: dict[int, int]
+) -> Iterator[tuple[int, int, int]]:
+    """Seqs first..last as (size, a, b) pieces in seq order: size 0 for the raw rows a..b, else
+    the blocks a..b of that size; the largest existing blocks that fit, finer ones and raw rows
+    at the edges."""
+    if first > last:
+        return
+    if not sizes:
+        yield 0, first, last
+        return
+    size, rest = sizes[0], sizes[1:]
+    a = -(-(first - 1) // size)  # the first block starting at or after `first`
+    b = min((last // size) - 1, have.get(size, 0) - 1)  # the last ending by `last`, and built
+    if a > b:
+        yield from cover(first, last, rest, have)
+        return
+    yield from cover(first, a * size, rest, have)
+    yield size, a, b
+    yield from cover((b + 1) * size + 1, last, rest, have)
