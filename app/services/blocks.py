@@ -25,23 +25,33 @@ SIZES = (16, 256, 4096)  # each a multiple of the one before
 MEASURES = ("observed", "predicted", "residual", "first_guess")
 
 
-def measure_columns(j: int) -> dict:
-    """Output j's value per measure, as SQL expressions over observations joined with
-    predictions (null where a row has no prediction or no value)."""
+def values(j: int, where):
+    """Output j's rows that match `where` (over observations), as a subquery: seq, ts and
+    each measure's value (null where a row has no prediction or no value). OFFSET 0 keeps
+    SQLite from inlining it, which would extract each JSON value once per aggregate."""
     o, p = Observation, Prediction
-    return {
-        "observed": o.outputs[j].as_float(),
-        "predicted": p.prediction[j].as_float(),
-        "residual": p.residual[j].as_float(),
-        "first_guess": p.first_guess[j].as_float(),
-    }
+    return (
+        select(
+            o.seq,
+            o.ts,
+            o.outputs[j].as_float().label("observed"),
+            p.prediction[j].as_float().label("predicted"),
+            p.residual[j].as_float().label("residual"),
+            p.first_guess[j].as_float().label("first_guess"),
+        )
+        .select_from(o.__table__.outerjoin(p, (p.twin_id == o.twin_id) & (p.seq == o.seq)))
+        .where(where)
+        .offset(0)
+        .subquery()
+    )
 
 
-def raw_aggregates(j: int) -> list:
-    """sum(ts), count, then per measure count, min, max and sum: one bucket's aggregates of
-    raw rows (the same shape as `block_aggregates`)."""
-    out = [func.sum(Observation.ts), func.count()]
-    for column in measure_columns(j).values():
+def raw_aggregates(rows) -> list:
+    """sum(ts), count, then per measure count, min, max and sum over `values` rows: one
+    bucket's aggregates (the same shape as `block_aggregates`)."""
+    out = [func.sum(rows.c.ts), func.count()]
+    for m in MEASURES:
+        column = rows.c[m]
         out += [func.count(column), func.min(column), func.max(column), func.sum(column)]
     return out
 
@@ -58,12 +68,6 @@ def block_aggregates() -> list:
             func.sum(getattr(b, f"{m}_sum")),
         ]
     return out
-
-
-def joined():
-    """Observations with their predictions (if any)."""
-    o, p = Observation, Prediction
-    return o.__table__.outerjoin(p, (p.twin_id == o.twin_id) & (p.seq == o.seq))
 
 
 def built(session: Session, twin_id: int, j: int) -> dict[int, int]:
@@ -110,14 +114,10 @@ def build(session: Session, twin: Twin, j: int) -> None:
 def _from_rows(session: Session, twin_id: int, j: int, first: int, top: int) -> None:
     size = SIZES[0]
     o = Observation
-    block = ((o.seq - 1) // size).label("block")
-    query = (
-        select(o.twin_id, literal(j), literal(size), block, *raw_aggregates(j))
-        .select_from(joined())
-        .where(o.twin_id == twin_id, o.seq > first * size, o.seq <= top * size)
-        .group_by(o.twin_id, block)
-    )
-    session.execute(insert(SeriesBlock).from_select(_columns(), query))
+    rows = values(j, (o.twin_id == twin_id) & (o.seq > first * size) & (o.seq <= top * size))
+    block = ((rows.c.seq - 1) // size).label("block")
+    query = select(literal(twin_id), literal(j), literal(size), block, *raw_aggregates(rows))
+    session.execute(insert(SeriesBlock).from_select(_columns(), query.group_by(block)))
 
 
 def _from_blocks(

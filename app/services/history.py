@@ -73,27 +73,26 @@ def latest_version(session: Session, twin_id: int) -> Version:
 
 
 def versions(session: Session, twin_id: int, limit: int) -> list[VersionRead]:
-    """Version history, newest first."""
-    o = Observation
+    """Version history, newest first (columns, not ORM objects: 2,000 versions are a plot's)."""
+    o, v = Observation, Version
     query = (
-        select(Version, o.ts)
-        .options(defer(Version.checkpoint))
-        .outerjoin(o, (o.twin_id == Version.twin_id) & (o.seq == Version.watermark))
-        .where(Version.twin_id == twin_id)
-        .order_by(Version.number.desc())
+        select(v.number, v.watermark, o.ts, v.created_at, v.parameters, v.metrics)
+        .outerjoin(o, (o.twin_id == v.twin_id) & (o.seq == v.watermark))
+        .where(v.twin_id == twin_id)
+        .order_by(v.number.desc())
         .limit(limit)
     )
     return [
         VersionRead(
-            number=v.number,
-            watermark=v.watermark,
+            number=number,
+            watermark=watermark,
             watermark_ts=ts,
-            created_at=v.created_at,
-            parameters=v.parameters,
-            loss=_number(v.metrics.get("loss")),
-            rmse=_rmse(v.metrics),
+            created_at=created_at,
+            parameters=parameters,
+            loss=_number(metrics.get("loss")),
+            rmse=_rmse(metrics),
         )
-        for v, ts in session.execute(query)
+        for number, watermark, ts, created_at, parameters, metrics in session.execute(query)
     ]
 
 

@@ -118,13 +118,9 @@ def _bucket(ts, start: float, width: float):
 
 
 def _raw(session: Session, j: int, where, start: float, width: float):
-    bucket = _bucket(Observation.ts, start, width)
-    query = (
-        select(bucket, *blocks.raw_aggregates(j))
-        .select_from(blocks.joined())
-        .where(where)
-        .group_by(bucket)
-    )
+    rows = blocks.values(j, where)
+    bucket = _bucket(rows.c.ts, start, width)
+    query = select(bucket, *blocks.raw_aggregates(rows)).group_by(bucket)
     return session.execute(query)
 
 

@@ -35,6 +35,14 @@ async function api(path, body) {
   return { data, headers: response.headers };
 }
 
+// Data drawn: body[data-loaded] says when (tests wait for it), and `data-first-ms` how long the
+// first drawing took from the start of navigation (what the page-time benchmark reads).
+function markLoaded() {
+  const body = document.body.dataset;
+  if (!body.firstMs) body.firstMs = performance.now().toFixed(1);
+  body.loaded = String(Date.now());
+}
+
 function fmt(x, digits = 4) {
   if (x === null || x === undefined || Number.isNaN(x)) return "–";
   const a = Math.abs(x);

@@ -64,7 +64,7 @@ async function load() {
     document.getElementById("prev").disabled = fleet.offset === 0;
     document.getElementById("next").disabled = last >= fleet.total;
     showMessage("");
-    document.body.dataset.loaded = String(Date.now());
+    markLoaded();
   } catch (e) {
     showMessage(`Could not load the fleet: ${e.message}`);
   }

@@ -53,15 +53,18 @@ function renderStatus(t) {
     ...items.map(([k, v]) => el("span", { class: "item" }, el("b", {}, k + " "), String(v))));
 }
 
-async function drawSeries(t, s) {
-  const outputs = document.getElementById("outputs"), residuals = document.getElementById("residuals");
-  const points = chartWidth(outputs);
-  const q = new URLSearchParams({ points });
+// Each output's series over span s, at one point per pixel of the plots' width.
+function fetchSeries(t, s) {
+  const q = new URLSearchParams({ points: chartWidth(document.getElementById("outputs")) });
   if (s.min !== null) { q.set("start", s.min); q.set("end", s.max); }
-  const all = await Promise.all(t.spec.outputs.map((name) => {
+  return Promise.all(t.spec.outputs.map((name) => {
     state.queries[name] = `${base}/series?${q}&output=${encodeURIComponent(name)}`;
     return api(state.queries[name]).then((r) => r.data);
   }));
+}
+
+function drawSeries(all) {
+  const outputs = document.getElementById("outputs"), residuals = document.getElementById("residuals");
   all.forEach((d) => {
     state.series[d.output] = d;
     const o = d.observed, p = d.predicted, r = d.residual, g = d.first_guess;
@@ -85,9 +88,7 @@ async function drawSeries(t, s) {
   document.getElementById("range-label").textContent = label;
 }
 
-async function drawParameters(s) {
-  const [{ data: versions }, { data: current }] = await Promise.all([
-    api(`${base}/versions?limit=${VERSIONS}`), api(`${base}/parameters`)]);
+function drawParameters(s, versions, current) {
   const rows = versions.filter((v) => v.watermark_ts !== null &&
     (s.min === null || (v.watermark_ts >= s.min && v.watermark_ts <= s.max))).reverse();
   const box = document.getElementById("parameters");
@@ -124,8 +125,7 @@ function table(head, rows) {
     el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((c) => el("td", {}, c))))));
 }
 
-async function drawDrift() {
-  const { data: d } = await api(`${base}/drift?limit=50`);
+function drawDrift(d) {
   state.events = d.events;
   const stats = ["rmse", "mae", "bias", "ew_rmse"];
   const errors = Object.entries(d.outputs).map(([name, m]) => {
@@ -141,11 +141,19 @@ async function drawDrift() {
     table(["parameter", "baseline", "current", "relative change", "recent relative change"], params),
     events.length ? table(["output", "detector", "began", "began at seq", "detected", "detected at seq", "statistic"], events)
       : el("p", { class: "muted" }, "No drift events."));
-  Object.keys(state.charts).filter((k) => k.startsWith("res-")).forEach((k) => state.charts[k].redraw(false));
 }
 
+// The reads that do not depend on the twin's row (its newest time, its outputs).
+function reads() {
+  return Promise.all([
+    api(`${base}/drift?limit=50`), api(`${base}/versions?limit=${VERSIONS}`), api(`${base}/parameters`)]);
+}
+
+// Poll the twin; when asked to (force) or when it has new data, read the rest and redraw. A
+// forced refresh (the first, a new range, a zoom) asks for everything at once.
 async function refresh(force = false) {
   try {
+    const early = force ? reads() : null;
     const { data: t } = await api(base);
     const seen = `${t.last_seq}/${t.version}`;
     state.twin = t;
@@ -153,10 +161,13 @@ async function refresh(force = false) {
     if (!force && (seen === state.seen || state.zoom)) return;
     state.seen = seen;
     const s = span();
-    await drawDrift();
-    await Promise.all([drawSeries(t, s), drawParameters(s)]);
+    const series = fetchSeries(t, s);
+    const [{ data: drift }, { data: versions }, { data: current }] = await (early || reads());
+    drawDrift(drift);
+    drawSeries(await series);
+    drawParameters(s, versions, current);
     showMessage("");
-    document.body.dataset.loaded = String(Date.now());
+    markLoaded();
   } catch (e) {
     showMessage(`Could not load twin ${twinId}: ${e.message}`);
   }
