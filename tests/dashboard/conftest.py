@@ -14,11 +14,14 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import insert, select
 
+from app import tables as t
 from app.calibrator import Calibrator
 from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.main import create_app
+from tests.app.conftest import SPEC
 
 CHROMIUM = os.environ.get("TANDEM_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -76,6 +79,24 @@ class Served:
             Calibrator(make_session_factory(engine)).drain(timeout=timeout)
         finally:
             engine.dispose()
+
+
+def clone_twins(served: Served, n: int) -> None:
+    """A fleet of n twins named ahu-00000 to ahu-{n-1:05d}: the first made through the API,
+    the others cloned from it in the database (creating them one by one over HTTP would take
+    minutes and test twin creation, not the fleet page)."""
+    first = served.http.post("/twins", json={"name": "ahu-00000", **SPEC}).json()["id"]
+    engine = make_engine(served.database_url)
+    with engine.begin() as db:
+        twin = db.execute(select(t.Twin).where(t.Twin.id == first)).mappings().one()
+        version = db.execute(select(t.Version).where(t.Version.twin_id == first)).mappings().one()
+        names = [f"ahu-{i:05d}" for i in range(1, n)]
+        fields = {k: v for k, v in twin.items() if k != "id"}
+        db.execute(insert(t.Twin), [{**fields, "name": name} for name in names])
+        ids = db.scalars(select(t.Twin.id).where(t.Twin.name.in_(names))).all()
+        fields = {k: v for k, v in version.items() if k != "id"}
+        db.execute(insert(t.Version), [{**fields, "twin_id": i} for i in ids])
+    engine.dispose()
 
 
 @pytest.fixture

@@ -85,12 +85,16 @@ def test_what_if_panel_draws_the_prediction_with_its_band(served, page):
     page.page.fill("#whatif-dt", "30")
     page.page.click("#whatif button[type=submit]")
     page.page.wait_for_function("window.tandem.charts['whatif-T']")
-    mean = chart_data(page, "whatif-T")[1]
+    _, mean, upper, lower = chart_data(page, "whatif-T")
     api = served.http.post(
         f"/twins/{twin_id}/predict",
         json={"inputs": [{"heat": 10, "ambient": 20}] * 2 + [{"heat": 0, "ambient": 20}], "dt": 30},
     ).json()
     assert mean == [row["T"] for row in api["outputs"]]
+    std = [row["T"] for row in api["std"]]
+    assert all(s > 0 for s in std)  # a band, not a line
+    assert upper == pytest.approx([m + 2 * s for m, s in zip(mean, std, strict=True)])
+    assert lower == pytest.approx([m - 2 * s for m, s in zip(mean, std, strict=True)])
     assert page.errors == [] and page.refused == []
 
 

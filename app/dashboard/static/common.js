@@ -75,14 +75,17 @@ function el(tag, attrs = {}, ...children) {
 const COLORS = { observed: "#1f77b4", predicted: "#d62728", band: "rgba(31,119,180,0.15)",
   residual: "#555", guess: "#2ca02c", bound: "#999", start: "#ff7f0e", fired: "#d62728" };
 
-// Vertical markers: [{ts, color, dash}] drawn across the plot after each redraw.
+// Vertical markers: [{ts, color, dash}] drawn across the plot after each redraw; the chart's
+// `markersDrawn` lists those in view ({ts, began: dashed}).
 function markersPlugin(getMarkers) {
   return { hooks: { draw: [(u) => {
     const ctx = u.ctx, top = u.bbox.top, height = u.bbox.height;
     ctx.save();
     ctx.lineWidth = 1.5 * devicePixelRatio;
+    u.markersDrawn = [];
     for (const m of getMarkers()) {
       if (m.ts === null || m.ts < u.scales.x.min || m.ts > u.scales.x.max) continue;
+      u.markersDrawn.push({ ts: m.ts, began: Boolean(m.dash) });
       const x = Math.round(u.valToPos(m.ts, "x", true));
       ctx.strokeStyle = m.color;
       ctx.setLineDash(m.dash ? [5 * devicePixelRatio, 4 * devicePixelRatio] : []);

@@ -52,9 +52,13 @@ function row(t, now) {
   );
 }
 
+let latest = 0; // the newest load asked for: an older answer arriving after it is dropped
+
 async function load() {
+  const mine = ++latest;
   try {
     const { data, headers } = await api("/twins?" + query());
+    if (mine !== latest) return;
     fleet.total = Number(headers.get("x-total-count") || data.length);
     const now = Date.now() / 1000;
     document.querySelector("#fleet tbody").replaceChildren(...data.map((t) => row(t, now)));
