@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 
 from app import tables as t
 from app.db import make_engine
@@ -124,4 +124,22 @@ def test_dragging_across_a_plot_zooms_into_that_range_at_full_resolution(served,
     page.page.wait_for_function(
         "window.tandem.series.T.count.reduce((a, b) => a + b, 0) === 3000", timeout=15_000
     )
+    assert page.errors == []
+
+
+def test_a_missing_value_is_a_gap_not_a_zero(served, page):
+    twin_id = make_twin(served, "hx-1", 100)
+    engine = make_engine(served.database_url)
+    with engine.begin() as db:  # a sensor that reported nothing for seq 50 (ts 1049)
+        db.execute(
+            update(t.Observation)
+            .where(t.Observation.twin_id == twin_id, t.Observation.seq == 50)
+            .values(outputs=[None])
+        )
+    engine.dispose()
+    page.open(f"{served.base}/ui/twins/{twin_id}?range=0")
+    ts, observed, high, low = chart_data(page, "out-T")[:4]
+    gap = ts.index(1_049.0)
+    assert observed[gap] is None and high[gap] is None and low[gap] is None
+    assert all(v is not None for i, v in enumerate(observed) if i != gap)
     assert page.errors == []
