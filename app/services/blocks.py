@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from app.tables import Observation, Prediction, SeriesBlock, Twin, Version
 
 SIZES = (16, 256, 4096)  # each a multiple of the one before
+CHUNK = 4096  # blocks of 16 built per transaction (65,536 observations)
 MEASURES = ("observed", "predicted", "residual", "first_guess")
 
 
@@ -85,27 +86,31 @@ def built(session: Session, twin_id: int, j: int) -> dict[int, int]:
 
 
 def build(session: Session, twin: Twin, j: int) -> None:
-    """Build output j's missing blocks, up to the newest learned observation, and commit.
+    """Build output j's missing blocks, up to the newest learned observation, and commit
+    (the finest in transactions of CHUNK blocks, so that a long history's first read holds the
+    write lock for a moment at a time, not for the whole build).
 
     Two reads building the same blocks at once: one commits, the other's insert fails and is
     rolled back (it reads with the blocks there were, and raw rows for the rest)."""
+    twin_id = twin.id  # the twin's row expires at each commit: not read again
     watermark = session.scalar(
         select(Version.watermark)
-        .where(Version.twin_id == twin.id)
+        .where(Version.twin_id == twin_id)
         .order_by(Version.number.desc())
         .limit(1)
     )
     learned = min(watermark or 0, twin.last_seq)
-    have = built(session, twin.id, j)
+    have = built(session, twin_id, j)
     try:
         fine = SIZES[0]
         top = learned // fine  # blocks 0..top-1 are complete
-        if have[fine] < top:
-            _from_rows(session, twin.id, j, have[fine], top)
+        for first in range(have[fine], top, CHUNK):  # a transaction each: short write locks
+            _from_rows(session, twin_id, j, first, min(first + CHUNK, top))
+            session.commit()
         for finer, size in zip(SIZES, SIZES[1:], strict=False):
             coarse_top = top * fine // size
             if have[size] < coarse_top:
-                _from_blocks(session, twin.id, j, finer, size, have[size], coarse_top)
+                _from_blocks(session, twin_id, j, finer, size, have[size], coarse_top)
         session.commit()
     except (IntegrityError, OperationalError):  # built by another read, or the lock was busy
         session.rollback()

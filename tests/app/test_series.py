@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import insert, select, text
 
 from app import tables as t
+from app.services import blocks
 from tests.app.conftest import thermal_rows
 
 
@@ -87,8 +88,9 @@ def predicted(sessions, twin_id: int, rows: list[dict]) -> None:
 
 
 def test_series_of_many_rows_per_point_merges_blocks_and_misses_no_row(
-    client, make_twin, post, sessions
+    client, make_twin, post, sessions, monkeypatch
 ):
+    monkeypatch.setattr(blocks, "CHUNK", 5)  # the blocks of 16 built five per transaction
     twin = make_twin()
     rows = thermal_rows(1_300)
     post(twin["id"], rows)
