@@ -150,21 +150,27 @@ function reads() {
 }
 
 // Poll the twin; when asked to (force) or when it has new data, read the rest and redraw. A
-// forced refresh (the first, a new range, a zoom) asks for everything at once.
+// forced refresh (the first, a new range, a zoom) asks for everything at once. Of refreshes
+// whose reads overlap, only the one that started reading last draws.
+let latest = 0;
 async function refresh(force = false) {
   try {
     const early = force ? reads() : null;
+    early?.catch(() => {}); // awaited below; dropped if the twin's own read fails
     const { data: t } = await api(base);
     const seen = `${t.last_seq}/${t.version}`;
     state.twin = t;
     renderStatus(t);
     if (!force && (seen === state.seen || state.zoom)) return;
     state.seen = seen;
+    const mine = ++latest;
     const s = span();
     const series = fetchSeries(t, s);
     const [{ data: drift }, { data: versions }, { data: current }] = await (early || reads());
+    const all = await series;
+    if (mine !== latest) return;
     drawDrift(drift);
-    drawSeries(await series);
+    drawSeries(all);
     drawParameters(s, versions, current);
     showMessage("");
     markLoaded();
