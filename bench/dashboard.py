@@ -6,6 +6,7 @@ without server-side downsampling would need (the twin's whole history through th
 history API). `--month` adds a twin with 30 days of 1 Hz observations (2,592,000).
 
     python bench/dashboard.py [--observations N] [--learned N] [--twins N] [--loads K] [--month]
+                              [--dir DIR]
 
 The first `--learned` observations of a twin are learned by the calibrator; the others get
 predictions and versions copied from those, in the database (learning 100,000 rows takes an
@@ -85,45 +86,45 @@ def fill_twin(served: Served, name: str, n: int, learned: int) -> int:
 
 def copy_learning(url: str, twin_id: int, learned: int, n: int) -> None:
     """Predictions for seqs learned+1..n, each from seq 1 + (seq - 1) % learned with its
-    residuals kept, and versions continuing the learned ones at the same pace."""
+    residuals kept, and versions continuing the learned ones at the same pace; BATCH * 20
+    rows per transaction (SQLite holds what one INSERT ... SELECT on its own table selects)."""
+    copy = text(
+        "INSERT INTO predictions (twin_id, seq, version, prediction, residual, first_guess) "
+        "SELECT o.twin_id, o.seq, p.version, "
+        "json_array((o.outputs ->> 0) - (p.residual ->> 0)), p.residual, "
+        "json_array((o.outputs ->> 0) - ((s.outputs ->> 0) - (p.first_guess ->> 0))) "
+        "FROM observations o JOIN predictions p "
+        "ON p.twin_id = o.twin_id AND p.seq = 1 + (o.seq - 1) % :learned "
+        "JOIN observations s ON s.twin_id = p.twin_id AND s.seq = p.seq "
+        "WHERE o.twin_id = :twin AND o.seq > :first AND o.seq <= :last"
+    )
     engine = make_engine(url)
+    step = BATCH * 20
+    for first in range(learned, n, step):
+        with engine.begin() as db:
+            bounds = {"first": first, "last": min(first + step, n)}
+            db.execute(copy, {"twin": twin_id, "learned": learned, **bounds})
     with engine.begin() as db:
-        db.execute(
-            text(
-                "INSERT INTO predictions "
-                "(twin_id, seq, version, prediction, residual, first_guess) "
-                "SELECT o.twin_id, o.seq, p.version, "
-                "json_array((o.outputs ->> 0) - (p.residual ->> 0)), p.residual, "
-                "json_array((o.outputs ->> 0) - ((s.outputs ->> 0) - (p.first_guess ->> 0))) "
-                "FROM observations o JOIN predictions p "
-                "ON p.twin_id = o.twin_id AND p.seq = 1 + (o.seq - 1) % :learned "
-                "JOIN observations s ON s.twin_id = p.twin_id AND s.seq = p.seq "
-                "WHERE o.twin_id = :twin AND o.seq > :learned"
-            ),
-            {"twin": twin_id, "learned": learned},
+        query = select(t.Version).where(t.Version.twin_id == twin_id).order_by(t.Version.number)
+        versions = db.execute(query).mappings().all()
+    last = versions[-1]
+    per_version = max(learned // max(len(versions) - 1, 1), 1)
+    rows, number, watermark = [], last["number"], last["watermark"]
+    while watermark < n:
+        number, watermark = number + 1, min(watermark + per_version, n)
+        source = versions[1 + number % (len(versions) - 1)] if len(versions) > 1 else last
+        rows.append(
+            {
+                **{k: v for k, v in source.items() if k not in ("id", "checkpoint")},
+                "number": number,
+                "watermark": watermark,
+                "checkpoint": last["checkpoint"] if watermark == n else None,
+            }
         )
-        versions = (
-            db.execute(
-                select(t.Version).where(t.Version.twin_id == twin_id).order_by(t.Version.number)
-            )
-            .mappings()
-            .all()
-        )
-        last = versions[-1]
-        per_version = max(learned // max(len(versions) - 1, 1), 1)
-        rows, number, watermark = [], last["number"], last["watermark"]
-        while watermark < n:
-            number, watermark = number + 1, min(watermark + per_version, n)
-            source = versions[1 + number % (len(versions) - 1)] if len(versions) > 1 else last
-            rows.append(
-                {
-                    **{k: v for k, v in source.items() if k not in ("id", "checkpoint")},
-                    "number": number,
-                    "watermark": watermark,
-                    "checkpoint": last["checkpoint"] if watermark == n else None,
-                }
-            )
-        db.execute(insert(t.Version), rows)
+        if len(rows) == BATCH or watermark == n:
+            with engine.begin() as db:
+                db.execute(insert(t.Version), rows)
+            rows = []
     engine.dispose()
 
 
@@ -165,6 +166,15 @@ def history_ms(served: Served, twin_id: int) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+def filled(served: Served, name: str, n: int) -> int | None:
+    """The id of twin `name` if it is there with n observations, all learned."""
+    for twin in served.http.get("/twins", params={"prefix": name}).json():
+        if twin["name"] == name and twin["last_seq"] == n:
+            assert twin["calibration_lag"]["observations"] == 0, f"{name} is half filled"
+            return twin["id"]
+    return None
+
+
 def twin_reads(twin_id: int) -> list[str]:
     """What the twin page reads (range: all, its plots 1,246 pixels wide at 1280x900)."""
     return [
@@ -185,17 +195,22 @@ def main() -> None:
     parser.add_argument("--twins", type=int, default=10_000)
     parser.add_argument("--loads", type=int, default=5)
     parser.add_argument("--month", action="store_true", help="and a twin of 30 days at 1 Hz")
+    parser.add_argument("--dir", help="keep the databases in DIR and reuse twins filled there")
     args = parser.parse_args()
     twins = [("hx-big", args.observations)] + ([("hx-month", 30 * 86_400)] if args.month else [])
     with tempfile.TemporaryDirectory() as tmp:
-        twin_served = Served(f"sqlite:///{tmp}/twin.db").start()
-        fleet_served = Served(f"sqlite:///{tmp}/fleet.db").start()
+        folder = args.dir or tmp
+        twin_served = Served(f"sqlite:///{folder}/twin.db").start()
+        fleet_served = Served(f"sqlite:///{folder}/fleet.db").start()
         ids = {}
         for name, n in twins:
-            start = time.perf_counter()
-            ids[name] = fill_twin(twin_served, name, n, min(args.learned, n))
-            print(f"filled {name}: {n:,} observations in {time.perf_counter() - start:.0f} s")
-        clone_twins(fleet_served, args.twins)
+            ids[name] = filled(twin_served, name, n)
+            if ids[name] is None:
+                start = time.perf_counter()
+                ids[name] = fill_twin(twin_served, name, n, min(args.learned, n))
+                print(f"filled {name}: {n:,} observations in {time.perf_counter() - start:.0f} s")
+        if int(fleet_served.http.get("/twins?limit=1").headers["x-total-count"]) != args.twins:
+            clone_twins(fleet_served, args.twins)
         rows, first_views = [], []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
