@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import Invalid
 from app.services import blocks
-from app.tables import Observation, SeriesBlock, Twin
+from app.tables import Observation, Prediction, SeriesBlock, Twin
 
 MEASURES = blocks.MEASURES
 STATS = 4  # per measure: count, min, max, sum
@@ -74,12 +74,14 @@ def output_series(
     else:
         blocks.build(session, twin, j)  # commits (the twin's row is read again after)
         have = blocks.built(session, twin_id, j)
-        for size, a, b in blocks.cover(*seqs, sizes, have):
-            if size:
-                _merge(merged, _blocks(session, twin_id, j, size, a, b, start, width))
-            else:
-                rows = in_range & (o.seq >= a) & (o.seq <= b)
-                _merge(merged, _raw(session, j, rows, start, width))
+        for first, last, observed_only in _predicted_parts(session, twin_id, *seqs):
+            for size, a, b in blocks.cover(first, last, sizes, have):
+                if size:
+                    found = _blocks(session, twin_id, j, size, a, b, start, width)
+                    _merge(merged, _observed_only(found) if observed_only else found)
+                else:
+                    rows = in_range & (o.seq >= a) & (o.seq <= b)
+                    _merge(merged, _raw(session, j, rows, start, width))
     rows = [merged[bucket] for bucket in sorted(merged)]
     out["bucket_seconds"] = width
     out["ts"] = [acc[0] / acc[1] for acc in rows]
@@ -111,6 +113,25 @@ def _seq_range(session: Session, twin_id: int, start: float, end: float) -> tupl
         select(o.seq).where(mine, o.ts >= start, o.ts <= end).order_by(o.ts.desc()).limit(1)
     )
     return first, last
+
+
+def _predicted_parts(session: Session, twin_id: int, first: int, last: int):
+    """Seqs first..last split where the twin's stored predictions begin: retention may have
+    removed the oldest predictions and kept their observations, whose blocks still hold what
+    was predicted (used there for the observed values only, as the raw rows would be)."""
+    floor = session.scalar(select(func.min(Prediction.seq)).where(Prediction.twin_id == twin_id))
+    floor = last + 1 if floor is None else floor
+    if first < floor:
+        yield first, min(last, floor - 1), True
+    if floor <= last:
+        yield max(first, floor), last, False
+
+
+def _observed_only(rows):
+    """Block rows with every measure but the observed value emptied."""
+    empty = [0, None, None, 0] * (len(MEASURES) - 1)
+    for row in rows:
+        yield [*row[: 3 + STATS], *empty]
 
 
 def _bucket(ts, start: float, width: float):

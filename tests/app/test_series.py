@@ -116,6 +116,16 @@ def test_series_of_many_rows_per_point_merges_blocks_and_misses_no_row(
             text("SELECT size, count(*), sum(n) FROM series_blocks GROUP BY size ORDER BY size")
         ).all()
     assert [tuple(r) for r in sizes] == [(16, 81, 1_296), (256, 5, 1_280)]
+    with sessions.begin() as session:  # retention: the oldest predictions go, observations stay
+        session.execute(
+            text(f"DELETE FROM predictions WHERE twin_id = {twin['id']} AND seq <= 500")
+        )
+    exact = client.get(url, params={"points": 10_000}).json()
+    body = client.get(url, params={"points": 2}).json()
+    assert sum(body["count"]) == 1_337
+    for measure in ("observed", "predicted", "residual", "first_guess"):
+        values = [v for v in exact[measure]["mean"] if v is not None]
+        assert totals(body, measure) == pytest.approx((min(values), max(values)))
 
 
 def test_series_names_a_bad_output_or_time(client, make_twin):
