@@ -16,6 +16,7 @@ from twin.models import (
     model_kinds,
     unflatten,
 )
+from twin.models.physical import LOG_RANGE
 from twin.spec import ModelSpec, TwinSpec
 
 BUILT_IN = {"first_order", "thermal_rc", "mass_spring_damper", "arx", "mlp"}
@@ -236,8 +237,9 @@ def test_physical_parameters_are_named_positive_and_bounded():
     model = model_class("first_order").from_spec(spec)
     assert model.named_values() == pytest.approx({"K": 2.0, "tau": 8.0, "b": 0.0})
     low, high = model.raw_bounds()
-    torch.testing.assert_close(low, torch.tensor([-math.inf, math.log(4.0), -1.0], dtype=DTYPE))
-    torch.testing.assert_close(high, torch.tensor([math.inf, math.log(16.0), 3.0], dtype=DTYPE))
+    # K is open: its log is held within +-LOG_RANGE (1e-100 to 1e100), never infinite.
+    torch.testing.assert_close(low, torch.tensor([-LOG_RANGE, math.log(4.0), -1.0], dtype=DTYPE))
+    torch.testing.assert_close(high, torch.tensor([LOG_RANGE, math.log(16.0), 3.0], dtype=DTYPE))
     model.set_normalization([0.0], [7.0], [0.0], [1.0])
     torch.testing.assert_close(model.parameter_scales(), torch.tensor([1.0, 1.0, 7.0], dtype=DTYPE))
     load_flat(model, torch.tensor([-30.0, 5.0, -2.0], dtype=DTYPE))
