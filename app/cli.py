@@ -56,10 +56,6 @@ ThinAfter = _retention("version_thin_after", "Thin versions older than this many
 ThinEvery = _retention("version_thin_every", "Thinned versions keep every k-th number.", int)
 
 
-def retention_options(**options) -> dict:
-    return options
-
-
 Port = Annotated[int, typer.Option(envvar="TANDEM_PORT", help="Port to listen on.")]
 
 
@@ -127,7 +123,7 @@ def serve(
     from app.main import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    retention = retention_options(
+    retention = dict(
         observation_retention_seconds=observation_retention_seconds,
         observation_retention_count=observation_retention_count,
         prediction_retention_seconds=prediction_retention_seconds,
@@ -175,7 +171,7 @@ def worker(
     from app.embedded import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    retention = retention_options(
+    retention = dict(
         observation_retention_seconds=observation_retention_seconds,
         observation_retention_count=observation_retention_count,
         prediction_retention_seconds=prediction_retention_seconds,
