@@ -65,7 +65,7 @@ def run_worker(
     engine = make_engine(settings.database_url)
     calibrator = Calibrator(make_session_factory(engine), calibrator_config(settings), owner)
     calibrator.on_progress = heartbeat
-    retention = Retention(calibrator.sessions, retention_policy(settings))
+    retention = Retention(calibrator.sessions, retention_policy(settings), calibrator.leases)
     calibrator.between_passes = retention.hook
     try:
         calibrator.run_until(stop)

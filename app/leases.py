@@ -57,6 +57,21 @@ class Leases:
             return mine
         return or_(mine, t.Twin.lease_owner.is_(None), t.Twin.lease_expires_at < now)
 
+    def scope(self, session: Session, now: float):
+        """The SQL condition on twins this worker's housekeeping (app.retention) covers: those
+        it holds, and its part of those nobody holds (no lease, or one that ran out), split
+        among the live workers by twin id, so that each twin is covered by one worker."""
+        live = t.Worker.heartbeat_at >= now - self.live_window
+        names = list(session.scalars(select(t.Worker.name).where(live).order_by(t.Worker.name)))
+        if self.owner not in names:
+            names = sorted([*names, self.owner])
+        k, rank = len(names), names.index(self.owner)
+        mine = (t.Twin.lease_owner == self.owner) & (t.Twin.lease_expires_at >= now)
+        free = or_(t.Twin.lease_owner.is_(None), t.Twin.lease_expires_at < now)
+        if k > 1:
+            free = free & (t.Twin.id % k == rank)
+        return or_(mine, free)
+
     def admit(self, rows: Sequence, owners: Sequence[str | None]) -> list:
         """Of `rows` (claim candidates in order, `owners` their current lease owners), those
         to lease: the worker's own, and others while its room lasts."""

@@ -17,6 +17,12 @@ What is never removed, whatever the settings:
   checkpoint's drift state) and the newest `keep_checkpoints` versions, which hold the full
   learner state the worker resumes from.
 
+Series blocks (app.services.blocks) go once every observation they cover is gone, the newest
+of each output and size excepted.
+
+A worker's retention (given its `Leases`) sweeps the twins it holds and its part of those
+nobody holds (`Leases.scope`), so that k workers share the work instead of each doing all of it.
+
 Observations go with their predictions (a prediction never outlives its observation: the
 history reads predictions through observations), and they go first: learned observations
 older than every window are the bulk of the database.
@@ -38,6 +44,8 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.leases import Leases
+from app.services import blocks
 from app.tables import Observation, Prediction, Twin, Version
 
 log = logging.getLogger("tandem.retention")
@@ -99,13 +107,19 @@ class TwinState:
 class Retention:
     """Sweeps and deletes in bounded steps; `step()` is the worker's hook."""
 
-    def __init__(self, sessions: sessionmaker[Session], policy: RetentionPolicy):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        policy: RetentionPolicy,
+        leases: Leases | None = None,
+    ):
         self.sessions = sessions
         self.policy = policy
+        self.leases = leases  # a worker's: it sweeps its share of the twins (Leases.scope)
         self._queue: deque[TwinState] = deque()
         self._next_sweep = 0.0
         self._resume = 0.0  # monotonic time before which a step waits (its share of time)
-        self.removed = {"observations": 0, "predictions": 0, "versions": 0}
+        self.removed = {"observations": 0, "predictions": 0, "versions": 0, "series_blocks": 0}
 
     def step(self, now: float | None = None) -> int:
         """Delete for up to the policy's time budget; sweep first when one is due and the last
@@ -193,6 +207,7 @@ class Retention:
             first_prediction,
             first_prediction_ts,
         ]
+        columns.append(blocks.stale_exists(Twin.id))
         if p.versions_active:
             columns.append(
                 select(Version.id)
@@ -202,9 +217,12 @@ class Retention:
                 .exists()
             )
         with self.sessions() as session:
-            rows = session.execute(select(*columns).where(Twin.deleted_at.is_(None))).all()
+            query = select(*columns).where(Twin.deleted_at.is_(None))
+            if self.leases is not None:
+                query = query.where(self.leases.scope(session, now))
+            rows = session.execute(query).all()
         due = []
-        for twin_id, last_seq, top, wm, seq0, ts0, pred0, pred_ts0, *versions in rows:
+        for twin_id, last_seq, top, wm, seq0, ts0, pred0, pred_ts0, stale, *versions in rows:
             if top is None:
                 continue  # being created or purged
             safe = min(int(wm or 0), int(last_seq)) - p.floor
@@ -213,6 +231,7 @@ class Retention:
                 self._observations_due(twin, seq0, ts0, now)
                 or self._predictions_due(twin, pred0, pred_ts0, now)
                 or (versions and versions[0])
+                or stale
             ):
                 due.append(twin)
         return due
@@ -262,7 +281,7 @@ class Retention:
     # -- deleting -------------------------------------------------------------------------------
     def remove_batch(self, twin: TwinState, now: float) -> int:
         """One transaction: up to `batch` observations (with their predictions), else
-        predictions, else versions of one twin. Returns the rows removed."""
+        predictions, else versions, else series blocks of one twin. Returns the rows removed."""
         with self.sessions.begin() as session:
             seqs = self._observations(session, twin, now)
             if seqs:
@@ -291,7 +310,9 @@ class Retention:
                     ).rowcount
                     self.removed["versions"] += gone
                     return gone
-        return 0
+            gone = blocks.remove_stale(session, twin.id, self.policy.batch)
+            self.removed["series_blocks"] += gone
+            return gone
 
     def _observations(self, session: Session, twin: TwinState, now: float) -> list[int]:
         p, o = self.policy, Observation

@@ -9,13 +9,17 @@ blocks of 4096 from those of 256. The series read builds what is missing first (
 the few blocks the newest learned observations completed; the first read of a long history
 builds all of them once), then covers a range of seqs with the largest blocks that fit and raw
 rows at the edges and past the newest block.
+
+Retention (app.retention) removes the blocks that only cover removed observations: those that
+end below the twin's oldest stored seq (a read never uses them: it covers the range of stored
+seqs), except the newest block of each output and size, from which `built` counts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sqlalchemy import func, insert, literal, select
+from sqlalchemy import and_, delete, func, insert, literal, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -172,3 +176,53 @@ def cover(
     yield from cover(first, a * size, rest, have)
     yield size, a, b
     yield from cover((b + 1) * size + 1, last, rest, have)
+
+
+def _stale(twin_id, first_seq):
+    """The condition on a twin's blocks that only cover observations before `first_seq` (its
+    oldest stored one), the newest block of each output and size excepted."""
+    b, newer = SeriesBlock, SeriesBlock.__table__.alias("newer")
+    has_newer = (
+        select(newer.c.block)
+        .where(
+            newer.c.twin_id == b.twin_id,
+            newer.c.output == b.output,
+            newer.c.size == b.size,
+            newer.c.block > b.block,
+        )
+        .exists()
+    )
+    return (b.twin_id == twin_id) & ((b.block + 1) * b.size < first_seq) & has_newer
+
+
+def stale_exists(twin_id):
+    """SQL: whether twin `twin_id` (a column or a value) has blocks retention removes."""
+    o = Observation
+    first = select(func.min(o.seq)).where(o.twin_id == twin_id).scalar_subquery()
+    return select(SeriesBlock.block).where(_stale(twin_id, first)).exists()
+
+
+def remove_stale(session: Session, twin_id: int, limit: int) -> int:
+    """Delete up to `limit` of the twin's blocks that only cover removed observations (the
+    oldest first, by the primary key); returns how many."""
+    first = session.scalar(select(func.min(Observation.seq)).where(Observation.twin_id == twin_id))
+    if first is None:
+        return 0
+    b = SeriesBlock
+    rows = session.execute(
+        select(b.output, b.size, b.block)
+        .where(_stale(twin_id, first))
+        .order_by(b.output, b.size, b.block)
+        .limit(limit)
+    ).all()
+    upto: dict[tuple[int, int], int] = {}
+    for output, size, block in rows:  # the stale blocks of an output and size lead its blocks
+        upto[output, size] = block
+    removed = 0
+    for (output, size), block in upto.items():
+        removed += session.execute(
+            delete(b)
+            .where(and_(b.twin_id == twin_id, b.output == output, b.size == size, b.block <= block))
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    return removed
