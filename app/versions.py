@@ -134,20 +134,31 @@ def _predictions(item: Learned) -> list[dict]:
     ]
 
 
+PRUNE_WINDOW = 16  # version numbers below those kept that a commit prunes (it adds one)
+
+
 def _prune(session: Session, batch: list[Learned], rules: WriteRules) -> None:
-    """Drop full learner state from all but the newest checkpoints, and old versions."""
+    """Drop full learner state from the version that left the newest `keep_checkpoints`, and
+    delete the one that left the newest `version_retention` (never version 0). Each commit adds
+    one version per twin, so the few numbers just below those kept hold all there is to do:
+    each statement reads PRUNE_WINDOW index entries per twin, not all its versions (up to
+    20,000), inside the commit. A longer backlog (a count lowered by more than that) is
+    retention's, which removes versions in small batches (app.retention)."""
     versions = t.Version.__table__
-    twin, upto = versions.c.twin_id == bindparam("b_id"), versions.c.number <= bindparam("b_upto")
+    number = versions.c.number
+    window = (
+        (versions.c.twin_id == bindparam("b_id"))
+        & (number > bindparam("b_upto") - PRUNE_WINDOW)
+        & (number <= bindparam("b_upto"))
+    )
     keep = rules.keep_checkpoints
     session.execute(
-        update(versions)
-        .where(twin, upto, versions.c.checkpoint.is_not(None))
-        .values(checkpoint=None),
+        update(versions).where(window, versions.c.checkpoint.is_not(None)).values(checkpoint=None),
         [{"b_id": item.twin_id, "b_upto": item.number - keep} for item in batch],
     )
     if rules.version_retention:
         session.execute(
-            delete(versions).where(twin, upto, versions.c.number > 0),
+            delete(versions).where(window, number > 0),
             [{"b_id": i.twin_id, "b_upto": i.number - rules.version_retention} for i in batch],
         )
 
