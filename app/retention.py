@@ -18,7 +18,8 @@ What is never removed, whatever the settings:
   learner state the worker resumes from.
 
 Series blocks (app.services.blocks) go once every observation they cover is gone, the newest
-of each output and size excepted.
+of each output and size excepted; drift events once their observation is gone and they are
+older than the span the "drifting" filter reads (an hour).
 
 A worker's retention (given its `Leases`) sweeps the twins it holds and its part of those
 nobody holds (`Leases.scope`), so that k workers share the work instead of each doing all of it.
@@ -46,10 +47,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.leases import Leases
 from app.services import blocks
-from app.tables import Observation, Prediction, Twin, Version
+from app.services.fleet import DRIFTING_SECONDS
+from app.tables import DriftEvent, Observation, Prediction, Twin, Version
 
 log = logging.getLogger("tandem.retention")
 
+REMOVED = ("observations", "predictions", "versions", "series_blocks", "drift_events")
 WINDOW_FLOOR = 512  # newest learned observations always kept: the longest learner window
 
 
@@ -119,7 +122,7 @@ class Retention:
         self._queue: deque[TwinState] = deque()
         self._next_sweep = 0.0
         self._resume = 0.0  # monotonic time before which a step waits (its share of time)
-        self.removed = {"observations": 0, "predictions": 0, "versions": 0, "series_blocks": 0}
+        self.removed = dict.fromkeys(REMOVED, 0)
 
     def step(self, now: float | None = None) -> int:
         """Delete for up to the policy's time budget; sweep first when one is due and the last
@@ -197,17 +200,19 @@ class Retention:
             .correlate(Twin)
             .scalar_subquery()
         )
+        first_seq = oldest(Observation.seq)
         columns = [
             Twin.id,
             Twin.last_seq,
             newest,
             watermark,
-            oldest(Observation.seq),
+            first_seq,
             oldest(Observation.ts),
             first_prediction,
             first_prediction_ts,
         ]
         columns.append(blocks.stale_exists(Twin.id))
+        columns.append(select(DriftEvent.id).where(_events_due(Twin.id, first_seq, now)).exists())
         if p.versions_active:
             columns.append(
                 select(Version.id)
@@ -222,7 +227,7 @@ class Retention:
                 query = query.where(self.leases.scope(session, now))
             rows = session.execute(query).all()
         due = []
-        for twin_id, last_seq, top, wm, seq0, ts0, pred0, pred_ts0, stale, *versions in rows:
+        for twin_id, last_seq, top, wm, seq0, ts0, pred0, pred_ts0, *derived in rows:
             if top is None:
                 continue  # being created or purged
             safe = min(int(wm or 0), int(last_seq)) - p.floor
@@ -230,8 +235,7 @@ class Retention:
             if (
                 self._observations_due(twin, seq0, ts0, now)
                 or self._predictions_due(twin, pred0, pred_ts0, now)
-                or (versions and versions[0])
-                or stale
+                or any(derived)  # stale series blocks, old drift events, versions
             ):
                 due.append(twin)
         return due
@@ -312,7 +316,27 @@ class Retention:
                     return gone
             gone = blocks.remove_stale(session, twin.id, self.policy.batch)
             self.removed["series_blocks"] += gone
+            if gone:
+                return gone
+            gone = self._remove_events(session, twin.id, now)
+            self.removed["drift_events"] += gone
             return gone
+
+    def _remove_events(self, session: Session, twin_id: int, now: float) -> int:
+        first = select(func.min(Observation.seq)).where(Observation.twin_id == twin_id)
+        ids = session.scalars(
+            select(DriftEvent.id)
+            .where(_events_due(twin_id, first.scalar_subquery(), now))
+            .order_by(DriftEvent.seq)
+            .limit(self.policy.batch)
+        ).all()
+        if not ids:
+            return 0
+        return session.execute(
+            delete(DriftEvent)
+            .where(DriftEvent.id.in_(ids))
+            .execution_options(synchronize_session=False)
+        ).rowcount
 
     def _observations(self, session: Session, twin: TwinState, now: float) -> list[int]:
         p, o = self.policy, Observation
@@ -356,6 +380,13 @@ class Retention:
             .where(table.twin_id == twin_id, table.seq.in_(seqs))
             .execution_options(synchronize_session=False)
         ).rowcount
+
+
+def _events_due(twin_id, first_seq, now: float):
+    """Drift events retention removes: fired at an observation that is gone (below the twin's
+    oldest stored seq) and older than the span the "drifting" filter reads."""
+    e = DriftEvent
+    return (e.twin_id == twin_id) & (e.seq < first_seq) & (e.created_at < now - DRIFTING_SECONDS)
 
 
 def retention_policy(settings) -> RetentionPolicy:

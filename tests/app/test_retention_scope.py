@@ -146,3 +146,31 @@ def test_each_worker_sweeps_the_twins_it_holds_and_its_part_of_the_unheld(
     with sessions.begin() as session:  # b stops: a alone covers every twin not held by others
         session.execute(update(t.Worker).where(t.Worker.name == "b").values(heartbeat_at=0))
     assert swept("a") == set(ids[:2]) | {ids[3], ids[4], ids[5]}
+
+
+def test_drift_events_go_with_their_observation_once_older_than_the_drifting_span(
+    client, make_twin, post, learn, sessions
+):
+    twin = make_twin()["id"]
+    post(twin, thermal_rows(300))
+    learn(twin)
+    now = time.time()
+    event = {"twin_id": twin, "output": "T", "detector": "cusum", "statistic": 9.0}
+    with sessions.begin() as session:
+        session.execute(
+            insert(t.DriftEvent),
+            [
+                {**event, "seq": 10, "ts": 1_010.0, "created_at": now - 7_200},  # goes
+                {**event, "seq": 11, "ts": 1_011.0, "created_at": now - 600},  # last hour: stays
+                {**event, "seq": 290, "ts": 1_290.0, "created_at": now - 7_200},  # row kept
+            ],
+        )
+    retention = Retention(sessions, RetentionPolicy(observation_count=100, floor=0))
+    retention.run(now=now)
+    assert retention.removed["drift_events"] == 1
+    with sessions() as session:
+        seqs = session.scalars(select(t.DriftEvent.seq).where(t.DriftEvent.twin_id == twin))
+        assert sorted(seqs) == [11, 290]
+    listed = client.get("/twins", params={"drifting": "true"}).json()
+    assert [row["id"] for row in listed] == [twin]  # the drifting filter reads as before
+    assert retention.sweep(now) == []
