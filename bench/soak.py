@@ -1,23 +1,26 @@
 """Soak: the resident memory (RSS) of the API and of its calibration worker over a long run at
 fleet load, with retention removing observations throughout.
 
-    python bench/soak.py [--twins 1000] [--minutes 30] [--keep 600] [--sample 60]
+    python bench/soak.py [--twins 1000] [--minutes 30] [--keep 600] [--keep-versions 60]
+        [--sample 60] [--series 20]
 
 Starts `tandem serve` (embedded default: SQLite and the worker child process) on a fresh
-database with `TANDEM_OBSERVATION_RETENTION_SECONDS=--keep`, creates N `first_order` twins and
-posts each a batch of 10 one-second observations every 10 s over real HTTP, staggered (N
-observations/s in all), as the fleet workload does. Every --sample seconds it prints both
-processes' RSS (from /proc), the observations stored, what retention removed so far and the
-calibration lag; at the end a table and the verdict: each process's RSS over the second half
-against its RSS at the half-way mark (the target: within 10%). The reference, measured in the
-same run, is the RSS of both processes once the twins exist, before the load.
+database with `TANDEM_OBSERVATION_RETENTION_SECONDS=--keep` and
+`TANDEM_VERSION_RETENTION=--keep-versions`, creates N `first_order` twins and posts each a batch
+of 10 one-second observations every 10 s over real HTTP, staggered (N observations/s in all):
+the workload of `bench/fleet.py` (its `Workload`, with times that track the clock, so that
+retention by age removes throughout). Every --sample seconds it reads the downsampled series
+of --series twins (as a dashboard does: that builds series blocks, which retention then
+removes) and prints both processes' RSS (from /proc), the rows of every table that grows, the
+failed posts and the calibration lag; at the end the verdict: each process's RSS over the
+second half against its RSS at the half-way mark (the target: within 10%). The reference,
+measured in the same run, is the RSS of both processes once the twins exist, before the load.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import signal
 import sqlite3
@@ -33,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 import httpx  # noqa: E402
-import orjson  # noqa: E402
 
-BATCH, PERIOD = 10, 10.0  # observations per post (one second apart), seconds between posts
-SPEC = {"inputs": ["u"], "outputs": ["y"], "model": {"kind": "first_order"}}
+from bench.fleet import CONNECTIONS, PERIOD, TIMEOUT_S, Workload, create_twins, post  # noqa: E402
+
+TABLES = ("observations", "predictions", "versions", "series_blocks", "drift_events")
 
 
 def rss_mb(pid: int) -> float | None:
@@ -62,54 +65,60 @@ def worker_pid(api: int) -> int | None:
     return None
 
 
-def stored(db: str) -> int:
+def counts(db: str) -> dict[str, int]:
+    """Rows of each table that grows with the load."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-        return conn.execute("SELECT count(*) FROM observations").fetchone()[0]
+        return {name: conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in TABLES}
 
 
-def plant_rows(i: int, k0: int, t0: float) -> list[dict]:
-    """Twin i's observations k0..k0+9: a first-order response to a slow square wave."""
-    tau, gain = 10.0 + i % 7, 1.0 + 0.1 * (i % 5)
-    rows = []
-    for k in range(k0, k0 + BATCH):
-        u = 1.0 if (k // 60) % 2 else 0.0
-        y = gain * u * (1 - math.exp(-(k % 60) / tau)) + 0.01 * math.sin(k * 1.7 + i)
-        rows.append({"ts": t0 + k, "inputs": {"u": u}, "outputs": {"y": y}})
-    return rows
-
-
-async def load(url: str, ids: list[int], seconds: float, t0: float, failed: list) -> None:
-    """Each twin posts every PERIOD s, twins staggered evenly over the period."""
+async def load(url: str, ids: list[int], work: Workload, seconds: float, failed: list) -> int:
+    """Each twin posts every PERIOD s, twins staggered evenly over the period, at most
+    CONNECTIONS posts in flight (a client that queues thousands of requests in its pool spends
+    its time managing the queue). Returns the posts sent more than a period late."""
     n = len(ids)
     start = time.monotonic()
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
-        pending: set[asyncio.Task] = set()
+    end = start + seconds
+    late = 0
+    gate = asyncio.Semaphore(CONNECTIONS)
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT_S, limits=limits) as http:
 
-        async def post(i: int, k0: int) -> None:
-            body = orjson.dumps({"observations": plant_rows(i, k0, t0)})
-            try:
-                response = await http.post(
-                    f"/twins/{ids[i]}/observations",
-                    content=body,
-                    headers={"content-type": "application/json"},
-                )
-                if response.status_code != 202:
-                    failed.append(response.status_code)
-            except httpx.HTTPError as e:
-                failed.append(type(e).__name__)
+        async def gateway(i: int) -> None:
+            nonlocal late
+            slot = start + PERIOD * i / n
+            while slot < end:
+                wait = slot - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                elif -wait > PERIOD:
+                    late += 1
+                async with gate:
+                    if await post(http, ids[i], work.body(i)) < 0:
+                        failed.append(i)
+                slot += PERIOD
 
-        step = 0
-        while (elapsed := time.monotonic() - start) < seconds:
-            i = step % n
-            due = (step // n) * PERIOD + i * PERIOD / n
-            if due > elapsed:
-                await asyncio.sleep(due - elapsed)
-            task = asyncio.create_task(post(i, (step // n) * BATCH))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            step += 1
-        await asyncio.gather(*pending)
+        await asyncio.gather(*(gateway(i) for i in range(n)))
+    return late
+
+
+def setup(url: str, n: int) -> list[int]:
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT_S) as http:
+            return await create_twins(http, n)
+
+    return asyncio.run(run())
+
+
+def read_series(http: httpx.Client, ids: list[int]) -> int:
+    """A dashboard's sparklines: each twin's series in 10 points (with more than 32 rows a
+    point, merged from series blocks); returns the reads that failed."""
+    failed = 0
+    for twin_id in ids:
+        try:
+            failed += http.get(f"/twins/{twin_id}/series", params={"points": 10}).status_code != 200
+        except httpx.HTTPError:
+            failed += 1
+    return failed
 
 
 def lag(http: httpx.Client) -> tuple[float, float]:
@@ -123,7 +132,9 @@ def main() -> None:
     parser.add_argument("--twins", type=int, default=1000)
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--keep", type=float, default=600.0, help="retention, seconds of ts")
+    parser.add_argument("--keep-versions", type=int, default=60, help="versions per twin")
     parser.add_argument("--sample", type=float, default=60.0, help="seconds between samples")
+    parser.add_argument("--series", type=int, default=20, help="series read per sample")
     parser.add_argument("--port", type=int, default=8931)
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="tandem-soak-")
@@ -132,12 +143,14 @@ def main() -> None:
         **os.environ,
         "TANDEM_DATABASE_URL": f"sqlite:///{db}",
         "TANDEM_OBSERVATION_RETENTION_SECONDS": str(args.keep),
+        "TANDEM_VERSION_RETENTION": str(args.keep_versions),
         "TANDEM_RETENTION_INTERVAL": "30",
         "TANDEM_RATE_LIMIT": "0",
     }
     tandem = str(Path(sys.executable).with_name("tandem"))
     command = [tandem, "serve", "--port", str(args.port)]
-    api = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(f"{tmp}/serve.log", "wb")  # noqa: SIM115 (a pipe nobody reads would fill up)
+    api = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{args.port}"
     rows: list[tuple] = []
     try:
@@ -151,10 +164,8 @@ def main() -> None:
                     pass
                 assert time.monotonic() < deadline and api.poll() is None, "serve did not start"
                 time.sleep(0.5)
-            ids = [
-                http.post("/twins", json={"name": f"soak-{i:05d}", **SPEC}).json()["id"]
-                for i in range(args.twins)
-            ]
+            ids = setup(url, args.twins)
+            plotted = ids[:: max(len(ids) // max(args.series, 1), 1)][: args.series]
             worker = worker_pid(api.pid)
             reference = (rss_mb(api.pid), rss_mb(worker) if worker else None)
             print(
@@ -163,33 +174,39 @@ def main() -> None:
                 flush=True,
             )
             print(
-                "| minute | API RSS MB | worker RSS MB | observations stored | "
-                "failed posts | lag p50 / p95 s |"
+                "| minute | API RSS MB | worker RSS MB | "
+                + " | ".join(TABLES)
+                + " | failed posts | lag p50 / p95 s |"
             )
-            print("|---|---|---|---|---|---|", flush=True)
-            t0 = time.time() - 20  # ts = t0 + k tracks the clock, k one a second
+            print("|---|---|---|" + "---|" * len(TABLES) + "---|---|", flush=True)
+            work = Workload(args.twins, length=3_600)
+            work.t0 = time.time() - 20  # ts = t0 + k tracks the clock, k one a second
             failed: list = []
             seconds = args.minutes * 60
-            runner = asyncio.new_event_loop()
-            thread = threading.Thread(
-                target=runner.run_until_complete,
-                args=(load(url, ids, seconds, t0, failed),),
-                daemon=True,
-            )
+            late: list[int] = []
+
+            def drive() -> None:
+                late.append(asyncio.run(load(url, ids, work, seconds, failed)))
+
+            thread = threading.Thread(target=drive, daemon=True)
             started = time.monotonic()
             thread.start()
             while thread.is_alive():
                 thread.join(timeout=args.sample)
                 minute = (time.monotonic() - started) / 60
                 worker = worker_pid(api.pid) or worker
+                read_series(http, plotted)
                 p50, p95 = lag(http)
-                row = (minute, rss_mb(api.pid), rss_mb(worker), stored(db), p50, p95)
+                row = (minute, rss_mb(api.pid), rss_mb(worker), counts(db), p50, p95)
                 rows.append(row)
+                tables = " | ".join(f"{row[3][name]:,}" for name in TABLES)
                 print(
-                    f"| {row[0]:.1f} | {row[1]:.0f} | {row[2] or float('nan'):.0f} | "
-                    f"{row[3]} | {len(failed)} | {p50:.1f} / {p95:.1f} |",
+                    f"| {row[0]:.1f} | {row[1]:.0f} | {row[2] or float('nan'):.0f} | {tables} | "
+                    f"{len(failed)} | {p50:.1f} / {p95:.1f} |",
                     flush=True,
                 )
+        print(f"posts sent more than a period late: {late[0] if late else 'unknown'}")
+        print(f"the server's log: {tmp}/serve.log")
         verdict(rows, failed)
     finally:
         api.send_signal(signal.SIGTERM)
@@ -197,11 +214,15 @@ def main() -> None:
             api.wait(30)
         except subprocess.TimeoutExpired:
             api.kill()
+        log.close()
 
 
 def verdict(rows: list[tuple], failed: list) -> None:
     half = [r for r in rows if r[0] >= rows[-1][0] / 2]
     print(f"failed posts: {len(failed)}")
+    for name in TABLES:
+        values = [r[3][name] for r in half]
+        print(f"{name} over the second half: {min(values):,}-{max(values):,} rows")
     for k, name in ((1, "API"), (2, "worker")):
         base = half[0][k]
         values = [r[k] for r in half if r[k] is not None]
