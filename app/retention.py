@@ -4,9 +4,11 @@ that storage stays bounded at fleet scale (docs/retention.md).
 The worker calls `Retention.step()` between calibration passes. A sweep (every `interval`
 seconds) finds the twins with something to remove in one statement of per-twin index lookups;
 each step then deletes for those twins, at most `batch` rows per transaction, until its time
-budget is spent, and a later step carries on: steps take at most `share` of the worker's time,
-so a backlog of removals never holds calibration back. Transactions stay short, so SQLite's
-one write lock is never held for long and ingestion and calibration go on in between.
+budget is spent, and a later step carries on: steps take `share` of the worker's time while
+there is work (after a long calibration pass, a step's budget grows with it, up to `burst`),
+so a backlog of removals neither holds calibration back nor falls behind a busy worker.
+Transactions stay short, so SQLite's one write lock is never held for long and ingestion and
+calibration go on in between.
 
 What is never removed, whatever the settings:
 - an observation not yet learned (seq above the latest version's watermark), nor the newest
@@ -72,8 +74,9 @@ class RetentionPolicy:
     keep_checkpoints: int = 3
     batch: int = 500  # rows per transaction
     interval: float = 60.0  # seconds between sweeps
-    budget: float = 0.1  # seconds of deleting per step
-    share: float = 0.25  # most of the worker's time retention takes while it has work
+    budget: float = 0.1  # seconds of deleting per step, at least
+    share: float = 0.25  # of the worker's time retention takes while it has work (below 1)
+    burst: float = 2.0  # seconds of deleting per step, at most (after a long pass)
     floor: int = WINDOW_FLOOR  # newest learned observations always kept
 
     @property
@@ -122,21 +125,25 @@ class Retention:
         self._queue: deque[TwinState] = deque()
         self._next_sweep = 0.0
         self._resume = 0.0  # monotonic time before which a step waits (its share of time)
+        self._last = time.monotonic()  # when the previous step ended: calibration ran since
         self.removed = dict.fromkeys(REMOVED, 0)
 
     def step(self, now: float | None = None) -> int:
-        """Delete for up to the policy's time budget; sweep first when one is due and the last
-        one's work is done. Returns the rows removed."""
-        if not self.policy.active:
+        """Delete for the policy's share of the time since the previous step (at least `budget`,
+        at most `burst` seconds); sweep first when one is due and the last one's work is done.
+        Returns the rows removed."""
+        p = self.policy
+        if not p.active:
             return 0
         started = time.monotonic()
         if started < self._resume:
             return 0
+        owed = (started - self._last) * p.share / max(1.0 - p.share, 1e-9)
         clock = time.time() if now is None else now
         if not self._queue and clock >= self._next_sweep:
             self._next_sweep = clock + self.policy.interval
             self._queue.extend(self.sweep(clock))
-        deadline = started + self.policy.budget
+        deadline = started + min(max(p.budget, owed), p.burst)
         removed = 0
         while self._queue and time.monotonic() < deadline:
             twin = self._queue[0]
@@ -144,8 +151,8 @@ class Retention:
             removed += gone
             if not gone:  # nothing more of this twin this sweep
                 self._queue.popleft()
-        spent = time.monotonic() - started
-        self._resume = started + spent / self.policy.share  # calibration gets the rest
+        self._last = time.monotonic()
+        self._resume = started + (self._last - started) / p.share  # calibration gets the rest
         return removed
 
     def hook(self) -> None:

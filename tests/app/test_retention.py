@@ -159,3 +159,22 @@ def test_the_worker_runs_retention_between_passes(make_twin, post, sessions):
     with sessions() as session:
         pending = session.scalar(select(func.count()).select_from(t.Observation))
     assert pending == 100
+
+
+def test_a_step_after_a_long_pass_deletes_for_its_share_of_that_pass(
+    make_twin, post, learn, sessions
+):
+    twin = make_twin()["id"]
+    post_all(post, twin, thermal_rows(600))
+    learn(twin)
+    policy = RetentionPolicy(observation_count=1, floor=0, batch=10, budget=0.0, share=0.5)
+    retention = Retention(sessions, policy)
+    assert retention.step() <= 20  # right after the last step: its minimum, one batch at most
+    retention._resume = 0.0
+    retention._last = time.monotonic() - 30.0  # as if calibration had just run for 30 s
+    begun = time.monotonic()
+    retention.step()  # owed 30 s at share 0.5, capped at `burst` (2 s): many batches
+    spent = time.monotonic() - begun
+    assert spent < policy.burst + 5  # a batch may run past the deadline, not more
+    assert retention.removed["observations"] >= 10 * 3 or spent >= policy.burst
+    assert retention._resume >= begun + 2 * spent - 0.01  # then calibration gets as long
