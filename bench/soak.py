@@ -37,7 +37,15 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 import httpx  # noqa: E402
 
-from bench.fleet import CONNECTIONS, PERIOD, TIMEOUT_S, Workload, create_twins, post  # noqa: E402
+from bench.fleet import (  # noqa: E402
+    BURST_CONCURRENCY,
+    CONNECTIONS,
+    PERIOD,
+    TIMEOUT_S,
+    Workload,
+    create_twins,
+    post,
+)
 
 TABLES = ("observations", "predictions", "versions", "series_blocks", "drift_events")
 
@@ -72,14 +80,15 @@ def counts(db: str) -> dict[str, int]:
 
 
 async def load(url: str, ids: list[int], work: Workload, seconds: float, failed: list) -> int:
-    """Each twin posts every PERIOD s, twins staggered evenly over the period, at most
-    CONNECTIONS posts in flight (a client that queues thousands of requests in its pool spends
-    its time managing the queue). Returns the posts sent more than a period late."""
+    """Each twin posts every PERIOD s, twins staggered evenly over the period, until `seconds`
+    are over (a post still due then is dropped), at most BURST_CONCURRENCY posts in flight:
+    under the API's database pool, and a client that queues thousands of requests in its pool
+    spends its time managing the queue. Returns the posts sent more than a period late."""
     n = len(ids)
     start = time.monotonic()
     end = start + seconds
     late = 0
-    gate = asyncio.Semaphore(CONNECTIONS)
+    gate = asyncio.Semaphore(BURST_CONCURRENCY)
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
     async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT_S, limits=limits) as http:
 
@@ -93,6 +102,8 @@ async def load(url: str, ids: list[int], work: Workload, seconds: float, failed:
                 elif -wait > PERIOD:
                     late += 1
                 async with gate:
+                    if time.monotonic() >= end:
+                        return
                     if await post(http, ids[i], work.body(i)) < 0:
                         failed.append(i)
                 slot += PERIOD
