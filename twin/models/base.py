@@ -82,11 +82,17 @@ class TwinModel(nn.Module):
     `broadcasts_parameters`: whether `forward_with` also takes every parameter with a leading
     population dimension (S, *shape) and returns (S, B, n_outputs), one prediction per
     parameter set. Learners then score a population in one plain call; otherwise under `vmap`.
+
+    `stacks_twins`: whether, moreover, the rows may lead with a twin axis, (K, 1, B, ...) against
+    parameters (K, S), and row k's predictions are exactly those of its twin's rows alone
+    (elementwise formulas: no matmul, whose kernel torch picks by the batch's shape). Learners
+    then score the populations of many twins in one call (`twin.learners.together`).
     """
 
     kind: ClassVar[str]
     physical: ClassVar[bool] = False
     broadcasts_parameters: ClassVar[bool] = False
+    stacks_twins: ClassVar[bool] = False
 
     def __init__(self, n_inputs: int, n_outputs: int):
         super().__init__()

@@ -94,7 +94,7 @@ def _time_terms(t: Tensor) -> tuple[Tensor, Tensor, tuple[float, float] | None]:
     if last and last[0] is t and last[1] == t._version:
         return last[2]
     batched = is_batchedtensor(t)
-    t_powers = torch.linalg.vander(t, N=DEGREE + 1).T
+    t_powers = torch.linalg.vander(t, N=DEGREE + 1).mT
     extremes = None
     if t.numel() and not batched:
         extremes = tuple(torch.stack(torch.aminmax(t)).tolist())

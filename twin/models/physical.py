@@ -142,15 +142,18 @@ class PhysicalModel(TwinModel):
         return out
 
     def forward(self, y_ctx: Tensor, u_ctx: Tensor, u_now: Tensor, dt: Tensor) -> Tensor:
-        y_prev = y_ctx[:, -1]  # (B, n_outputs)
-        u_prev = u_ctx[:, -1]  # (B, n_inputs), held over dt
+        y_prev = y_ctx[..., -1, :]  # (B, n_outputs)
+        u_prev = u_ctx[..., -1, :]  # (B, n_inputs), held over dt
         return self.step(self.values(), y_prev, u_prev, dt)
 
     def forward_with(self, params: dict[str, Tensor], *args: Tensor) -> Tensor:
         """`forward` from the raw `params`, without functional_call's swapping them into the
-        module (which costs as much as a step); each may lead with a population (S,)."""
+        module (which costs as much as a step); each may lead with a population (S,).
+
+        Rows may lead with dimensions of their own that broadcast against the parameters' (a
+        twin axis: parameters (K, S) against rows (K, 1, T), see `twin.learners.stacked`)."""
         y_ctx, u_ctx, _, dt = args
-        return self.step(self.values(params), y_ctx[:, -1], u_ctx[:, -1], dt)
+        return self.step(self.values(params), y_ctx[..., -1, :], u_ctx[..., -1, :], dt)
 
     def step(self, v: dict[str, Tensor], y_prev: Tensor, u_prev: Tensor, dt: Tensor) -> Tensor:
         """Exact state transition over dt: (B, n_outputs), (B, n_inputs), (B,) -> (..., B,
@@ -213,6 +216,7 @@ class FirstOrder(PhysicalModel):
     b (offset in output units, signed).
     """
 
+    stacks_twins = True
     kind = "first_order"
     INPUTS = ("u",)
     OUTPUTS = ("y",)
@@ -224,8 +228,8 @@ class FirstOrder(PhysicalModel):
 
     def step(self, v, y_prev, u_prev, dt):
         gain, tau, offset = _rows(v, "K", "tau", "b")
-        target = gain * u_prev[:, 0] + offset  # (..., B)
-        return _first_order_hold(y_prev[:, 0], target, dt, tau)[..., None]
+        target = gain * u_prev[..., 0] + offset  # (..., B)
+        return _first_order_hold(y_prev[..., 0], target, dt, tau)[..., None]
 
 
 @register
@@ -236,6 +240,7 @@ class ThermalRC(PhysicalModel):
     Params R (thermal resistance, K/W, > 0), C (heat capacitance, J/K, > 0).
     """
 
+    stacks_twins = True
     kind = "thermal_rc"
     INPUTS = ("Q", "T_amb")
     OUTPUTS = ("T",)
@@ -246,8 +251,8 @@ class ThermalRC(PhysicalModel):
 
     def step(self, v, y_prev, u_prev, dt):
         resistance, capacitance = _rows(v, "R", "C")
-        target = u_prev[:, 1] + resistance * u_prev[:, 0]  # (..., B) steady state T_amb + R*Q
-        return _first_order_hold(y_prev[:, 0], target, dt, resistance * capacitance)[..., None]
+        target = u_prev[..., 1] + resistance * u_prev[..., 0]  # (..., B) steady state T_amb + R*Q
+        return _first_order_hold(y_prev[..., 0], target, dt, resistance * capacitance)[..., None]
 
 
 @register
@@ -270,5 +275,5 @@ class MassSpringDamper(PhysicalModel):
     )
 
     def step(self, v, y_prev, u_prev, dt):
-        x, vel, force = y_prev[:, 0], y_prev[:, 1], u_prev[:, 0]  # (B,) each
+        x, vel, force = y_prev[..., 0], y_prev[..., 1], u_prev[..., 0]  # (B,) each
         return oscillator_step(v["m"], v["c"], v["k"], x, vel, force, dt)  # (..., B, 2)
