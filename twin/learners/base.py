@@ -5,6 +5,7 @@ loss, the drift boost, and the contract the twin drives (`update`, `observe`, `o
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -239,6 +240,17 @@ class Objective:
         return fit
 
 
+@dataclass
+class Pending:
+    """An update prepared up to its learning step (`Learner.prepare`)."""
+
+    learner: Learner
+    objective: Objective
+    lr: float
+    boost: float
+    n_observations: int
+
+
 class Learner:
     """Recalibrates a model's parameters online from a window of its recent observations.
 
@@ -288,7 +300,17 @@ class Learner:
         return outlying(new, np.concatenate([self.window.outputs.numpy(), new]))
 
     def update(self, obs: Observations) -> UpdateReport:
-        """Add observations to the window, learn from it, write the new center into the model."""
+        """Add observations to the window, learn from it, write the new center into the model.
+        (`twin.learners.together.update_together` makes the updates of many twins at once.)"""
+        pending = self.prepare(obs)
+        if isinstance(pending, UpdateReport):
+            return pending
+        [(theta, loss_after)] = type(self).learn_together([pending])
+        return self.finish(pending, theta, loss_after)
+
+    def prepare(self, obs: Observations) -> Pending | UpdateReport:
+        """The update up to its learning step: add the observations to the window and build the
+        objective; the report at once where there is nothing to learn from."""
         self.observe(obs)
         if self.regime_start is not None and int(self.window.seq[0]) >= self.regime_start:
             self.regime_start = None  # the whole window is from the current regime
@@ -302,8 +324,8 @@ class Learner:
             self.regime_start,
             self.drift(),
         )
-        reported_lr = lr if self.steps_with_lr() else math.nan
         if objective.n_targets == 0:
+            reported_lr = lr if self.steps_with_lr() else math.nan
             return UpdateReport(
                 math.nan, math.nan, 0.0, self._sigma_summary(), reported_lr, len(obs), 0
             )
@@ -315,7 +337,23 @@ class Learner:
                 objective.s,
                 observed=objective.mask,
             )
-        theta, loss_after = self._learn(objective, lr, boost)
+        return Pending(self, objective, lr, boost, len(obs))
+
+    @classmethod
+    def learn_together(cls, pending: list[Pending]) -> list[tuple[Tensor, float]]:
+        """The learning steps of prepared updates of this method (one group of `batch_key`):
+        each new center (P,) and its loss. One by one here; a method that can step many twins
+        in wide tensor operations overrides it. Nothing is changed if it raises."""
+        return [p.learner._learn(p.objective, p.lr, p.boost) for p in pending]
+
+    def batch_key(self, objective: Objective) -> Hashable | None:
+        """Prepared updates with equal keys may be learned together (`learn_together`); None:
+        alone."""
+        return None
+
+    def finish(self, pending: Pending, theta: Tensor, loss_after: float) -> UpdateReport:
+        """Write the learned center into the model and report the update."""
+        objective = pending.objective
         if not bool(torch.isfinite(theta).all()):  # refused: the center stays
             theta, loss_after = objective.theta_prev, objective.center_loss
         load_flat(self.model, theta)
@@ -327,8 +365,8 @@ class Learner:
             loss_after,
             float(step),
             self._sigma_summary(),
-            reported_lr,
-            len(obs),
+            pending.lr if self.steps_with_lr() else math.nan,
+            pending.n_observations,
             objective.n_targets,
         )
 

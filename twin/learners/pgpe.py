@@ -16,13 +16,15 @@ with an abrupt and a slow drift it gave slightly lower one-step error than ranks
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 
 import torch
 from torch import Tensor
 
-from twin.learners.base import Learner, Objective
-from twin.learners.optim import Adam, ClipUp
+from twin.learners.base import Learner, Objective, Pending
+from twin.learners.optim import Adam, ClipUp, stack_optimizers
 from twin.learners.options import COMMON_OPTIONS, Option, positive
+from twin.learners.together import StackedObjective, stack_key
 from twin.models.base import DTYPE, TwinModel
 from twin.spec import SpecError
 
@@ -97,47 +99,70 @@ class PGPELearner(Learner):
         self.optimizer.drop_momentum()
 
     def _learn(self, objective: Objective, lr: float, boost: float) -> tuple[Tensor, float]:
-        o = self.options
-        n, P, iterations = o["popsize"], self.sigma.numel(), o["iterations"]
-        max_speed = (o["max_speed"] or 2 * o["lr"]) * boost
-        scale = objective.scale
-        theta = objective.theta_prev
-        sigma = self.sigma
+        return self.learn_together([Pending(self, objective, lr, boost, 0)])[0]
+
+    def batch_key(self, objective: Objective) -> Hashable:
+        """Twins with the same number of parameters and options step in lockstep; their losses
+        share one model call where `stack_key` agrees too."""
+        return (self.sigma.numel(), tuple(sorted(self.options.items())), stack_key(objective))
+
+    @classmethod
+    def learn_together(cls, pending: list[Pending]) -> list[tuple[Tensor, float]]:
+        """Sehnke's iterations for K twins in lockstep, on (K, ...) tensors: each twin draws its
+        own directions from its own generator and has its own sigma, optimizer state, step size
+        and boost; a twin whose losses stop being informative (no spread, none finite) stops
+        there, as it would alone, while the others go on."""
+        learners: list[PGPELearner] = [p.learner for p in pending]  # type: ignore[misc]
+        o = learners[0].options
+        n, P, iterations = o["popsize"], learners[0].sigma.numel(), o["iterations"]
+        stacked = StackedObjective([p.objective for p in pending])
+        scale, theta = stacked.scale, stacked.theta_prev  # (K, P)
+        sigma = torch.stack([learner.sigma for learner in learners])
+        optimizer = stack_optimizers([learner.optimizer for learner in learners])
+        lrs = [p.lr for p in pending]
+        max_speeds = [(o["max_speed"] or 2 * o["lr"]) * p.boost for p in pending]
+        active = torch.ones(len(pending), dtype=torch.bool)
         block = max(BLOCK_SAMPLES // (n * P), 1)  # iterations whose directions are drawn at once
         for i in range(iterations):
             if i % block == 0:  # the next block's directions, drawn as it starts
-                signed, to_gradient, to_log_sigma = self._directions(min(block, iterations - i))
+                count = min(block, iterations - i)
+                drawn = [learner._directions(count) for learner in learners]
+                signed, to_gradient, to_log_sigma = (
+                    torch.stack(d) for d in zip(*drawn, strict=True)
+                )
             j = i % block
             z = theta / scale
-            losses = objective.losses(objective.clamp((z + signed[j] * sigma) * scale))
-            spread = float(losses.std(correction=0))  # non-finite if any loss is
-            if not math.isfinite(spread):
-                finite = torch.isfinite(losses)
-                if not finite.any():
-                    break
-                losses = torch.where(finite, losses, losses[finite].max())
-                spread = float(losses.std(correction=0))
-            if not spread > 0:
+            samples = z[:, None] + signed[:, j] * sigma[:, None]  # (K, 1 + 2n, P)
+            losses = stacked.losses(stacked.clamp(samples * scale[:, None]))  # (K, 1 + 2n)
+            finite = torch.isfinite(losses)
+            if not bool(finite.all()):  # a non-finite loss counts as the worst finite one
+                worst = torch.where(finite, losses, -math.inf).amax(dim=-1, keepdim=True)
+                losses = torch.where(finite, losses, worst)
+            spread = _std(losses)  # NaN where no loss is finite
+            active = active & (spread > 0)
+            if not bool(active.any()):
                 break
             # Rewards are -losses divided by their standard deviation (see the module docstring).
-            losses = losses / spread
+            losses = (losses / spread[:, None])[:, None]  # (K, 1, 1 + 2n)
             # The loss gradient times sigma (Sehnke's symmetric estimate divided by sigma) is
             # O(1) whatever sigma is, so the optimizer's moments do not drift as sigma adapts.
-            g_mu = to_gradient[j] @ losses  # (P,)
+            g_mu = (to_gradient[:, j] * losses).sum(dim=-1)  # (K, P)
             # sigma steps along d E[reward] / d log sigma (Sehnke's sigma gradient / sigma).
-            sigma = (sigma * (to_log_sigma[j] @ losses).exp_()).clamp_(
-                o["sigma_min"], o["sigma_max"]
-            )
-            if isinstance(self.optimizer, ClipUp):
-                delta = self.optimizer.step(g_mu, lr, max_speed)
-            else:
-                delta = self.optimizer.step(g_mu, lr)
-            theta = objective.clamp((z - delta) * scale)
-        decay = self.boost_factor(self.boost_left - 1) / boost  # undo this update's share of boost
-        self.sigma = (sigma * decay).clamp(o["sigma_min"], o["sigma_max"])
-        with torch.no_grad():
-            loss_after = float(objective.loss(theta))
-        return theta, loss_after
+            widen = (to_log_sigma[:, j] * losses).sum(dim=-1).exp_()
+            moved = (sigma * widen).clamp_(o["sigma_min"], o["sigma_max"])
+            delta = optimizer.step(g_mu, lrs, max_speeds, active)
+            keep = active[:, None]
+            sigma = torch.where(keep, moved, sigma)
+            theta = torch.where(keep, stacked.clamp((z - delta) * scale), theta)
+        optimizer.write_back()
+        loss_after = stacked.losses(theta[:, None])[:, 0]
+        out = []
+        for k, (learner, p) in enumerate(zip(learners, pending, strict=True)):
+            # undo this update's share of boost
+            decay = learner.boost_factor(learner.boost_left - 1) / p.boost
+            learner.sigma = (sigma[k] * decay).clamp(o["sigma_min"], o["sigma_max"])
+            out.append((theta[k].clone(), float(loss_after[k])))
+        return out
 
     def _directions(self, iterations: int) -> tuple[Tensor, Tensor, Tensor]:
         """Directions for the next `iterations` iterations: rows [0, zeta, -zeta] score the
@@ -171,3 +196,12 @@ class PGPELearner(Learner):
         self.sigma = state["sigma"].clone().to(DTYPE)
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].clone())
+
+
+def _std(x: Tensor) -> Tensor:
+    """(K, N) -> (K,) population standard deviation of each row, by sums along the row: torch's
+    own `std` takes another path for several rows than for one, and a twin's numbers must not
+    depend on how many twins share the call (products and sums along the last dimension, as
+    everywhere in `learn_together`, do not)."""
+    centered = x - x.sum(dim=-1, keepdim=True) / x.shape[-1]
+    return ((centered * centered).sum(dim=-1) / x.shape[-1]).sqrt()
