@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,7 +86,27 @@ class Twin:
 
     # -- calibration --------------------------------------------------------------------------
     def step(self, obs: Observations, deadline: float | None = None) -> StepResult:
-        """Predict, monitor and learn the observations past the watermark, in time order.
+        """Predict, monitor and learn the observations past the watermark, in time order (see
+        `stepping`); `step_together` does the same for many twins, their learner updates
+        batched."""
+        run = self.stepping(obs, deadline)
+        report = None
+        while True:
+            try:
+                chunk = run.send(report)
+            except StopIteration as done:
+                return done.value
+            report = self.learner.update(chunk)
+
+    def stepping(
+        self, obs: Observations, deadline: float | None = None
+    ) -> Generator[Observations, UpdateReport, StepResult]:
+        """`step` as a generator that hands out each learner update instead of making it: it
+        yields the chunk the learner should update on and takes back that update's report
+        (`self.learner.update(chunk)`, made alone or together with other twins'); it returns
+        the StepResult.
+
+        Predict, monitor and learn the observations past the watermark, in time order.
 
         Observations at or before the newest one the twin has seen arrived too late to be
         learned in time order: they are skipped (NaN predictions) and counted. The watermark
@@ -138,7 +159,7 @@ class Twin:
                 if not self.model.physical or physical_ready:
                     self._first_guess()
             else:
-                result.reports.append(self.learner.update(chunk))
+                result.reports.append((yield chunk))  # self.learner.update(chunk)
                 self._maybe_converged()
             done = start + len(chunk)
             if (

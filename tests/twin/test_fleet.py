@@ -1,0 +1,112 @@
+"""Twins stepped together (`twin.fleet.step_together`) end exactly where each stepped alone
+ends, whatever their kinds, learners and seeds, and one twin's failure stays its own."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from twin.fleet import step_together
+from twin.learners.pgpe import PGPELearner
+from twin.observations import Observations
+from twin.plants import FirstOrderPlant, LinearPlant, MassSpringDamperPlant, ThermalRCPlant
+from twin.replica import Twin
+from twin.spec import TwinSpec
+
+STEPS, BATCH = 100, 10
+
+
+def fleet() -> tuple[list[Twin], list[Observations]]:
+    """Eight twins: first-order ones of different plants, seeds and update sizes (some learned
+    in one group), and other kinds and learners beside them (groups of their own)."""
+    cases = [
+        (FirstOrderPlant(K=1.5, tau=15.0), {"seed": 1}),
+        (FirstOrderPlant(K=2.5, tau=30.0), {"seed": 2}),
+        (FirstOrderPlant(K=0.5, tau=8.0), {"seed": 3, "optimizer": "clipup"}),
+        (FirstOrderPlant(K=1.0, tau=20.0), {"seed": 4, "drift": "auto"}),
+        (ThermalRCPlant(), {"seed": 5}),
+        (ThermalRCPlant(R=0.08), {"seed": 6}),
+        (MassSpringDamperPlant(), {"seed": 7}),
+        (LinearPlant(), {"method": "gradient", "seed": 8}),
+    ]
+    twins, runs = [], []
+    for i, (plant, learner) in enumerate(cases):
+        spec = plant.spec_dict()
+        spec["learner"] = learner
+        twins.append(Twin(TwinSpec.from_dict(spec)))
+        runs.append(plant.simulate(STEPS, seed=i).observations)
+    return twins, runs
+
+
+def part(obs: Observations, start: int) -> Observations:
+    end = start + BATCH
+    seq = np.arange(start + 1, end + 1)
+    return Observations(obs.ts[start:end], obs.inputs[start:end], obs.outputs[start:end], seq)
+
+
+def assert_same(a: Twin, b: Twin) -> None:
+    assert a.model.named_values() == b.model.named_values()
+    left, right = a.learner.state_dict(), b.learner.state_dict()
+    for key in ("center", "sigma", "n_updates", "boost_left"):
+        if key in left:
+            assert torch.equal(torch.as_tensor(left[key]), torch.as_tensor(right[key])), key
+    assert a.monitor.summary() == b.monitor.summary()
+
+
+def test_twins_stepped_together_end_bit_for_bit_where_each_alone_ends():
+    together, runs = fleet()
+    alone = copy.deepcopy(together)
+    for start in range(0, STEPS, BATCH):
+        results = step_together(together, [part(obs, start) for obs in runs])
+        for twin, obs, result in zip(alone, runs, results, strict=True):
+            expected = twin.step(part(obs, start))
+            assert np.array_equal(result.predictions, expected.predictions, equal_nan=True)
+            assert [r.to_dict() for r in result.reports] == [r.to_dict() for r in expected.reports]
+    for a, b in zip(alone, together, strict=True):
+        assert_same(a, b)
+    assert all(t.guessed is not None and t.learner.n_updates > 10 for t in together)
+
+
+def test_a_twin_whose_update_raises_fails_alone(monkeypatch):
+    together, runs = fleet()
+    alone = copy.deepcopy(together)
+    sick = together[1]
+    learn_together = PGPELearner.learn_together.__func__
+
+    def fails_with_the_sick_twin(cls, pending):
+        if any(p.learner is sick.learner for p in pending):
+            raise FloatingPointError("the sick twin's update")
+        return learn_together(cls, pending)
+
+    monkeypatch.setattr(PGPELearner, "learn_together", classmethod(fails_with_the_sick_twin))
+    sick_failed = False
+    for start in range(0, STEPS, BATCH):
+        live = [i for i in range(len(together)) if not (sick_failed and i == 1)]
+        chunks = [part(runs[i], start) for i in live]
+        results = step_together([together[i] for i in live], chunks)
+        for i, result in zip(live, results, strict=True):
+            if i == 1 and isinstance(result, Exception):
+                assert isinstance(result, FloatingPointError)
+                sick_failed = True
+                continue
+            expected = alone[i].step(part(runs[i], start))
+            assert np.array_equal(result.predictions, expected.predictions, equal_nan=True)
+    assert sick_failed  # it had a group: the others of its group were learned again, alone
+    for i, (a, b) in enumerate(zip(alone, together, strict=True)):
+        if i != 1:
+            assert_same(a, b)
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_a_group_of_any_size_learns_the_same(size):
+    """The lockstep of one twin and of three identical twins: the same numbers."""
+    plant = FirstOrderPlant()
+    obs = plant.simulate(80, seed=0).observations
+    twins = [Twin(TwinSpec.from_dict(plant.spec_dict())) for _ in range(size)]
+    reference = Twin(TwinSpec.from_dict(plant.spec_dict()))
+    for start in range(0, 80, BATCH):
+        step_together(twins, [part(obs, start)] * size)
+        reference.step(part(obs, start))
+    for twin in twins:
+        assert_same(reference, twin)
