@@ -1,9 +1,12 @@
 """The calibration worker: the exactly-once loop of DESIGN.md.
 
 For each claimed twin with observations past its watermark: take the latest version (kept in
-memory by the worker that committed it), read the next observations in `seq` order, let the
-twin predict, monitor and learn them; then write the pass's new versions, prequential
-predictions and drift events, for all its twins, in ONE transaction (`app.versions`). A crash
+memory by the worker that committed it) and read the next observations in `seq` order; let the
+twins predict, monitor and learn them together (`twin.fleet.step_together`: each twin's own
+predictions and drift statistics, the learner updates of compatible twins batched in wide
+tensor operations, each twin's numbers those it gets alone); then write the pass's new
+versions, prequential predictions and drift events, for all its twins, in ONE transaction
+(`app.versions`). A crash
 before the commit loses nothing; the next run redoes the same observations from the committed
 watermarks with the same result. Workers claim twins through leases in the database
 (`FOR UPDATE SKIP LOCKED` on PostgreSQL), and the unique (twin, version number) key makes a
@@ -15,7 +18,7 @@ is rolled back to its last committed version, marked `failing` with the error, a
 with exponential backoff; after `quarantine_after` failures in a row the retry learns one update
 at a time and passes over (quarantines) the updates that still fail, so that the twin recovers
 once its data do. Claims go to the longest-waiting work first (the oldest pending observation's
-receive time), and a pass gives each twin a time budget, cut at an update boundary.
+receive time), and a pass's twins share one time budget, each cut at an update boundary.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ from app import tables as t
 from app.isolation import check_finite, describe, learn_isolated
 from app.leases import Leases
 from app.versions import Learned, WriteRules, write_versions
+from twin.fleet import step_together
 from twin.observations import Observations
-from twin.replica import Twin
+from twin.replica import StepResult, Twin
 
 log = logging.getLogger("tandem.calibrator")
 
@@ -104,23 +108,16 @@ class Calibrator:
         """Calibrate every claimed twin with pending observations once and commit them together;
         return how many observations were learned (or passed over). A twin's own failure never
         ends the pass nor rolls back the others."""
-        learned, batch = 0, []
-        started = time.monotonic()
+        read = []
         for claim in self._claim():
             if stop is not None and stop.is_set():
                 break
-            if time.monotonic() - started > self.config.lease_seconds / 3:
-                break  # commit well within the leases; the rest stay ours for the next pass
-            budget = self.config.budget_seconds
-            deadline = None if budget is None else time.monotonic() + budget
-            item = self._guarded(claim.twin_id, claim.failures, self._learn, claim, deadline)
+            item = self._guarded(claim.twin_id, claim.failures, self._read, claim)
             if item is not None:
-                batch.append(item)
-                learned += len(item.result.seq)
-            if self.on_progress is not None:
-                self.on_progress()
+                read.append(item)
+        batch = self._learn(read, stop)
         self._commit(batch)
-        return learned
+        return sum(len(item.result.seq) for item in batch)
 
     def _guarded(self, twin_id: int, failures: int, fn, *args):
         """Run one twin's part of a pass; what goes wrong is that twin's alone."""
@@ -236,8 +233,8 @@ class Calibrator:
         with self.sessions() as session:
             return session.get(t.Twin, twin_id) is not None
 
-    def _learn(self, claim: Claim, deadline: float | None) -> Learned | None:
-        twin_id = claim.twin_id
+    def _read(self, claim: Claim) -> tuple[Claim, Twin, Observations] | None:
+        """The twin at its newest version and its next observations (None: nothing pending)."""
         with self.sessions() as session:
             twin = self._load(session, claim)
             size = twin.update_size
@@ -245,26 +242,74 @@ class Calibrator:
                 select(
                     t.Observation.seq, t.Observation.ts, t.Observation.inputs, t.Observation.outputs
                 )
-                .where(t.Observation.twin_id == twin_id, t.Observation.seq > twin.watermark)
+                .where(t.Observation.twin_id == claim.twin_id, t.Observation.seq > twin.watermark)
                 .order_by(t.Observation.seq)
                 .limit(max(self.config.batch // size, 1) * size)  # cut on an update boundary
             ).all()
         if not rows:
             return None
-        obs = _observations(rows, len(twin.spec.inputs), len(twin.spec.outputs))
-        self._cache.pop(twin_id, None)  # the twin mutates now; cached again only once committed
-        if claim.failures >= self.config.quarantine_after:
-            twin, result, error, passed = learn_isolated(twin, obs, deadline)
-            if passed:
-                log.warning(
-                    "twin %s: passed over %s observations it could not learn", twin_id, passed
-                )
-        else:
-            result, error = twin.step(obs, deadline), None
+        self._cache.pop(claim.twin_id, None)  # the twin mutates now; cached once committed
+        return claim, twin, _observations(rows, len(twin.spec.inputs), len(twin.spec.outputs))
+
+    def _learn(self, read: list, stop: threading.Event | None) -> list[Learned]:
+        """Step the twins read together (`twin.fleet.step_together`: their learner updates
+        batched), within one time budget; a twin that failed `quarantine_after` times in a row
+        learns alone, one update at a time (`learn_isolated`)."""
+        quarantine = self.config.quarantine_after
+        together = [item for item in read if item[0].failures < quarantine]
+        alone = [item for item in read if item[0].failures >= quarantine]
+        batch = []
+        results = step_together(
+            [twin for _, twin, _ in together], [obs for _, _, obs in together], self._deadline()
+        )
+        for (claim, twin, _), result in zip(together, results, strict=True):
+            item = self._guarded(claim.twin_id, claim.failures, self._learned, claim, twin, result)
+            if item is not None:
+                batch.append(item)
+        if self.on_progress is not None:
+            self.on_progress()
+        started = time.monotonic()
+        for claim, twin, obs in alone:
+            if (stop is not None and stop.is_set()) or (
+                time.monotonic() - started > self.config.lease_seconds / 3
+            ):
+                break  # commit well within the leases; the rest stay ours for the next pass
+            item = self._guarded(
+                claim.twin_id, claim.failures, self._isolated, claim, twin, obs, self._deadline()
+            )
+            if item is not None:
+                batch.append(item)
+            if self.on_progress is not None:
+                self.on_progress()
+        return batch
+
+    def _deadline(self) -> float | None:
+        budget = self.config.budget_seconds
+        return None if budget is None else time.monotonic() + budget
+
+    def _isolated(self, claim: Claim, twin: Twin, obs: Observations, deadline) -> Learned:
+        twin, result, error, passed = learn_isolated(twin, obs, deadline)
+        if passed:
+            log.warning(
+                "twin %s: passed over %s observations it could not learn", claim.twin_id, passed
+            )
+        return self._learned(claim, twin, result, error)
+
+    def _learned(
+        self,
+        claim: Claim,
+        twin: Twin,
+        result: StepResult | Exception,
+        error: Exception | None = None,
+    ) -> Learned:
+        """The version to write for a stepped twin; raise what its step raised."""
+        if isinstance(result, Exception):
+            raise result
+        if error is None:
             check_finite(twin)
         if self.before_commit is not None:
-            self.before_commit(twin_id, result)
-        return Learned(twin_id, claim.version + 1, twin, result, claim.failures, error)
+            self.before_commit(claim.twin_id, result)
+        return Learned(claim.twin_id, claim.version + 1, twin, result, claim.failures, error)
 
     def _commit(self, batch: list[Learned]) -> None:
         """Write the pass's versions in one transaction; if that fails, twin by twin, so that

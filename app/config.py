@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     retention_interval: float = Field(60.0, gt=0, description="Seconds between retention sweeps.")
     torch_threads: int = Field(1, gt=0, description="torch intra-op threads of a worker.")
     calibration_budget: float = Field(
-        1.0, ge=0, description="Seconds of learning per twin and pass (0: no limit)."
+        1.0, ge=0, description="Seconds of learning per pass, its twins together (0: no limit)."
     )
     heartbeat_timeout: float = Field(
         10.0, gt=0, description="/readyz fails when the embedded worker is silent this long."
