@@ -9,7 +9,7 @@ import time
 import numpy as np
 import torch
 
-from twin.learners.base import Objective
+from twin.learners.objective import Objective
 from twin.plants import FirstOrderPlant, MassSpringDamperPlant, ThermalRCPlant
 from twin.replica import Twin
 from twin.spec import TwinSpec

@@ -9,7 +9,7 @@ import torch
 
 from tests.twin.test_walk import arx_learner, kalman_last_state
 from twin.drift import ErrorStats
-from twin.learners.base import Objective
+from twin.learners.objective import Objective
 from twin.observations import Observations
 from twin.replica import Twin
 from twin.scaling import ChannelScaler

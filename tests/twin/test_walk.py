@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from twin.learners import LEARNERS, make_learner
-from twin.learners.base import DRIFT_EVERY, Objective
+from twin.learners.base import DRIFT_EVERY
+from twin.learners.objective import Objective
 from twin.learners.walk import DriftRate
 from twin.models import model_class
 from twin.models.base import flat_parameters, load_flat

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from twin.learners.base import Learner, Objective
+from twin.learners.base import Learner
+from twin.learners.objective import Objective
 from twin.learners.optim import Adam
 from twin.learners.options import COMMON_OPTIONS, Option, positive
 from twin.models.base import TwinModel

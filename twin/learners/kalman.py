@@ -31,14 +31,8 @@ import numpy as np
 import torch
 from torch.func import jacfwd
 
-from twin.learners.base import (
-    DRIFT_EVERY,
-    Learner,
-    Objective,
-    UpdateReport,
-    screened,
-    target_mask,
-)
+from twin.learners.base import DRIFT_EVERY, Learner, UpdateReport
+from twin.learners.objective import Objective, screened, target_mask
 from twin.learners.options import COMMON_OPTIONS, Option, positive
 from twin.models.base import DTYPE, TwinModel, flat_parameters, load_flat, unflatten
 from twin.observations import Observations, supervised

@@ -21,7 +21,8 @@ from collections.abc import Hashable
 import torch
 from torch import Tensor
 
-from twin.learners.base import Learner, Objective, Pending
+from twin.learners.base import Learner, Pending
+from twin.learners.objective import Objective
 from twin.learners.optim import Adam, ClipUp, stack_optimizers
 from twin.learners.options import COMMON_OPTIONS, Option, positive
 from twin.learners.together import StackedObjective, stack_key

@@ -16,7 +16,8 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
-from twin.learners.base import Learner, Objective, Pending, UpdateReport
+from twin.learners.base import Learner, Pending, UpdateReport
+from twin.learners.objective import Objective
 from twin.models.base import unflatten
 from twin.observations import Observations
 
