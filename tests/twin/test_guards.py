@@ -61,7 +61,8 @@ def test_a_step_to_a_non_finite_parameter_is_refused(method, monkeypatch):
     twin.step(obs[:100])
     before = flat_parameters(twin.model).clone()
     nan = torch.full_like(before, math.nan)
-    monkeypatch.setattr(type(twin.learner), "_learn", lambda self, o, lr, b: (nan, math.nan))
+    learns_nan = classmethod(lambda cls, pending: [(nan, math.nan)] * len(pending))
+    monkeypatch.setattr(type(twin.learner), "learn_together", learns_nan)
     twin.step(obs[100:108])
     assert torch.equal(flat_parameters(twin.model), before)
 

@@ -17,6 +17,7 @@ from twin.learners.base import (
     robust_scale,
     weighted_median,
 )
+from twin.learners.together import StackedObjective
 from twin.models import model_class
 from twin.models.base import DTYPE, TwinModel, flat_parameters
 from twin.observations import Observations, supervised
@@ -167,13 +168,17 @@ def test_bounds_are_never_left_by_the_center_or_any_sample(method, monkeypatch):
     model, learner = build(spec)
     low, high = model.raw_bounds()
     seen = []
-    original = Objective.losses
 
-    def checked(self, thetas):
-        seen.append(bool(((thetas >= low) & (thetas <= high)).all()))
-        return original(self, thetas)
+    def checking(original):
+        def checked(self, thetas):
+            seen.append(bool(((thetas >= low) & (thetas <= high)).all()))
+            return original(self, thetas)
 
-    monkeypatch.setattr(Objective, "losses", checked)
+        return checked
+
+    # populations are scored one twin at a time or several together (pgpe: StackedObjective)
+    for scorer in (Objective, StackedObjective):
+        monkeypatch.setattr(scorer, "losses", checking(scorer.losses))
     obs = simulate(480)
     for s in range(0, 480, 16):
         learner.update(obs[s : s + 16])
