@@ -283,12 +283,9 @@ class Calibrator:
                 self.on_progress()
         return batch
 
-    def _deadline(self) -> float:
-        """The time budget's end, and never past a third of the lease time: the pass commits
-        (and so renews its leases) well before they run out."""
-        limit = self.config.lease_seconds / 3
+    def _deadline(self) -> float | None:
         budget = self.config.budget_seconds
-        return time.monotonic() + (limit if budget is None else min(budget, limit))
+        return None if budget is None else time.monotonic() + budget
 
     def _isolated(self, claim: Claim, twin: Twin, obs: Observations, deadline) -> Learned:
         twin, result, error, passed = learn_isolated(twin, obs, deadline)
