@@ -3,9 +3,11 @@ random from seeds that no default was tuned on, against references run on the sa
 
     python bench/generalize.py [--tune] [--seeds 1000-1023] [--plants N] [--quick] [--tuned]
                                [--obs N] [--jobs J] [--learners pgpe,kalman]
+                               [--kinds first_order,thermal_rc | physical]
 
 Seeds 0-999 are the tuning seeds (`--tune`: the first 24 of them, or `--seeds` among them);
-1000-1999 the report seeds, and the default table is the first 24 of those. Each plant is fed
+1000-1999 the report seeds, and the default table is the first 24 of those (`--kinds` keeps
+only the plants of those kinds or groups among them, or among `--seeds`). Each plant is fed
 to a fresh twin per learner of `twin.learners.LEARNERS` through `Twin.step` in chunks of
 CHUNK observations, as a client posting batches would; "default" is the learner a spec without
 `learner.method` gets. The error is the excess MSE over the noise floor after WARMUP
@@ -28,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench import filters  # noqa: E402
-from bench.family import REPORT_SEEDS, TUNE_SEEDS, Case, draw, seeds_of  # noqa: E402
+from bench.family import GROUPS, REPORT_SEEDS, TUNE_SEEDS, Case, draw, seeds_of, strata  # noqa: E402
 from bench.report import (
     excess_mse,  # noqa: E402
     print_targets,  # noqa: E402
@@ -175,6 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--learners", help=f"learners to run, comma-separated (default: all, {','.join(LEARNERS)})"
     )
+    parser.add_argument(
+        "--kinds",
+        help=f"plant kinds or groups to keep, comma-separated (default: all; kinds "
+        f"{','.join(GROUPS)}; groups {','.join(sorted(set(GROUPS.values())))})",
+    )
     args = parser.parse_args(argv)
     learners = tuple(args.learners.split(",")) if args.learners else tuple(LEARNERS)
     unknown = [m for m in learners if m not in LEARNERS]
@@ -182,11 +189,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown learners {unknown}; known: {', '.join(LEARNERS)}")
     pool, name = (TUNE_SEEDS, "TUNING") if args.tune else (REPORT_SEEDS, "REPORT")
     count = args.plants or (QUICK_PLANTS if args.quick else PLANTS)
-    seeds = seeds_of(args.seeds) if args.seeds else list(pool[:count])
+    kinds = _kinds(parser, args.kinds)
+    of_kinds = [s for s in pool if strata(s)["kind"] in kinds]
+    seeds = seeds_of(args.seeds) if args.seeds else of_kinds[:count]
     outside = [s for s in seeds if s not in pool]
     if outside:
         other = "report" if args.tune else "tuning"
         parser.error(f"seeds {outside} are {other} seeds; {name.lower()} seeds are {_span(pool)}")
+    seeds = [s for s in seeds if strata(s)["kind"] in kinds]
+    if not seeds:
+        parser.error(f"no seed of the kinds {sorted(kinds)} among those chosen")
     n = args.obs or (QUICK_OBS if args.quick else OBS)
     print(
         f"Generalization benchmark on {name} seeds {_compact(seeds)} ({len(seeds)} plants, {n} "
@@ -210,6 +222,19 @@ def main(argv: list[str] | None = None) -> None:
         print_tuned(results, list(learners))
     print_targets(targets(results))
     print(f"\n{time.perf_counter() - t0:.0f} s on {os.cpu_count()} cores, {args.jobs} job(s)")
+
+
+def _kinds(parser: argparse.ArgumentParser, text: str | None) -> set[str]:
+    """The plant kinds `--kinds` names, directly or by group (all kinds when not given)."""
+    if not text:
+        return set(GROUPS)
+    kinds = set()
+    for name in text.split(","):
+        named = {k for k, group in GROUPS.items() if name in (k, group)}
+        if not named:
+            parser.error(f"unknown kind or group {name!r}; kinds: {', '.join(GROUPS)}")
+        kinds |= named
+    return kinds
 
 
 def _run_all(

@@ -1,6 +1,8 @@
 """The generalization benchmark draws what it says, keeps tuning and report seeds apart, and
 measures its ratios as the docs say."""
 
+import argparse
+
 import numpy as np
 import pytest
 
@@ -13,8 +15,9 @@ from bench.family import (
     TUNE_SEEDS,
     draw,
     seeds_of,
+    strata,
 )
-from bench.generalize import KF, PLANTS, WARMUP, excess_ratios, main
+from bench.generalize import KF, PLANTS, WARMUP, _kinds, excess_ratios, main
 from bench.report import excess_mse
 from bench.summary import group_stats
 
@@ -98,3 +101,15 @@ def test_an_unknown_learner_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--learners", "pgpe,newton"])
     assert "unknown learners" in capsys.readouterr().err
+
+
+def test_kinds_select_plants_by_kind_or_group(capsys):
+    parser = argparse.ArgumentParser()
+    assert _kinds(parser, "physical") == {"first_order", "thermal_rc", "mass_spring_damper"}
+    assert _kinds(parser, "arx,hammerstein") == {"arx", "hammerstein"}
+    with pytest.raises(SystemExit):
+        main(["--tune", "--kinds", "pump"])
+    assert "unknown kind or group 'pump'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # seed 0 draws an arx plant
+        main(["--tune", "--seeds", "0", "--kinds", "physical"])
+    assert strata(0)["kind"] == "arx"
