@@ -12,7 +12,7 @@ PER_DECADE points a decade over every scale the sampling can show (time constant
 of the median interval to 1e7 intervals; frequencies up to Nyquist's; damping ratios 0.03-30),
 least squares sets the rest exactly (gain and offset; resistance; inverse mass) with their
 standard errors. A candidate whose positive coefficient comes out negative is dropped. The
-chosen candidate is refined by a fine coordinate search.
+chosen grid point is refined within its own cell by ever finer profile grids (`_zoomed`).
 
 **What the observations pin down.** The candidates whose error lies within a likelihood-ratio
 test of the best (N ln(loss / best loss) <= CHI2_95, the 95% point of chi-square with one degree
@@ -225,8 +225,10 @@ class _Fit:
 
 def _zoomed(fit: _Fit, profile, scales: Tensor) -> Tensor:
     """The best raw parameters (P,) of profile grids ever finer around log time scales (k,):
-    ZOOM_POINTS a side over one grid step, then over one of those steps, and so on."""
-    step, best = math.log(10) / PER_DECADE, None
+    ZOOM_POINTS a side over the grid point's own cell (half a grid step either side), then
+    over one of those steps, and so on: a refinement of the point chosen, never a walk from it
+    to a neighbour the choice passed over."""
+    step, best = 0.5 * math.log(10) / PER_DECADE, None
     for _ in range(ZOOM_PASSES):
         offsets = torch.linspace(-step, step, 2 * ZOOM_POINTS + 1, dtype=DTYPE)
         axes = torch.meshgrid(*[scales[j] + offsets for j in range(scales.shape[0])], indexing="ij")
