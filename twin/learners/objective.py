@@ -110,7 +110,6 @@ class Objective:
         if self.mask is not None and not bool(self.mask[self.weights > 0].any()):
             self.n_targets = 0  # nothing measured to learn from
         self.s = torch.ones(y.shape[1], dtype=DTYPE)
-        self.center_loss = math.nan
         yhat = torch.zeros_like(y)
         if self.n_targets:
             with torch.no_grad():
@@ -126,8 +125,21 @@ class Objective:
         self.walk = None
         if self.n_targets and drift and bool(torch.isfinite(self.jacobian()).all()):
             self.walk = RandomWalk(self.jacobian(), self.weights, drift)
-        if self.n_targets:
-            self.center_loss = float(self._from_predictions(yhat, self.theta_prev))
+        self._center = yhat  # the center's predictions, for its loss when first asked
+        self._center_loss: float | None = None if self.n_targets else math.nan
+
+    @property
+    def center_loss(self) -> float:
+        """The loss at the starting center (NaN without targets), computed when first read
+        unless a learner that scored it already set it."""
+        if self._center_loss is None:
+            with torch.no_grad():
+                self._center_loss = float(self._from_predictions(self._center, self.theta_prev))
+        return self._center_loss
+
+    @center_loss.setter
+    def center_loss(self, value: float) -> None:
+        self._center_loss = value
 
     def jacobian(self) -> Tensor:
         """(T, n_out, P) derivative of the standardized predictions in scaled coordinates z =

@@ -118,6 +118,8 @@ class PGPELearner(Learner):
         n, P, iterations = o["popsize"], learners[0].sigma.numel(), o["iterations"]
         stacked = StackedObjective([p.objective for p in pending])
         scale, theta = stacked.scale, stacked.theta_prev  # (K, P)
+        for p, loss in zip(pending, stacked.losses(theta[:, None])[:, 0].tolist(), strict=True):
+            p.objective.center_loss = loss  # the loss before, scored together
         sigma = torch.stack([learner.sigma for learner in learners])
         optimizer = stack_optimizers([learner.optimizer for learner in learners])
         lrs = [p.lr for p in pending]
