@@ -236,55 +236,88 @@ class BOCPD:
 
     def reset(self) -> None:
         mu0, _, _, beta0 = self.prior
-        self.log_r = np.zeros(1)  # log posterior of run lengths 0..len-1 (last slot: >= that)
-        self.n = np.zeros(1)  # values in each run
-        self.mu = np.full(1, mu0)
-        self.beta = np.full(1, beta0)
+        # The posterior lives in the columns lo .. lo + size - 1 of a buffer with room to grow
+        # leftwards: a new run length 0 is one column to the left, and every other run keeps its
+        # column, so an update moves nothing. Rows: log posterior, values in the run, mu, beta.
+        self._buf = np.empty((4, _SPARE * self.max_run))
+        self._lo, self._size = self._buf.shape[1] - 1, 1
+        self._buf[:, self._lo] = (0.0, 0.0, mu0, beta0)
+        # The constants of each run length's predictive (see _run_constants); the last run's
+        # are rewritten on each update, since merged runs hold a fractional number of values.
+        self._const = _run_constants(self.prior, self.max_run).copy()
         self.t = 0  # values seen
         self.start = 0  # t at the start of the current (declared) regime
         self.run_length = 0
         self.changes = 0  # changes declared
+
+    # log posterior of run lengths 0..len-1 (the last slot: >= that), values in each run, and
+    # each run's posterior mean and beta (views of the live columns)
+    @property
+    def log_r(self) -> np.ndarray:
+        return self._buf[0, self._lo : self._lo + self._size]
+
+    @property
+    def n(self) -> np.ndarray:
+        return self._buf[1, self._lo : self._lo + self._size]
+
+    @property
+    def mu(self) -> np.ndarray:
+        return self._buf[2, self._lo : self._lo + self._size]
+
+    @property
+    def beta(self) -> np.ndarray:
+        return self._buf[3, self._lo : self._lo + self._size]
 
     def update(self, x: float) -> float | None:
         """Add one value; return the posterior probability of the new run's length when a change
         is declared (the detector carries on: its posterior already holds the new run)."""
         mu0, kappa0, alpha0, beta0 = self.prior
         x = min(max(float(x), -self.clip), self.clip)
-        kappa, alpha = kappa0 + self.n, alpha0 + self.n / 2
-        scale2 = self.beta * (kappa + 1) / (alpha * kappa)  # Student-t predictive, 2 alpha dof
-        nu = 2 * alpha
-        log_pred = (
-            _gamma_ratio(alpha)
-            - 0.5 * np.log(np.pi * nu * scale2)
-            - (nu + 1) / 2 * np.log1p((x - self.mu) ** 2 / (nu * scale2))
-        )
-        joint = self.log_r + log_pred
+        size, lo = self._size, self._lo
+        log_r, n, mu, beta = self._buf[:, lo : lo + size]
+        kappa, kp1, ak, pi_nu, nu, half_nu1, two_kp1, gamma_ratio = self._const[:, :size]
+        _set_run_constants(self._const[:, size - 1], float(n[-1]), kappa0, alpha0)
+        # Student-t predictive with 2 alpha dof: scale2 = beta (kappa + 1) / (alpha kappa)
+        scale2 = beta * kp1 / ak
+        d2 = np.square(x - mu)
+        log_pred = gamma_ratio - 0.5 * np.log(pi_nu * scale2)
+        log_pred -= half_nu1 * np.log1p(d2 / (nu * scale2))
+        log_r += log_pred  # the joint of each run and x
         # the hazard's posterior mean, never above the prior's: a change makes it no likelier
         hazard = min(1.0 + self.changes, 1.0 + self.t / self.lam) / (self.lam + self.t)
-        grow = joint + math.log1p(-hazard)
-        change = np.logaddexp.reduce(joint) + math.log(hazard)
-        beta = self.beta + kappa * (x - self.mu) ** 2 / (2 * (kappa + 1))
-        mu = (kappa * self.mu + x) / (kappa + 1)
-        self.log_r = np.concatenate([[change], grow])
-        self.n = np.concatenate([[0.0], self.n + 1])
-        self.mu = np.concatenate([[mu0], mu])
-        self.beta = np.concatenate([[beta0], beta])
-        if self.log_r.shape[0] > self.max_run:  # the two longest runs share the last slot
-            keep = self.max_run - 1
-            w = np.exp(self.log_r[keep:] - np.logaddexp.reduce(self.log_r[keep:]))
-            self.n = np.append(self.n[:keep], w @ self.n[keep:])
-            self.mu = np.append(self.mu[:keep], w @ self.mu[keep:])
-            self.beta = np.append(self.beta[:keep], w @ self.beta[keep:])
-            self.log_r = np.append(self.log_r[:keep], np.logaddexp.reduce(self.log_r[keep:]))
-        self.log_r -= np.logaddexp.reduce(self.log_r)
+        change = np.logaddexp.reduce(log_r) + math.log(hazard)
+        log_r += math.log1p(-hazard)  # each run grows by one
+        beta += kappa * d2 / two_kp1
+        mu *= kappa
+        mu += x
+        mu /= kp1
+        n += 1
+        if lo == 0:  # out of room on the left: move the live columns to the right end
+            lo = self._buf.shape[1] - size
+            self._buf[:, lo:] = self._buf[:, :size]
+        lo -= 1
+        self._buf[:, lo] = (change, 0.0, mu0, beta0)  # run length 0: a change at x
+        size += 1
+        if size > self.max_run:  # the two longest runs share the last slot
+            last = lo + self.max_run - 1
+            tail = self._buf[0, last : last + 2]
+            total = np.logaddexp.reduce(tail)
+            w = np.exp(tail - total)
+            for row in (1, 2, 3):
+                self._buf[row, last] = w @ self._buf[row, last : last + 2]
+            self._buf[0, last] = total
+            size = self.max_run
+        self._lo, self._size = lo, size
+        log_r = self._buf[0, lo : lo + size]
+        log_r -= np.logaddexp.reduce(log_r)
         self.t += 1
-        run = int(np.argmax(self.log_r))
+        run = int(np.argmax(log_r))
         if run == self.max_run - 1:
             return None  # the longest runs' slot: no start to locate
         if run >= self.min_segment and self.t - run > self.start + self.min_segment:
             self.start, self.run_length = self.t - run, run
             self.changes += 1
-            return float(math.exp(self.log_r[run]))
+            return float(math.exp(log_r[run]))
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -293,25 +326,49 @@ class BOCPD:
         return {**arrays, **counts}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        for k in ("log_r", "n", "mu", "beta"):
-            setattr(self, k, np.asarray(d[k], dtype=np.float64))
+        rows = np.array([d[k] for k in ("log_r", "n", "mu", "beta")], dtype=np.float64)
+        size = rows.shape[1]
+        assert 1 <= size <= self.max_run, "more run lengths than max_run"
+        assert np.array_equal(rows[1, :-1], np.arange(size - 1)), "runs of whole values"
+        self._lo, self._size = self._buf.shape[1] - size, size
+        self._buf[:, self._lo :] = rows
         for k in ("t", "start", "run_length", "changes"):
             setattr(self, k, int(d[k]))
 
 
-def _gamma_ratio(alpha: np.ndarray) -> np.ndarray:
-    """log Gamma(alpha + 1/2) - log Gamma(alpha), elementwise: a table for the half-integer
-    steps every run but the longest takes from alpha0, math.lgamma for the rest."""
-    key = (float(alpha[0]), alpha.shape[0])
-    table = _RATIOS.get(key)
+_SPARE = 4  # the posterior's buffer holds this many max_run columns: one move per 3 max_run values
+
+
+def _set_run_constants(out: np.ndarray, n: float, kappa0: float, alpha0: float) -> None:
+    """Write into out (8,) the constants of a run of n values (whole or, merged, fractional):
+    kappa, kappa + 1, alpha kappa, pi nu, nu, (nu + 1) / 2, 2 (kappa + 1) and
+    log Gamma(alpha + 1/2) - log Gamma(alpha), where kappa = kappa0 + n, alpha = alpha0 + n / 2
+    and nu = 2 alpha, in the operations the table of `_run_constants` takes, so equal bits."""
+    kappa, alpha = kappa0 + n, alpha0 + n / 2
+    nu = 2 * alpha
+    out[:] = (
+        kappa,
+        kappa + 1,
+        alpha * kappa,
+        np.pi * nu,
+        nu,
+        (nu + 1) / 2,
+        2 * (kappa + 1),
+        math.lgamma(alpha + 0.5) - math.lgamma(alpha),
+    )
+
+
+def _run_constants(prior: tuple[float, ...], max_run: int) -> np.ndarray:
+    """(8, max_run) the constants of `_set_run_constants` for runs of 0 .. max_run - 1 values."""
+    key = (*prior, max_run)
+    table = _CONSTANTS.get(key)
     if table is None:
-        a = alpha[0] + np.arange(alpha.shape[0]) / 2
-        table = np.array([math.lgamma(v + 0.5) - math.lgamma(v) for v in a])
-        _RATIOS[key] = table
-    out = table.copy()
-    last = float(alpha[-1])
-    out[-1] = math.lgamma(last + 0.5) - math.lgamma(last)
-    return out
+        _, kappa0, alpha0, _ = prior
+        table = np.empty((8, max_run))
+        for k in range(max_run):
+            _set_run_constants(table[:, k], float(k), kappa0, alpha0)
+        _CONSTANTS[key] = table
+    return table
 
 
-_RATIOS: dict[tuple[float, int], np.ndarray] = {}
+_CONSTANTS: dict[tuple[float, ...], np.ndarray] = {}

@@ -36,7 +36,11 @@ def _decay(half_life: float) -> float:
 
 def _moments(r: np.ndarray) -> np.ndarray:
     """(m,) residuals -> (m, 3): r, |r| and r^2, the sums every metric needs."""
-    return np.stack([r, np.abs(r), r * r], axis=-1)
+    mom = np.empty((r.shape[0], 3))
+    mom[:, 0] = r
+    np.abs(r, out=mom[:, 1])
+    np.multiply(r, r, out=mom[:, 2])
+    return mom
 
 
 class ErrorStats:
@@ -61,12 +65,14 @@ class ErrorStats:
         self._sums = np.zeros((3, n_outputs))  # window sums of r, |r|, r^2
         self._ew = np.zeros((3, n_outputs))  # EW sums of r, |r|, r^2 (not bias-corrected)
         self._ew_weight = np.zeros(n_outputs)  # 1 - beta^n: the total weight given so far
+        self._weights: dict[int, np.ndarray] = {}  # m -> the EW weights of m new residuals
 
     def update(self, residuals: np.ndarray) -> None:
         r = np.asarray(residuals, dtype=np.float64).reshape(-1, self.n_outputs)  # (N, n_out)
         seen = np.isfinite(r)
+        everything = bool(seen.all())
         for j in range(self.n_outputs):
-            self._update_output(j, r[seen[:, j], j])
+            self._update_output(j, r[:, j] if everything else r[seen[:, j], j])
 
     def _update_output(self, j: int, r: np.ndarray) -> None:
         """Add the finite residuals r (m,) of output j, oldest first."""
@@ -75,7 +81,9 @@ class ErrorStats:
             return
         mom = _moments(r)  # (m, 3)
         decay_m = self._beta**m
-        weights = self._beta ** np.arange(m - 1, -1, -1, dtype=np.float64)  # newest weighs 1
+        weights = self._weights.get(m)
+        if weights is None:  # newest weighs 1
+            weights = self._weights[m] = self._beta ** np.arange(m - 1, -1, -1, dtype=np.float64)
         self._ew[:, j] = decay_m * self._ew[:, j] + (1.0 - self._beta) * (weights @ mom)
         self._ew_weight[j] = decay_m * self._ew_weight[j] + (1.0 - decay_m)
         self._total[j] += m
@@ -84,10 +92,14 @@ class ErrorStats:
             self._pos[j], self._filled[j] = 0, self.window
             self._sync(j)
             return
-        slots = (self._pos[j] + np.arange(m)) % self.window
+        pos = int(self._pos[j])
+        if pos + m <= self.window:  # the slots pos .. pos + m - 1, without wrapping around
+            slots: slice | np.ndarray = slice(pos, pos + m)
+        else:
+            slots = (pos + np.arange(m)) % self.window
         self._sums[:, j] += mom.sum(axis=0) - _moments(self._buf[slots, j]).sum(axis=0)
         self._buf[slots, j] = r
-        self._pos[j] = (self._pos[j] + m) % self.window
+        self._pos[j] = (pos + m) % self.window
         self._filled[j] = min(self._filled[j] + m, self.window)
         self._since_sync[j] += m
         if self._since_sync[j] >= self.window:
@@ -138,6 +150,7 @@ class ErrorStats:
         assert d["n_outputs"] == self.n_outputs and d["window"] == self.window, "shape mismatch"
         self.half_life = float(d["half_life"])
         self._beta = _decay(self.half_life)
+        self._weights = {}
         self._buf = np.array(d["buf"], dtype=np.float64).reshape(self.window, self.n_outputs)
         shape = (self.n_outputs,)
         for name in ("pos", "filled", "total", "since_sync"):
@@ -230,20 +243,22 @@ class DriftMonitor:
             self.frozen.update(np.asarray(frozen_residuals, dtype=np.float64).reshape(-1, n))
         events = []
         for j, name in enumerate(self.outputs):
-            for i in np.flatnonzero(np.isfinite(r[:, j])):
-                z = self._standardize(j, float(r[i, j]))
+            for i, x in enumerate(r[:, j].tolist()):
+                if not math.isfinite(x):
+                    continue
+                z = self._standardize(j, x)
                 if z is None:
                     continue
+                ph, bocpd = self.ph[j].update(z), self.bocpd[j].update(z)
+                if ph is None and bocpd is None:
+                    continue
                 at = (int(seq[i]), float(ts[i]), name)
-                fired = []
-                for detector in (self.ph[j], self.bocpd[j]):
-                    stat = detector.update(z)
+                for detector, stat in ((self.ph[j], ph), (self.bocpd[j], bocpd)):
                     if stat is not None:
-                        start = max(int(seq[i]) - detector.run_length + 1, 0)
-                        fired.append(DriftEvent(*at, DETECTORS[type(detector)], stat, start))
-                if any(e.detector == "page_hinkley" for e in fired):
+                        start = max(at[0] - detector.run_length + 1, 0)
+                        events.append(DriftEvent(*at, DETECTORS[type(detector)], stat, start))
+                if ph is not None:
                     self._rewarm(j)  # BOCPD learns each regime's spread itself
-                events.extend(fired)
         events.sort(key=lambda e: e.seq)  # stable: output order within one observation
         self.alarms += len(events)
         return events
