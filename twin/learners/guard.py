@@ -36,9 +36,9 @@ def outlying(values: np.ndarray, reference: np.ndarray | None = None) -> np.ndar
     ref = values if reference is None else reference
     with np.errstate(invalid="ignore"):
         usable = np.abs(ref) <= MAX_MAGNITUDE  # False for NaN and inf
-        if usable.all():
-            median = np.median(ref, axis=0)
-            mad = np.median(np.abs(ref - median), axis=0)
+        if usable.all() and ref.shape[0]:
+            median = _median(ref)
+            mad = _median(np.abs(ref - median))
         else:
             x = np.where(usable, ref, np.nan)
             with warnings.catch_warnings():
@@ -48,6 +48,17 @@ def outlying(values: np.ndarray, reference: np.ndarray | None = None) -> np.ndar
         scale = np.maximum(np.maximum(MAD_TO_STD * mad, np.abs(median)), TINY)
         # NaN compares False: a NaN value or a column without a median is not "within"
         return ~((np.abs(values) <= MAX_MAGNITUDE) & (np.abs(values - median) <= FAR * scale))
+
+
+def _median(x: np.ndarray) -> np.ndarray:
+    """(M, C) finite values, M >= 1 -> (C,) the median of each column: np.median's result (the
+    middle value, or the mean of the two middle values), without its checks and overhead, which
+    cost ten times the selection on a window of a few hundred values."""
+    half = x.shape[0] // 2
+    if x.shape[0] % 2:
+        return np.partition(x, half, axis=0)[half]
+    part = np.partition(x, (half - 1, half), axis=0)
+    return (part[half - 1] + part[half]) / 2
 
 
 def cholesky(matrix: Tensor) -> Tensor:
