@@ -244,7 +244,8 @@ class Twin:
         its first guess (the state a Kalman filter carries through a missing measurement:
         holding the last value would claim the system stood still), else with the last value
         held."""
-        y_old = self.learner.context_arrays()[0]
+        context = self.learner.context_arrays()
+        y_old = context[0]
         measured = np.where(chunk.observed, chunk.outputs, np.nan)
         outliers = self.learner.outlying(np.concatenate([y_old, measured]))
         outliers[len(y_old) :] &= chunk.observed
@@ -255,40 +256,65 @@ class Twin:
             y = y.copy()
             for i in missing:  # a row's prediction depends only on the rows before it
                 gap = ~chunk.observed[i]
-                guess = self._one_step(self.model, chunk, y, unsound)[i]
+                guess = self._one_step(self.model, chunk, y, unsound, context)[i]
                 none = np.full_like(y[i], np.nan)
                 held = y[i - 1] if i else (y_old[-1] if len(y_old) else none)
                 if self.guessed is None:
                     guess = held
                 y[i, gap] = np.where(np.isfinite(guess), guess, held)[gap]
+        rows = self._one_step_rows(chunk, y, unsound, context)  # the same for both models
         return (
-            self._one_step(self.model, chunk, y, unsound),
-            self._one_step(self.frozen, chunk, y, unsound),
+            self._one_step(self.model, chunk, y, unsound, context, rows),
+            self._one_step(self.frozen, chunk, y, unsound, context, rows),
             y,
             outliers[len(y_old) :],
         )
 
     def _one_step(
-        self, model: TwinModel, chunk: Observations, y_chunk: np.ndarray, unsound: np.ndarray
+        self,
+        model: TwinModel,
+        chunk: Observations,
+        y_chunk: np.ndarray,
+        unsound: np.ndarray,
+        context: tuple[np.ndarray, ...] | None = None,
+        rows: tuple | None = None,
     ) -> np.ndarray:
         """(N, n_out) one-step predictions of the chunk's rows from the context before each,
-        NaN where that context holds an `unsound` row (N_old + N,)."""
-        y_old, u_old, ts_old = self.learner.context_arrays()
+        NaN where that context holds an `unsound` row (N_old + N,). `context` is
+        `learner.context_arrays()` and `rows` `_one_step_rows`, where the caller has them."""
+        if rows is None:
+            rows = self._one_step_rows(chunk, y_chunk, unsound, context)
+        pred = np.full(chunk.outputs.shape, np.nan)
+        if rows is not None:
+            args, blind, first = rows
+            yhat = model(*args).numpy()  # (N_old + N - L, n_out)
+            yhat[blind] = np.nan
+            pred[first:] = yhat[len(yhat) - (len(chunk) - first) :]
+        return pred
+
+    def _one_step_rows(
+        self,
+        chunk: Observations,
+        y_chunk: np.ndarray,
+        unsound: np.ndarray,
+        context: tuple[np.ndarray, ...] | None = None,
+    ) -> tuple | None:
+        """What `_one_step` feeds a model: the (y_ctx, u_ctx, u_now, dt) of the rows with a full
+        context before them, which of those rows see an `unsound` one (N_old + N - L,), and the
+        first chunk row predicted; None when no row has a full context."""
+        y_old, u_old, ts_old = self.learner.context_arrays() if context is None else context
         L = self.model.context
+        n_old = ts_old.shape[0]
+        n = n_old + len(chunk)
+        if n <= L:
+            return None
         ts = np.concatenate([ts_old, chunk.ts])
         u = np.concatenate([u_old, chunk.inputs])
         y = np.concatenate([y_old, y_chunk])
-        n_old = ts_old.shape[0]
-        pred = np.full(chunk.outputs.shape, np.nan)
-        if ts.shape[0] > L:
-            bad = np.cumsum(np.concatenate([[0], unsound]))
-            blind = bad[L : len(y)] - bad[: len(y) - L] > 0  # (N_old + N - L,)
-            y_ctx, u_ctx, u_now, dt, _ = supervised(*map(_tensor, (ts, u, y)), L)
-            yhat = model(y_ctx, u_ctx, u_now, dt).numpy()  # (N_old + N - L, n_out)
-            yhat[blind] = np.nan
-            first = max(L - n_old, 0)  # chunk rows that have a full context
-            pred[first:] = yhat[len(yhat) - (len(chunk) - first) :]
-        return pred
+        bad = np.cumsum(np.concatenate([[0], unsound]))
+        blind = bad[L:n] - bad[: n - L] > 0  # (N_old + N - L,)
+        y_ctx, u_ctx, u_now, dt, _ = supervised(*map(_tensor, (ts, u, y)), L)
+        return (y_ctx, u_ctx, u_now, dt), blind, max(L - n_old, 0)
 
     # -- what-if ------------------------------------------------------------------------------
     @torch.no_grad()
