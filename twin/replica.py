@@ -9,7 +9,6 @@ in steps of at most `update_size` observations. Everything it holds round-trips 
 from __future__ import annotations
 
 import copy
-import io
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from twin import checkpoint
 from twin.drift import DriftEvent, DriftMonitor, ParameterTracker
 from twin.learners import UpdateReport, make_learner
 from twin.models import model_class
@@ -417,13 +417,13 @@ class Twin:
         return twin
 
     def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        torch.save(self.state_dict(), buf)
-        return buf.getvalue()
+        """The state as checkpoint bytes (`twin.checkpoint`: plain values, no code)."""
+        return checkpoint.dumps(self.state_dict())
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Twin:
-        return cls.from_state_dict(torch.load(io.BytesIO(blob), weights_only=False))
+        """The twin of checkpoint bytes, in either format ever stored."""
+        return cls.from_state_dict(checkpoint.loads(blob))
 
 
 def _tensor(a) -> torch.Tensor:
