@@ -155,7 +155,7 @@ class Twin:
             self.watermark = max(self.watermark, int(chunk.seq.max()))
             if self.guessed is None:  # first a guess from the data
                 self.learner.observe(chunk)
-                physical_ready = len(self.learner.window) >= GUESS_AFTER and self._clean_tail()
+                physical_ready = len(self.learner.window) >= self._guess_at and self._clean_tail()
                 if not self.model.physical or physical_ready:
                     self._first_guess()
             else:
@@ -178,6 +178,12 @@ class Twin:
         if len(obs) and self.guessed is not None:
             self.tracker.update(self.model.named_values())
         return result
+
+    @property
+    def _guess_at(self) -> int:
+        """Observations the first guess of open physical parameters waits for: GUESS_AFTER, or
+        a learner window that holds fewer (which would otherwise never fill up to it)."""
+        return min(GUESS_AFTER, self.learner.window.capacity)
 
     def _clean_tail(self) -> bool:
         """Whether the newest GUESS_AFTER observations hold no outlier to guess from (a value

@@ -162,6 +162,16 @@ def test_a_stationary_plant_shows_a_parameter_change_near_zero():
         assert abs(p["relative_change"]) < 0.05, (name, p)  # but the plant did not change
 
 
+def test_a_learner_window_shorter_than_the_guess_wants_still_gets_a_first_guess():
+    sim = FirstOrderPlant(noise=0.01).simulate(60, seed=0)
+    spec = sim.spec_dict()
+    spec["learner"] = {"window": 16}
+    twin = Twin.create(TwinSpec.from_dict(spec))
+    result = twin.step(sim.observations)
+    assert twin.guessed == ["K", "tau", "b"]  # it used to wait for 32 it could never hold
+    assert 16 <= _first_predicted(result.predictions) <= 16 + twin.update_size
+
+
 def test_a_twin_waiting_for_its_first_guess_round_trips():
     sim = FirstOrderPlant().simulate(GUESS_AFTER + 8, seed=0)
     twin = Twin.create(TwinSpec.from_dict(sim.spec_dict()))
