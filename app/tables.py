@@ -174,7 +174,11 @@ class DriftEvent(Base):
     """A drift detector's alarm on one output at one observation."""
 
     __tablename__ = "drift_events"
-    __table_args__ = (Index("ix_drift_events_twin_id_seq", "twin_id", "seq"),)
+    __table_args__ = (
+        Index("ix_drift_events_twin_id_seq", "twin_id", "seq"),
+        # the "drifting" filter's probe of a twin's recent events, and the twin list's counts
+        Index("ix_drift_events_twin_id_created_at", "twin_id", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     twin_id: Mapped[int] = mapped_column(ForeignKey("twins.id", ondelete="CASCADE"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from sqlalchemy import event
+
 from bench.twin_list import fill_fleet
 from tests.app.test_auth import Keys, bearer
 
@@ -52,3 +54,35 @@ def test_filters_keep_to_a_twin_limited_keys_twins(client, sessions):
     assert listed(client, key, drifting="true") == (["ahu-00003"], 1)
     assert listed(client, key, lagging=5) == (["ahu-00003"], 1)
     assert listed(client, key, drifting="false", sort="lag") == (["ahu-00004"], 1)
+
+
+def test_drifting_probes_each_twins_recent_events_by_key(client, sessions):
+    """The filter reads (twin_id, created_at) index-only, one probe per twin, on both engines:
+    never a scan of every drift event since the cut."""
+    fill_fleet(sessions, 20, events=3)
+    engine, statements = client.app.state.engine, []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if "drift_events.created_at >=" in statement:
+            statements.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert listed(client, drifting="true", limit=1) == (["ahu-00003"], 2)
+        assert listed(client, drifting="false", limit=1) == (["ahu-00000"], 18)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(statements) == 4  # the count and the page, of each
+    postgres = engine.dialect.name == "postgresql"
+    with engine.connect() as conn:
+        if postgres:
+            conn.exec_driver_sql("SET enable_seqscan = off")  # tiny tables: show the keys
+        for statement, parameters in statements:
+            explain = "EXPLAIN (COSTS OFF) " if postgres else "EXPLAIN QUERY PLAN "
+            rows = conn.exec_driver_sql(explain + statement, parameters).all()
+            plan = "\n".join(str(r[0] if postgres else r[-1]) for r in rows)
+            key = "ix_drift_events_twin_id_created_at"
+            covering = f"Index Only Scan using {key}" if postgres else f"COVERING INDEX {key}"
+            assert covering in plan, plan
+            probe = "twin_id = twins.id" if postgres else "(twin_id=? AND created_at>?)"
+            assert probe in plan, plan
