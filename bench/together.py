@@ -20,7 +20,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from twin.fleet import step_together  # noqa: E402
@@ -55,22 +54,16 @@ def fleet(kind: str, k: int, length: int) -> tuple[list[Twin], list[Observations
     return twins, runs
 
 
-def batch(obs: Observations, start: int) -> Observations:
-    end = start + BATCH
-    seq = np.arange(start + 1, end + 1)
-    return Observations(obs.ts[start:end], obs.inputs[start:end], obs.outputs[start:end], seq)
-
-
 def measure(kind: str, k: int, batches: int) -> dict:
     twins, runs = fleet(kind, k, WARM + batches * BATCH)
     alone, _ = fleet(kind, k, WARM + batches * BATCH)  # the same twins, built the same way
     for start in range(0, WARM, BATCH):
-        step_together(twins, [batch(obs, start) for obs in runs])
+        step_together(twins, [obs[start : start + BATCH] for obs in runs])
         for twin, obs in zip(alone, runs, strict=True):
-            twin.step(batch(obs, start))
+            twin.step(obs[start : start + BATCH])
     t_together = t_alone = 0.0
     for start in range(WARM, WARM + batches * BATCH, BATCH):
-        chunks = [batch(obs, start) for obs in runs]
+        chunks = [obs[start : start + BATCH] for obs in runs]
         began = time.perf_counter()
         results = step_together(twins, chunks)
         t_together += time.perf_counter() - began

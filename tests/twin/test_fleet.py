@@ -39,12 +39,6 @@ def fleet() -> tuple[list[Twin], list[Observations]]:
     return twins, runs
 
 
-def part(obs: Observations, start: int) -> Observations:
-    end = start + BATCH
-    seq = np.arange(start + 1, end + 1)
-    return Observations(obs.ts[start:end], obs.inputs[start:end], obs.outputs[start:end], seq)
-
-
 def assert_same(a: Twin, b: Twin) -> None:
     assert a.model.named_values() == b.model.named_values()
     left, right = a.learner.state_dict(), b.learner.state_dict()
@@ -58,9 +52,9 @@ def test_twins_stepped_together_end_bit_for_bit_where_each_alone_ends():
     together, runs = fleet()
     alone = copy.deepcopy(together)
     for start in range(0, STEPS, BATCH):
-        results = step_together(together, [part(obs, start) for obs in runs])
+        results = step_together(together, [obs[start : start + BATCH] for obs in runs])
         for twin, obs, result in zip(alone, runs, results, strict=True):
-            expected = twin.step(part(obs, start))
+            expected = twin.step(obs[start : start + BATCH])
             assert np.array_equal(result.predictions, expected.predictions, equal_nan=True)
             assert [r.to_dict() for r in result.reports] == [r.to_dict() for r in expected.reports]
     for a, b in zip(alone, together, strict=True):
@@ -83,14 +77,14 @@ def test_a_twin_whose_update_raises_fails_alone(monkeypatch):
     sick_failed = False
     for start in range(0, STEPS, BATCH):
         live = [i for i in range(len(together)) if not (sick_failed and i == 1)]
-        chunks = [part(runs[i], start) for i in live]
+        chunks = [runs[i][start : start + BATCH] for i in live]
         results = step_together([together[i] for i in live], chunks)
         for i, result in zip(live, results, strict=True):
             if i == 1 and isinstance(result, Exception):
                 assert isinstance(result, FloatingPointError)
                 sick_failed = True
                 continue
-            expected = alone[i].step(part(runs[i], start))
+            expected = alone[i].step(runs[i][start : start + BATCH])
             assert np.array_equal(result.predictions, expected.predictions, equal_nan=True)
     assert sick_failed  # it had a group: the others of its group were learned again, alone
     for i, (a, b) in enumerate(zip(alone, together, strict=True)):
@@ -106,7 +100,7 @@ def test_a_group_of_any_size_learns_the_same(size):
     twins = [Twin(TwinSpec.from_dict(plant.spec_dict())) for _ in range(size)]
     reference = Twin(TwinSpec.from_dict(plant.spec_dict()))
     for start in range(0, 80, BATCH):
-        step_together(twins, [part(obs, start)] * size)
-        reference.step(part(obs, start))
+        step_together(twins, [obs[start : start + BATCH]] * size)
+        reference.step(obs[start : start + BATCH])
     for twin in twins:
         assert_same(reference, twin)

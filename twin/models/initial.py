@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
@@ -244,10 +245,15 @@ def _zoomed(fit: _Fit, profile, scales: Tensor) -> Tensor:
 def _least_squares(columns: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Per candidate, the coefficients (S, k) minimizing |columns @ x - target|^2 over the
     rows, and their standard errors (S, k): columns (S, B, k), target (S, B)."""
-    x = torch.linalg.lstsq(columns, target[..., None]).solution[..., 0]
+    # numpy's LAPACK and elementwise sums: torch's lstsq and pinv (MKL) gave results that
+    # differed in the last bits from one call to the next on the same numbers, and a twin's
+    # first guess must be the same every time (a seed makes a run repeatable)
+    a, b = columns.numpy(), target.numpy()
+    x = torch.from_numpy((np.linalg.pinv(a) * b[:, None, :]).sum(-1))  # (S, k) least squares
     rows, k = columns.shape[-2:]
-    sse = (columns @ x[..., None])[..., 0].sub(target).square().sum(-1)  # (S,)
-    cov = torch.linalg.pinv(columns.mT @ columns, hermitian=True)  # (S, k, k)
+    sse = (columns * x[:, None, :]).sum(-1).sub(target).square().sum(-1)  # (S,)
+    gram = (a[:, :, :, None] * a[:, :, None, :]).sum(1)  # (S, k, k)
+    cov = torch.from_numpy(np.linalg.pinv(gram, hermitian=True))
     se = (cov.diagonal(dim1=-2, dim2=-1) * (sse / max(rows - k, 1))[:, None]).clamp_min(0).sqrt()
     return x, se
 
