@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,12 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from fastapi.testclient import TestClient  # noqa: E402
-from sqlalchemy import create_engine, event, insert, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import event, insert, text  # noqa: E402
 
 from app import tables as t  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.main import create_app  # noqa: E402
+from bench.fleet_deploy import postgres_database  # noqa: E402
 from tests.app.conftest import SPEC  # noqa: E402
 
 OBSERVATIONS, LEARNED = 20, 15
@@ -136,16 +135,8 @@ def database(tmp: str, postgres: str | None):
     if postgres is None:
         yield f"sqlite:///{tmp}/tandem.db"
         return
-    admin = create_engine(postgres, isolation_level="AUTOCOMMIT")
-    name = f"tandem_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(postgres).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with postgres_database(postgres) as url:
+        yield url
 
 
 def explain(engine, url: str, http) -> list[str]:
