@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     # ingestion and reads
     max_batch_rows: int = Field(10_000, gt=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    group_commit: bool | None = Field(
+        None,
+        description="Posts of observations share transactions (one commit for the posts that "
+        "arrive while one commits); default: on for SQLite only.",
+    )
     max_horizon: int = Field(10_000, gt=0)
     history_limit: int = Field(1_000, gt=0, description="Default rows per history page.")
     max_history_limit: int = Field(10_000, gt=0)

@@ -13,11 +13,12 @@ from app.db import run_after_commit
 from app.limits import TwinId
 from app.metrics import ServiceMetrics
 from app.services.checkpoints import TwinCache
+from app.services.commits import GroupCommit
 from app.services.twins import get_twin
 from app.tables import Twin
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -35,11 +36,15 @@ def get_session(request: Request) -> Iterator[Session]:
     run_after_commit(session)
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     return request.app.state.metrics
 
 
-def get_twin_cache(request: Request) -> TwinCache:
+async def get_commits(request: Request) -> GroupCommit | None:
+    return request.app.state.commits
+
+
+async def get_twin_cache(request: Request) -> TwinCache:
     return request.app.state.twin_cache
 
 
@@ -48,6 +53,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 TwinCacheDep = Annotated[TwinCache, Depends(get_twin_cache)]
+GroupCommitDep = Annotated[GroupCommit | None, Depends(get_commits)]
 
 
 def get_path_twin(twin_id: TwinId, session: SessionDep) -> Twin:

@@ -21,6 +21,7 @@ from app.openapi import install_openapi
 from app.purge import start_purger
 from app.routes import gateway, observations, ops, reads, twins
 from app.services.checkpoints import TwinCache
+from app.services.commits import GroupCommit
 
 DESCRIPTION = """Digital twins that follow drifting real systems.
 
@@ -46,6 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = make_session_factory(engine)
         app.state.purger = start_purger(app.state.sessions, settings)
+        if settings.group_commit or (
+            settings.group_commit is None and engine.dialect.name == "sqlite"
+        ):
+            app.state.commits = GroupCommit(app.state.sessions)
         worker = None
         if settings.worker:
             from app.embedded import EmbeddedWorker  # torch-heavy; only when the worker runs here
@@ -62,6 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if worker is not None:
                 await run_in_threadpool(worker.stop)
             await run_in_threadpool(app.state.purger.stop)
+            if app.state.commits is not None:
+                await run_in_threadpool(app.state.commits.close)
+                app.state.commits = None
             app.state.sessions = None
             engine.dispose()
 
@@ -77,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = None
     app.state.worker = None
+    app.state.commits = None  # app.services.commits.GroupCommit when group commit is on
     app.state.twin_cache = TwinCache(settings.twin_cache_size)
     app.state.metrics = ServiceMetrics(lambda: app.state.sessions)
     install_error_handlers(app)

@@ -10,11 +10,12 @@ from pydantic import TypeAdapter
 
 from app.auth import AccessDep
 from app.db import after_commit
-from app.deps import MetricsDep, SessionDep, SettingsDep
+from app.deps import GroupCommitDep, MetricsDep, SessionDep, SettingsDep
 from app.errors import error_responses
 from app.routes.observations import read_body
 from app.schemas import GatewayIngestResult, GatewayObservationIn
 from app.services import gateway, ingestion
+from app.services.commits import write
 
 router = APIRouter(prefix="/observations", tags=["observations"])
 
@@ -77,6 +78,7 @@ async def post_gateway_observations(
     settings: SettingsDep,
     metrics: MetricsDep,
     access: AccessDep,
+    commits: GroupCommitDep,
 ) -> GatewayIngestResult:
     """Store observations of many twins, each row naming its twin by `twin_id` or `twin`
     (name): all or nothing over the whole body, with each twin's rows under the rules of
@@ -86,17 +88,19 @@ async def post_gateway_observations(
     ingestion.media_kind(content_type)  # 415 before reading a body it would not take
     body = await read_body(request, settings.max_body_bytes)
 
-    def ingest():
+    def check() -> gateway.Checked:
         raw = gateway.parse_body(body, content_type, settings.max_batch_rows)
         window = ingestion.ts_window(settings.min_ts, settings.max_ts_ahead)
         check = functools.partial(ingestion.check_rows, window=window)
-        return gateway.ingest(session, raw, check, access.sees)
+        return gateway.prepare(session, raw, check, access.sees)
 
-    result, names = await run_in_threadpool(ingest)
+    checked = await run_in_threadpool(check)  # a bad body is refused before it joins a commit
+    order = min(checked.rows, default=0)
+    result = await write(commits, session, lambda s: gateway.store(s, checked), checked.size, order)
 
     def count() -> None:
         for twin_id, part in result.twins.items():
-            metrics.ingested(names[twin_id], part.accepted, part.duplicates)
+            metrics.ingested(checked.names[twin_id], part.accepted, part.duplicates)
 
     after_commit(session, count)
     return result

@@ -11,11 +11,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import TypeAdapter
 
 from app.db import after_commit
-from app.deps import MetricsDep, SessionDep, SettingsDep, TwinDep
+from app.deps import GroupCommitDep, MetricsDep, SessionDep, SettingsDep, TwinDep
 from app.errors import Invalid, TooLarge, error_responses
 from app.limits import MAX_INT64
 from app.schemas import History, IngestResult, ObservationIn
 from app.services import history, ingestion
+from app.services.commits import write
 
 router = APIRouter(prefix="/twins/{twin_id}/observations", tags=["observations"])
 
@@ -87,6 +88,7 @@ async def post_observations(
     session: SessionDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    commits: GroupCommitDep,
 ) -> IngestResult:
     """Store a batch of observations, all or nothing; duplicates of stored `ts` are counted and
     skipped. The response comes after the commit: a 202 means the batch is durable."""
@@ -95,14 +97,16 @@ async def post_observations(
     body = await read_body(request, settings.max_body_bytes)
     inputs, outputs = twin.spec["inputs"], twin.spec["outputs"]
 
-    def ingest() -> IngestResult:
+    def check() -> list[ingestion.Row]:
         raw = ingestion.parse_batch(body, content_type, settings.max_batch_rows, inputs, outputs)
         window = ingestion.ts_window(settings.min_ts, settings.max_ts_ahead)
-        rows = ingestion.check_rows(raw, inputs, outputs, window)
-        return ingestion.store(session, twin.id, rows)
+        return ingestion.check_rows(raw, inputs, outputs, window)
 
-    result = await run_in_threadpool(ingest)
-    name = twin.name
+    rows = await run_in_threadpool(check)  # a bad body is refused before it joins a commit
+    twin_id, name = twin.id, twin.name
+    result = await write(
+        commits, session, lambda s: ingestion.store(s, twin_id, rows), len(rows), twin_id
+    )
     after_commit(session, lambda: metrics.ingested(name, result.accepted, result.duplicates))
     return result
 

@@ -108,18 +108,17 @@ def _from_csv(obj: dict, target: Target) -> dict:
     return row
 
 
-def ingest(
+def prepare(
     session: Session,
     raw: Sequence[Any],
     check: Callable[[Sequence[Any], Sequence[str], Sequence[str]], list[ingestion.Row]],
     sees: Callable[[int], bool],
-    now: float | None = None,
-) -> tuple[GatewayIngestResult, dict[int, str]]:
-    """Check and store rows for many twins in the session's transaction, all or nothing.
+) -> Checked:
+    """Resolve and check the rows of many twins (no writes): each twin's checked rows.
 
     `check` is the per-twin row check (`ingestion.check_rows` with the route's settings);
-    `sees` says whether the caller's key may use a twin (403 otherwise). Returns the result and
-    each stored-to twin's name (for the metrics)."""
+    `sees` says whether the caller's key may use a twin (403 otherwise). Any bad row raises
+    `Invalid` naming every bad row."""
     errors: list[dict[str, Any]] = []
     refs = [_reference(i, obj, errors) for i, obj in enumerate(raw)]
     targets = _resolve(session, refs, sees)
@@ -135,7 +134,7 @@ def ingest(
         else:
             groups.setdefault(target.id, []).append(i)
     by_id = {target.id: target for target, _ in targets.values() if target is not None}
-    checked: dict[int, list[ingestion.Row]] = {}
+    checked = Checked({}, {})
     for twin_id, indexes in groups.items():
         target = by_id[twin_id]
         rows = [_observation(raw[i], target) for i in indexes]
@@ -144,26 +143,43 @@ def ingest(
         except Invalid as e:
             errors.extend(_named(e.errors, indexes, twin_id))
             continue
-        checked[twin_id] = [(ts, indexes[k], u, y) for ts, k, u, y in found]
+        checked.rows[twin_id] = [(ts, indexes[k], u, y) for ts, k, u, y in found]
+        checked.names[twin_id] = target.name
     if errors:
         errors.sort(key=lambda e: (e.get("index", -1), str(e.get("field"))))
         bad = len({e.get("index") for e in errors})
         raise Invalid(f"{bad} of {len(raw)} observations are invalid; nothing was stored", errors)
+    return checked
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A gateway body's checked rows per twin id, and the twins' names (for the metrics)."""
+
+    rows: dict[int, list[ingestion.Row]]
+    names: dict[int, str]
+
+    @property
+    def size(self) -> int:
+        return sum(len(rows) for rows in self.rows.values())
+
+
+def store(session: Session, checked: Checked, now: float | None = None) -> GatewayIngestResult:
+    """Store checked rows of many twins in the session's transaction, all or nothing."""
     now = time.time() if now is None else now
     results: dict[int, IngestResult] = {}
-    for twin_id in sorted(checked):  # lock order: twin id
+    for twin_id in sorted(checked.rows):  # lock order: twin id
         try:
-            results[twin_id] = ingestion.store(session, twin_id, checked[twin_id], now)
-        except DomainError as e:  # e.g. rows older than the twin's newest: name the twin too
+            results[twin_id] = ingestion.store(session, twin_id, checked.rows[twin_id], now)
+        except DomainError as e:  # e.g. a twin deleted meanwhile: name the twin too
             e.errors = [{**err, "twin": twin_id} for err in e.errors]
             e.detail = f"twin {twin_id}: {e.detail}; nothing was stored"
             raise
-    result = GatewayIngestResult(
+    return GatewayIngestResult(
         accepted=sum(r.accepted for r in results.values()),
         duplicates=sum(r.duplicates for r in results.values()),
         twins={twin_id: results[twin_id] for twin_id in sorted(results)},
     )
-    return result, {twin_id: by_id[twin_id].name for twin_id in results}
 
 
 TWIN_FIELD = {"id": "twin_id", "name": "twin"}

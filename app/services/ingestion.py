@@ -369,19 +369,20 @@ def _lock_twin(session: Session, twin_id: int) -> tuple[int, float | None, int]:
 
     PostgreSQL: a row lock (SELECT ... FOR UPDATE). SQLite has no row locks; a no-op UPDATE as
     the transaction's first write takes the database write lock at once (BEGIN IMMEDIATE
-    semantics), so two batches for one twin can never be given the same seqs.
+    semantics), so two batches for one twin can never be given the same seqs. A twin deleted
+    (marked) since the request found it is not found.
     """
     twins = Twin.__table__
     if session.get_bind().dialect.name == "sqlite":
         stmt = (
             update(twins)
-            .where(twins.c.id == twin_id)
+            .where(twins.c.id == twin_id, twins.c.deleted_at.is_(None))
             .values(last_seq=twins.c.last_seq)
             .returning(twins.c.last_seq, twins.c.last_ts, twins.c.late_observations)
         )
     else:
         columns = (twins.c.last_seq, twins.c.last_ts, twins.c.late_observations)
-        stmt = select(*columns).where(twins.c.id == twin_id)
+        stmt = select(*columns).where(twins.c.id == twin_id, twins.c.deleted_at.is_(None))
         stmt = stmt.with_for_update()
     row = session.execute(stmt).first()
     if row is None:

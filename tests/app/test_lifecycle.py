@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -185,3 +186,52 @@ def test_sigterm_ends_the_service_within_ten_seconds(serve, target, state):
     assert server.leases() == []
     wait_for(lambda: not alive(worker), 5, "the worker to be gone")
     assert "Traceback" not in server.output()
+
+
+@pytest.mark.slow
+def test_every_post_answered_202_before_a_kill_is_stored(serve):
+    """Posts race from several clients (sharing group commits) when the server is killed with
+    SIGKILL: every post answered 202 before the kill is in the database, whole."""
+    server = serve()
+    ids = [
+        server.http.post("/twins", json={"name": f"k{k}", **SPEC}).json()["id"] for k in range(4)
+    ]
+    acknowledged: list[tuple[int, dict]] = []
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=server.http.base_url, timeout=10) as http:
+            for n in range(10_000):
+                if stop.is_set():
+                    return
+                body = {"observations": thermal_rows(5, start=1_000.0 + 1e6 * k + 5 * n)}
+                try:
+                    response = http.post(f"/twins/{ids[k % 4]}/observations", json=body)
+                except httpx.TransportError:
+                    return
+                if response.status_code == 202:
+                    acknowledged.append((ids[k % 4], response.json()))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(acknowledged) >= 200, 60, "posts to be acknowledged")
+    os.killpg(server.proc.pid, signal.SIGKILL)
+    server.proc.wait()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    engine = create_engine(f"sqlite:///{server.db}")
+    try:
+        with engine.connect() as conn:
+            seqs = {
+                twin_id: set(
+                    conn.scalars(select(t.Observation.seq).where(t.Observation.twin_id == twin_id))
+                )
+                for twin_id in ids
+            }
+    finally:
+        engine.dispose()
+    for twin_id, answer in acknowledged:
+        assert answer["accepted"] == 5
+        assert set(range(answer["first_seq"], answer["last_seq"] + 1)) <= seqs[twin_id]

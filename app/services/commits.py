@@ -1,0 +1,172 @@
+"""Group commit for ingestion: the posts that arrive while one transaction commits share the
+next one.
+
+On SQLite every write transaction takes the database's one write lock and ends with an fsync
+(`synchronous = FULL`); one transaction per post made the lock, not the CPU, the limit of
+ingestion under many small posts. Here one committer thread per process takes the posts queued
+for it (already parsed and checked, so a bad body never joins a group), runs each one's writes
+in one transaction, commits once, and only then answers each post: a 202 still means its rows
+are durable. A post is all or nothing and never fails another:
+
+- a post refused while it writes (`DomainError`, e.g. its twin was deleted meanwhile) is
+  answered with its error, and the group is rolled back and run again without it;
+- any other failure (the database, a conflict, the commit itself) rolls the group back and
+  runs each post alone, in its own transaction, so that only the culprit fails.
+
+A post's writes run in the group's transaction after those of the posts before it, so seqs,
+duplicates and late flags are exactly those of one transaction per post in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.errors import DomainError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+GROUP_ROWS = 20_000  # observations per group at most (a post larger than that commits alone)
+
+
+@dataclass
+class Job:
+    """One post's writes: `write(session)` in the group's transaction; its result or error
+    goes to `future` once the group has committed (or failed)."""
+
+    write: Callable[[Session], Any]
+    rows: int
+    order: int  # the smallest twin id written: a group locks twins in id order
+    future: Future = field(default_factory=Future)
+
+
+class GroupCommit:
+    """One committer thread; `submit` queues a post's writes, `run` awaits their commit."""
+
+    def __init__(self, sessions: sessionmaker[Session], max_rows: int = GROUP_ROWS):
+        self.sessions = sessions
+        self.max_rows = max_rows
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="tandem-commit", daemon=True)
+        self._thread.start()
+        self._closed = False
+        self.groups = 0  # transactions committed, and the posts they held (for tests, logs)
+        self.posts = 0
+
+    def submit(self, write: Callable[[Session], T], rows: int, order: int = 0) -> Future:
+        if self._closed:
+            raise RuntimeError("the committer is closed")
+        job = Job(write, rows, order)
+        self._queue.put(job)
+        return job.future
+
+    async def run(self, write: Callable[[Session], T], rows: int, order: int = 0) -> T:
+        """`write` in a shared transaction; returns its result once that has committed."""
+        return await asyncio.wrap_future(self.submit(write, rows, order))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Commit what is queued, then stop the thread."""
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # -- the committer thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        carry: Job | None = None
+        closing = False
+        while True:
+            if carry is not None:
+                first, carry = carry, None
+            elif closing:
+                try:
+                    first = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+            else:
+                first = self._queue.get()
+            if first is None:
+                closing = True
+                continue
+            group, rows = [first], first.rows
+            while rows < self.max_rows:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    closing = True
+                elif rows + job.rows > self.max_rows:
+                    carry = job
+                    break
+                else:
+                    group.append(job)
+                    rows += job.rows
+            group = [job for job in group if job.future.set_running_or_notify_cancel()]
+            group.sort(key=lambda job: job.order)  # stable: one twin's posts keep their order
+            try:
+                self._commit(group)
+            except BaseException:  # never ends the thread: answer what is left
+                log.exception("group commit failed")
+                for job in group:
+                    if not job.future.done():
+                        job.future.set_exception(RuntimeError("the commit failed"))
+
+    def _commit(self, group: list[Job]) -> None:
+        while group:
+            try:
+                results = self._attempt(group)
+            except _Refused as refused:
+                refused.job.future.set_exception(refused.error)
+                group = [job for job in group if job is not refused.job]
+                continue
+            except Exception as exc:
+                if len(group) == 1:
+                    group[0].future.set_exception(exc)
+                    return
+                log.info("a group of %s posts failed (%s); committing each alone", len(group), exc)
+                for job in group:
+                    self._commit([job])
+                return
+            self.groups += 1
+            self.posts += len(group)
+            for job, result in zip(group, results, strict=True):
+                job.future.set_result(result)
+            return
+
+    def _attempt(self, group: list[Job]) -> list[Any]:
+        with self.sessions() as session:
+            results = []
+            for job in group:
+                try:
+                    results.append(job.write(session))
+                except DomainError as error:
+                    session.rollback()
+                    raise _Refused(job, error) from error
+            session.commit()
+        return results
+
+
+class _Refused(Exception):
+    def __init__(self, job: Job, error: DomainError):
+        super().__init__(str(error))
+        self.job, self.error = job, error
+
+
+async def write(
+    commits: GroupCommit | None, session: Session, work: Callable[[Session], T], rows: int, order=0
+) -> T:
+    """A post's writes: in a shared transaction when group commit is on (committed when this
+    returns), else in the request's own `session` (committed by the request, before the
+    answer)."""
+    if commits is None:
+        return await run_in_threadpool(work, session)
+    return await commits.run(work, rows, order)
