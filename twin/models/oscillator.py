@@ -14,7 +14,8 @@ in dt: polynomials with no sqrt(q), exact at critical damping, and c0 is not nee
 cos/sin when underdamped; the real eigenvalues when overdamped, the slow one as w2 / fast and d
 from expm1 of it; and Taylor series in q t^2 near critical damping (through sqrt(q) the gradient
 would lose its digits there). The series are polynomials in dt whose coefficients depend on the
-parameters only, evaluated as matmuls; branches are joined by `lerp`/`where`.
+parameters only, evaluated by Horner's rule; branches are joined by `lerp`/`where`. Every
+operation is elementwise, so a twin's values are the same stacked with other twins' or alone.
 
 The parameters may carry a population dimension that broadcasts against the rows. Outside vmap,
 a branch that no element selects is skipped, decided from extremes of dt and of the parameters:
@@ -29,76 +30,41 @@ import torch
 from torch import Tensor
 from torch._C._functorch import is_batchedtensor
 
-from twin.models.base import DTYPE
-
 NEAR_CRITICAL = 0.01  # |q| t^2 below which c0, s and (unless small) d avoid sqrt|q|
 NEAR_RT = math.sqrt(NEAR_CRITICAL)  # the same bound on sqrt|q| t
 SMALL = 0.5  # (p + sqrt|q|) t, a bound on |eigenvalue| t, below which s and d are series
 TINY = 1e-300  # keeps sqrt|q| off zero; a branch that would divide by it is not selected
 DEGREE = 16  # the series stop at t^16: truncation below 1e-17 (relative) in their regions
 Q_TERMS = 6  # q^0..q^5: enough for |q| t^2 < NEAR_CRITICAL
-W_TERMS = DEGREE // 2  # the highest power of w2 in the small-step series
 
 
-def _small_series_matrix() -> Tensor:
-    """The constant (monomials, 2 * (DEGREE + 1)) matrix that maps the monomials p^i w2^j,
-    i = 0..DEGREE - 1 and j = 0..W_TERMS (row i (W_TERMS + 1) + j), to the t^0..t^DEGREE
-    coefficients of
-
-    s = sum_n h_(n-1) t^n / n!,  d = w2 t^2 sum_n h_n t^n / (n + 2)!,
-    h_n = sum_j C(n-j, j) (-2p)^(n-2j) (-w2)^j.
-
-    h_n is the complete homogeneous polynomial of degree n in the eigenvalues (sum -2p, product
-    w2): s is the divided difference of exp(z t) at the two eigenvalues and d / (w2 t^2) that of
-    expm1(z) / z, so the series hold in every regime and have no cancellation when they are
-    small.
-    """
-    matrix = torch.zeros(DEGREE, W_TERMS + 1, 2, DEGREE + 1, dtype=DTYPE)
-    for n in range(DEGREE):  # h_n, with the monomials p^(n-2j) w2^j (-2)^(n-2j) (-1)^j C(n-j, j)
-        for j in range(n // 2 + 1):
-            h = (-2.0) ** (n - 2 * j) * (-1.0) ** j * math.comb(n - j, j)
-            matrix[n - 2 * j, j, 0, n + 1] = h / math.factorial(n + 1)  # s: t^(n+1)
-            if n + 2 <= DEGREE:
-                matrix[n - 2 * j, j + 1, 1, n + 2] = h / math.factorial(n + 2)  # d: t^(n+2)
-    return matrix.reshape(DEGREE * (W_TERMS + 1), 2 * (DEGREE + 1))
-
-
-def _near_series_matrix() -> Tensor:
-    """The constant (Q_TERMS, 2 * (DEGREE + 1)) matrix that maps q^0..q^(Q_TERMS - 1) to the
-    t^0..t^DEGREE coefficients of cosh(sqrt(q) t) = sum q^n t^2n / (2n)! and
-    sinh(sqrt(q) t) / sqrt(q) = sum q^n t^(2n+1) / (2n+1)!."""
-    matrix = torch.zeros(Q_TERMS, 2, DEGREE + 1, dtype=DTYPE)
-    for n in range(Q_TERMS):
-        matrix[n, 0, 2 * n] = 1 / math.factorial(2 * n)
-        matrix[n, 1, 2 * n + 1] = 1 / math.factorial(2 * n + 1)
-    return matrix.reshape(Q_TERMS, 2 * (DEGREE + 1))
-
-
-_SMALL_SERIES = _small_series_matrix()
-_NEAR_SERIES = _near_series_matrix()
+_INV_FACTORIAL = tuple(1 / math.factorial(n) for n in range(DEGREE + 1))
 _LAST_TIMES: tuple = ()  # (t, its version, _time_terms(t)) of the last call
 
 
-def _series(monomials: Tensor, matrix: Tensor, t_powers: Tensor) -> tuple[Tensor, ...]:
-    """Two (..., B) series with coefficients `monomials @ matrix`, at the rows' t."""
-    coefficients = (monomials @ matrix).unflatten(-1, (2, DEGREE + 1))
-    return (coefficients @ t_powers).unbind(-2)
+def _horner(coefficients: list, x: Tensor) -> Tensor:
+    """sum_n coefficients[n] x^n by Horner's rule, elementwise: numbers or tensors that
+    broadcast against x, so each row's value never depends on the others' (as a matmul's
+    kernel, chosen by the batch's shape, would make it)."""
+    acc = coefficients[-1] * x + coefficients[-2]
+    for c in reversed(coefficients[:-2]):
+        acc = acc * x + c
+    return acc
 
 
-def _time_terms(t: Tensor) -> tuple[Tensor, Tensor, tuple[float, float] | None]:
-    """-t, t^0..t^DEGREE as (DEGREE + 1, B) and (min t, max t) of the rows' intervals t (B,);
-    the extremes are None under vmap and for no rows. The last answer is reused while the
-    same, unmodified `t` comes back, as it does for every population of one update."""
+def _time_terms(t: Tensor) -> tuple[Tensor, tuple[float, float] | None]:
+    """-t and (min t, max t) of the rows' intervals t (..., B); the extremes are None under
+    vmap and for no rows. The last answer is reused while the same, unmodified `t` comes back,
+    as it does for every population of one update."""
     global _LAST_TIMES
     last = _LAST_TIMES
     if last and last[0] is t and last[1] == t._version:
         return last[2]
     batched = is_batchedtensor(t)
-    t_powers = torch.linalg.vander(t, N=DEGREE + 1).mT
     extremes = None
     if t.numel() and not batched:
         extremes = tuple(torch.stack(torch.aminmax(t)).tolist())
-    terms = (-t, t_powers, extremes)
+    terms = (-t, extremes)
     if not (batched or t.requires_grad):
         _LAST_TIMES = (t, t._version, terms)
     return terms
@@ -149,13 +115,13 @@ def oscillator_step(
     that each steps every row; x, v, force, dt are (B,). Exact up to rounding for any dt >= 0,
     smooth in m, c, k."""
     m, c, k = m[..., None], c[..., None], k[..., None]  # (..., 1) against the rows
-    neg_t, t_powers, times = _time_terms(dt)
+    neg_t, times = _time_terms(dt)
     p = c / (2 * m)  # half the damping rate
     w2 = k / m  # natural frequency squared
     if _all_small(times, p, w2):
-        s, d = _small_series(p, w2, t_powers)
+        s, d = _small_series(p, w2, dt)
     else:
-        s, d = _large_steps(p, w2, dt, neg_t, t_powers, times)
+        s, d = _large_steps(p, w2, dt, neg_t, times)
     # x' = x + s v + d (F/k - x);  Phi22 = c0 - p s = 1 - d - 2 p s: v' = v - d v + s drive
     drive = torch.addcmul(torch.addcmul(force / m, w2, x, value=-1), p, v, value=-2)
     x_next = torch.addcmul(torch.addcmul(x, s, v), d, force / k - x)
@@ -163,13 +129,33 @@ def oscillator_step(
     return torch.stack([x_next, v_next]).movedim(0, -1)  # output-major memory
 
 
-def _small_series(p: Tensor, w2: Tensor, t_powers: Tensor) -> tuple[Tensor, Tensor]:
-    """s and d (..., B) from their series in t, for steps where every |eigenvalue| t < SMALL."""
-    grid = torch.linalg.vander(p, N=DEGREE).mT * torch.linalg.vander(w2, N=W_TERMS + 1)
-    return _series(grid.flatten(-2), _SMALL_SERIES, t_powers)  # monomials p^i w2^j
+def _small_series(p: Tensor, w2: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """s and d (..., B) from their series in t, for steps where every |eigenvalue| t < SMALL:
+
+    s = sum_n h_(n-1) t^n / n!,  d = w2 t^2 sum_n h_n t^n / (n + 2)!,
+
+    h_n the complete homogeneous polynomial of degree n in the eigenvalues (sum -2p, product
+    w2), by its recurrence h_n = -2p h_(n-1) - w2 h_(n-2): s is the divided difference of
+    exp(z t) at the two eigenvalues and d / (w2 t^2) that of expm1(z) / z, so the series hold in
+    every regime and have no cancellation when they are small. Terms up to t^DEGREE."""
+    h = [torch.ones_like(p), -2 * p]
+    for _ in range(2, DEGREE):
+        h.append(torch.addcmul(-w2 * h[-2], -2 * p, h[-1]))
+    s = t * _horner([h[n] * _INV_FACTORIAL[n + 1] for n in range(DEGREE)], t)
+    d = (w2 * t * t) * _horner([h[n] * _INV_FACTORIAL[n + 2] for n in range(DEGREE - 1)], t)
+    return s, d
 
 
-def _large_steps(p, w2, dt, neg_t, t_powers, times) -> tuple[Tensor, Tensor]:
+def _near_series(q: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """cosh(sqrt(q) t) = sum q^n t^2n / (2n)! and sinh(sqrt(q) t) / sqrt(q) = sum q^n t^(2n+1) /
+    (2n+1)!, n < Q_TERMS, (..., B): no sqrt(q), so exact and smooth through q = 0."""
+    x = q * (t * t)
+    cosh = _horner([_INV_FACTORIAL[2 * n] for n in range(Q_TERMS)], x)
+    sinh = t * _horner([_INV_FACTORIAL[2 * n + 1] for n in range(Q_TERMS)], x)
+    return cosh, sinh
+
+
+def _large_steps(p, w2, dt, neg_t, times) -> tuple[Tensor, Tensor]:
     """s and d (..., B) in every regime, each piece where it is accurate."""
     q = p * p - w2  # > 0 overdamped, < 0 underdamped
     root = q.abs().clamp_min(TINY).sqrt()
@@ -194,15 +180,14 @@ def _large_steps(p, w2, dt, neg_t, t_powers, times) -> tuple[Tensor, Tensor]:
             s = _select(over, 0.5 * (e_slow - e_fast) / root, s)
         if some_near:
             near = None if all_near else (root * dt if wt is None else wt) < NEAR_RT
-            monomials = torch.linalg.vander(q, N=Q_TERMS)[..., 0, :]
-            scaled = decay * torch.stack(_series(monomials, _NEAR_SERIES, t_powers))
-            c0, s = _select(near, scaled[0], c0), _select(near, scaled[1], s)
+            near_c0, near_s = _near_series(q, dt)
+            c0, s = _select(near, decay * near_c0, c0), _select(near, decay * near_s, s)
         d = 1 - c0 - p * s  # 1 - Phi11, exact when near or underdamped
         if not all_near and some_over:
             exact = q < 0 if near is None else near | (q < 0)
             d = torch.where(exact, d, slow * s - slow_m1)
     if some_small:
-        small_s, small_d = _small_series(p, w2, t_powers)
+        small_s, small_d = _small_series(p, w2, dt)
         small = None if all_small else rate * dt < SMALL
         s, d = _select(small, small_s, s), _select(small, small_d, d)
     return s, d

@@ -265,6 +265,7 @@ class MassSpringDamper(PhysicalModel):
     to rounding in every damping regime, at a fraction of a batched 3x3 matrix exponential.
     """
 
+    stacks_twins = True
     kind = "mass_spring_damper"
     INPUTS = ("F",)
     OUTPUTS = ("x", "v")
