@@ -18,7 +18,7 @@ STEPS, BATCH = 100, 10
 
 
 def fleet() -> tuple[list[Twin], list[Observations]]:
-    """Eight twins: first-order ones of different plants, seeds and update sizes (some learned
+    """Nine twins: first-order ones of different plants, seeds and update sizes (some learned
     in one group), and other kinds and learners beside them (groups of their own)."""
     cases = [
         (FirstOrderPlant(K=1.5, tau=15.0), {"seed": 1}),
@@ -29,6 +29,7 @@ def fleet() -> tuple[list[Twin], list[Observations]]:
         (ThermalRCPlant(R=0.08), {"seed": 6}),
         (MassSpringDamperPlant(), {"seed": 7}),
         (LinearPlant(), {"method": "gradient", "seed": 8}),
+        (MassSpringDamperPlant(m=2.0, c=0.1, k=1.0), {"seed": 9}),  # stacked with seed 7's
     ]
     twins, runs = [], []
     for i, (plant, learner) in enumerate(cases):
