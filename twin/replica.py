@@ -18,7 +18,7 @@ import torch
 
 from twin import checkpoint
 from twin.drift import DriftEvent, DriftMonitor, ParameterTracker
-from twin.learners import UpdateReport, make_learner
+from twin.learners import UpdateReport, legacy_method, make_learner, with_method
 from twin.models import model_class
 from twin.models.base import DTYPE, TwinModel
 from twin.models.initial import initial_guess, open_parameters
@@ -58,6 +58,7 @@ class StepResult:
 
 class Twin:
     def __init__(self, spec: TwinSpec):
+        spec = with_method(spec)  # the learner named, whatever a kind's default becomes
         self.spec = spec
         self.model: TwinModel = model_class(spec.model.kind).from_spec(spec)
         self.frozen: TwinModel = copy.deepcopy(self.model).requires_grad_(False)
@@ -407,7 +408,10 @@ class Twin:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> Twin:
-        twin = cls(TwinSpec.from_dict(state["spec"]))
+        spec = TwinSpec.from_dict(state["spec"])
+        if spec.learner.method is None:  # written before specs named it
+            spec = with_method(spec, legacy_method(spec.model.kind))
+        twin = cls(spec)
         twin.model.load_state_dict(state["model"])
         twin.frozen.load_state_dict(state["frozen"])
         twin.learner.load_state_dict(state["learner"])

@@ -67,7 +67,8 @@ def create_twin(session: Session, body: TwinCreate, budget: Budget | None = None
         raise Conflict(f"a twin named {body.name!r} already exists")
     replica = Replica.create(spec)
     now = time.time()
-    twin = Twin(name=body.name, spec=spec.to_dict(), created_at=now, last_seq=0)
+    # stored with its learner's method named (the kind's default where the spec left it out)
+    twin = Twin(name=body.name, spec=replica.spec.to_dict(), created_at=now, last_seq=0)
     session.add(twin)
     try:
         session.flush()

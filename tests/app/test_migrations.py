@@ -1,5 +1,6 @@
 """The schema exists only through Alembic: upgrade, downgrade, and agreement with tables.py."""
 
+import json
 from argparse import Namespace
 from pathlib import Path
 
@@ -106,5 +107,41 @@ def test_observations_stored_before_flags_upgrade_and_downgrade_with_their_data(
             assert conn.execute(text("SELECT ts FROM observations")).scalar() == 5.0
             assert conn.execute(text("SELECT name FROM twins")).scalar() == "a"
         assert current_revision(engine) == "0003"
+    finally:
+        engine.dispose()
+
+
+def test_specs_stored_without_a_learner_method_name_their_kinds_default_of_the_time(
+    database_url,
+):
+    """Revision 0014: a spec whose method was left out (null) names the default it ran with
+    (`gradient` for mlp, `pgpe` for the others); named methods and odd specs are kept."""
+    upgrade(database_url, "0013")
+    specs = {
+        1: {"model": {"kind": "first_order"}, "learner": {"method": None, "seed": 3}},
+        2: {"model": {"kind": "mlp"}, "learner": {"method": None, "seed": 0, "window": 64}},
+        3: {"model": {"kind": "arx"}, "learner": {"method": "kalman", "seed": 0}},
+        4: {},
+    }
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            for twin_id, spec in specs.items():
+                conn.execute(
+                    text(
+                        "INSERT INTO twins (id, name, spec, created_at, last_seq) "
+                        "VALUES (:id, :name, :spec, 0, 0)"
+                    ),
+                    {"id": twin_id, "name": f"t{twin_id}", "spec": json.dumps(spec)},
+                )
+        upgrade(database_url)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, spec FROM twins ORDER BY id")).all()
+        stored = {i: json.loads(s) if isinstance(s, str) else s for i, s in rows}
+        assert stored[1]["learner"] == {"method": "pgpe", "seed": 3}
+        assert stored[2]["learner"] == {"method": "gradient", "seed": 0, "window": 64}
+        assert stored[3] == specs[3] and stored[4] == {}
+        downgrade(database_url, "0013")
+        assert current_revision(engine) == "0013"
     finally:
         engine.dispose()

@@ -150,11 +150,14 @@ def test_the_examples_are_accepted_by_the_service(client):
     "learner",
     [None, {}, {"method": None}, {"seed": 4}, {"method": None, "popsize": 8}],
 )
-def test_a_learner_without_a_method_still_takes_the_kinds_default(client, learner):
+def test_a_learner_without_a_method_takes_the_kinds_default_and_names_it(client, learner):
     spec = {**SPEC, "learner": learner}
     response = client.post("/twins", json={"name": "default", **spec})
     assert response.status_code == 201, response.text
-    assert response.json()["spec"]["learner"]["method"] is None
+    default = model_class(SPEC["model"]["kind"]).default_learner()
+    assert response.json()["spec"]["learner"]["method"] == default
+    stored = client.get(f"/twins/{response.json()['id']}").json()["spec"]["learner"]
+    assert stored == {**(learner or {}), "method": default, "seed": stored["seed"]}
 
 
 def test_spec_errors_keep_their_messages(client):

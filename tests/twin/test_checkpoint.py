@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from twin import checkpoint
+from twin.models.physical import FirstOrder
 from twin.observations import Observations
 from twin.plants import FirstOrderPlant
 from twin.replica import Twin
@@ -115,3 +116,18 @@ def test_loading_a_checkpoint_that_names_code_refuses_it_without_calling_anythin
     with pytest.raises(pickle.UnpicklingError, match="names no code"):
         checkpoint.loads(blob)
     assert CALLED == []
+
+
+def test_a_twin_names_its_learner_and_a_checkpoint_that_did_not_loads_as_it_ran(monkeypatch):
+    """A spec without a method is built and saved with its kind's default named; a checkpoint
+    written when specs left it out (null) loads with the default of that time, the learner
+    whose state it holds, whatever the kind's default has become since."""
+    twin, nxt = stepped_twin()
+    assert twin.spec.learner.method == "pgpe"
+    state = twin.state_dict()
+    state["spec"]["learner"]["method"] = None  # as stored before
+    monkeypatch.setattr(FirstOrder, "default_learner", classmethod(lambda cls: "gradient"))
+    assert Twin(TwinSpec.from_dict(FirstOrderPlant().spec_dict())).spec.learner.method == "gradient"
+    restored = Twin.from_bytes(checkpoint.dumps(state))
+    assert restored.spec.learner.method == "pgpe"
+    np.testing.assert_array_equal(twin.step(nxt).predictions, restored.step(nxt).predictions)

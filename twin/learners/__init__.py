@@ -7,6 +7,8 @@ the parameters) share one contract (`Learner`) and one robust loss.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from twin.learners.base import Learner, UpdateReport
@@ -34,6 +36,22 @@ def learner_method(spec: TwinSpec) -> str:
         return model_class(spec.model.kind).default_learner()
     except KeyError:
         raise SpecError("model.kind", f"unknown kind {spec.model.kind!r}") from None
+
+
+def legacy_method(kind: str) -> str:
+    """What a spec without a method meant when twins were stored that way (before migration
+    0014): the kinds' defaults of the time, which a checkpoint of then still needs."""
+    return "gradient" if kind == "mlp" else "pgpe"
+
+
+def with_method(spec: TwinSpec, method: str | None = None) -> TwinSpec:
+    """The spec naming its learner's method: `method` where given, else its own, else its
+    model kind's default. A twin is built and stored this way, so that a later change of a
+    kind's default never changes the learner of a twin that exists."""
+    named = method or learner_method(spec)
+    if named == spec.learner.method:
+        return spec
+    return replace(spec, learner=replace(spec.learner, method=named))
 
 
 def validate_learner(spec: TwinSpec) -> None:
@@ -74,6 +92,8 @@ __all__ = [
     "Learner",
     "PGPELearner",
     "UpdateReport",
+    "legacy_method",
     "make_learner",
     "validate_learner",
+    "with_method",
 ]
