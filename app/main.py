@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.group_commit or (
             settings.group_commit is None and engine.dialect.name == "sqlite"
         ):
-            app.state.commits = GroupCommit(app.state.sessions)
+            app.state.commits = GroupCommit(engine)
         worker = None
         if settings.worker:
             from app.embedded import EmbeddedWorker  # torch-heavy; only when the worker runs here

@@ -15,7 +15,7 @@ from app.errors import error_responses
 from app.routes.observations import read_body
 from app.schemas import GatewayIngestResult, GatewayObservationIn
 from app.services import gateway, ingestion
-from app.services.commits import write
+from app.services.commits import release, write
 
 router = APIRouter(prefix="/observations", tags=["observations"])
 
@@ -92,7 +92,9 @@ async def post_gateway_observations(
         raw = gateway.parse_body(body, content_type, settings.max_batch_rows)
         window = ingestion.ts_window(settings.min_ts, settings.max_ts_ahead)
         check = functools.partial(ingestion.check_rows, window=window)
-        return gateway.prepare(session, raw, check, access.sees)
+        checked = gateway.prepare(session, raw, check, access.sees)
+        release(commits, session)
+        return checked
 
     checked = await run_in_threadpool(check)  # a bad body is refused before it joins a commit
     order = min(checked.rows, default=0)

@@ -13,10 +13,11 @@ from pydantic import TypeAdapter
 from app.db import after_commit
 from app.deps import GroupCommitDep, MetricsDep, SessionDep, SettingsDep, TwinDep
 from app.errors import Invalid, TooLarge, error_responses
-from app.limits import MAX_INT64
+from app.limits import MAX_INT64, TwinId
 from app.schemas import History, IngestResult, ObservationIn
 from app.services import history, ingestion
-from app.services.commits import write
+from app.services.commits import release, write
+from app.services.twins import get_twin
 
 router = APIRouter(prefix="/twins/{twin_id}/observations", tags=["observations"])
 
@@ -84,7 +85,7 @@ BATCH_BODY = {
 )
 async def post_observations(
     request: Request,
-    twin: TwinDep,
+    twin_id: TwinId,
     session: SessionDep,
     settings: SettingsDep,
     metrics: MetricsDep,
@@ -95,15 +96,19 @@ async def post_observations(
     content_type = request.headers.get("content-type")
     ingestion.media_kind(content_type)  # 415 before reading a body it would not take
     body = await read_body(request, settings.max_body_bytes)
-    inputs, outputs = twin.spec["inputs"], twin.spec["outputs"]
 
-    def check() -> list[ingestion.Row]:
+    def check() -> tuple[str, list[ingestion.Row]]:
+        # the twin, the checks and the end of the reads in one call: while a post waits (for a
+        # thread, then for its commit) it holds no database connection
+        twin = get_twin(session, twin_id)
+        inputs, outputs = twin.spec["inputs"], twin.spec["outputs"]
         raw = ingestion.parse_batch(body, content_type, settings.max_batch_rows, inputs, outputs)
         window = ingestion.ts_window(settings.min_ts, settings.max_ts_ahead)
-        return ingestion.check_rows(raw, inputs, outputs, window)
+        rows = ingestion.check_rows(raw, inputs, outputs, window)
+        release(commits, session)
+        return twin.name, rows
 
-    rows = await run_in_threadpool(check)  # a bad body is refused before it joins a commit
-    twin_id, name = twin.id, twin.name
+    name, rows = await run_in_threadpool(check)  # a bad body is refused before it joins a group
     result = await write(
         commits, session, lambda s: ingestion.store(s, twin_id, rows), len(rows), twin_id
     )

@@ -29,8 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
 
+from app.db import make_engine, make_session_factory
 from app.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -52,15 +55,21 @@ class Job:
 class GroupCommit:
     """One committer thread; `submit` queues a post's writes, `run` awaits their commit."""
 
-    def __init__(self, sessions: sessionmaker[Session], max_rows: int = GROUP_ROWS):
-        self.sessions = sessions
+    def __init__(self, engine: Engine, max_rows: int = GROUP_ROWS):
+        # its own connection, so that it never waits behind the requests for the API's pool
+        # (an in-memory SQLite database has one connection: shared)
+        shared = isinstance(engine.pool, StaticPool)
+        url = engine.url.render_as_string(hide_password=False)
+        self._engine = engine if shared else make_engine(url, pool_size=1, max_overflow=0)
+        self.sessions = make_session_factory(self._engine)
+        self._own = not shared
         self.max_rows = max_rows
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="tandem-commit", daemon=True)
-        self._thread.start()
         self._closed = False
         self.groups = 0  # transactions committed, and the posts they held (for tests, logs)
         self.posts = 0
+        self._thread = threading.Thread(target=self._run, name="tandem-commit", daemon=True)
+        self._thread.start()
 
     def submit(self, write: Callable[[Session], T], rows: int, order: int = 0) -> Future:
         if self._closed:
@@ -78,6 +87,8 @@ class GroupCommit:
         self._closed = True
         self._queue.put(None)
         self._thread.join(timeout)
+        if self._own:
+            self._engine.dispose()
 
     # -- the committer thread -----------------------------------------------------------------
     def _run(self) -> None:
@@ -159,6 +170,14 @@ class _Refused(Exception):
     def __init__(self, job: Job, error: DomainError):
         super().__init__(str(error))
         self.job, self.error = job, error
+
+
+def release(commits: GroupCommit | None, session: Session) -> None:
+    """End the request's reads before its post waits for a group: its connection goes back to
+    the pool instead of being held by every waiting post (the pool is smaller than the posts
+    that may wait at once)."""
+    if commits is not None:
+        session.commit()
 
 
 async def write(
