@@ -24,6 +24,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ CONNECTIONS = 64  # the client's keep-alive pool
 BURST_CONCURRENCY = 12  # under the API's database pool (5 + 10 overflow connections)
 SETUP_RETRIES = 20  # set-up requests answered 503/429 are retried after their Retry-After
 TIMEOUT_S = 30.0  # a post slower than this counts as failed
-JSON = {"content-type": "application/json"}
+KEEP_ALIVE_S = 4.0  # reuse a connection idle for less (uvicorn closes one idle for 5 s)
 TARGET_P95_S, TARGET_CATCH_UP_S = 5.0, 10.0
 
 
@@ -57,25 +58,32 @@ class Workload:
     def __init__(self, n_twins: int, length: int):
         plants = [FirstOrderPlant(K=1.5 + 0.1 * p, tau=15.0 + p) for p in range(PLANTS)]
         sims = [plant.simulate(length, seed=p).observations for p, plant in enumerate(plants)]
-        self.u = [s.inputs[:, 0].tolist() for s in sims]
-        self.y = [s.outputs[:, 0].tolist() for s in sims]
-        self.length = length
-        self.t0 = time.time() - 10 * length  # the past: no ts is ever in the future
+        t0 = time.time() - 10 * length  # the past: no ts is ever in the future
+        # every body serialized once: twins of one plant post the same rows (the same ts)
+        self.bodies = [
+            [
+                orjson.dumps(
+                    {
+                        "observations": [
+                            {
+                                "ts": t0 + k,
+                                "inputs": {"u": float(s.inputs[k % length, 0])},
+                                "outputs": {"y": float(s.outputs[k % length, 0])},
+                            }
+                            for k in range(k0, k0 + BATCH)
+                        ]
+                    }
+                )
+                for k0 in range(0, length, BATCH)
+            ]
+            for s in sims
+        ]
         self.next = [0] * n_twins  # the next k of each twin
 
     def body(self, i: int) -> bytes:
         p, k0 = i % PLANTS, self.next[i]
         self.next[i] += BATCH
-        u, y = self.u[p], self.y[p]
-        rows = [
-            {
-                "ts": self.t0 + k,
-                "inputs": {"u": u[k % self.length]},
-                "outputs": {"y": y[k % self.length]},
-            }
-            for k in range(k0, k0 + BATCH)
-        ]
-        return orjson.dumps({"observations": rows})
+        return self.bodies[p][k0 // BATCH]  # `length` covers every batch a run sends
 
 
 @dataclass
@@ -104,20 +112,88 @@ class Result:
 
 
 # -- HTTP -------------------------------------------------------------------------------------
-async def post(client: httpx.AsyncClient, twin_id: int, body: bytes, retry: bool = False) -> int:
+class Poster:
+    """The load's posts over raw HTTP/1.1 keep-alive connections (asyncio streams, up to
+    CONNECTIONS), pre-serialized bodies in, the `accepted` count out: a fraction of the CPU
+    an HTTP library spends per request, so that the client leaves the cores to the service.
+    Set-up and the lag samples use httpx."""
+
+    def __init__(self, base: str):
+        url = httpx.URL(base)
+        self.host, self.port = url.host, url.port
+        self.idle: deque = deque()  # (reader, writer, last used), the most recent last
+        self.gate = asyncio.Semaphore(CONNECTIONS)
+        self.head = f"Host: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+
+    async def post(self, twin_id: int, body: bytes) -> tuple[int, bytes, float]:
+        """(status, body, Retry-After) of one post; raises OSError, TimeoutError, or
+        ValueError on a broken answer."""
+        request = (
+            f"POST /twins/{twin_id}/observations HTTP/1.1\r\n{self.head}"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        async with self.gate:
+            while self.idle and time.monotonic() - self.idle[0][2] > KEEP_ALIVE_S:
+                self.idle.popleft()[1].close()  # idle too long: the server may close it
+            reused = self.idle.pop()[:2] if self.idle else None
+            conn = reused or await asyncio.open_connection(self.host, self.port)
+            try:
+                answer = await asyncio.wait_for(self._exchange(conn, request), TIMEOUT_S)
+            except (asyncio.IncompleteReadError, ConnectionError) as e:
+                conn[1].close()
+                if reused is None or getattr(e, "partial", b""):
+                    raise
+                # closed by the server while idle, before it read the request: once more, anew
+                conn = await asyncio.open_connection(self.host, self.port)
+                try:
+                    answer = await asyncio.wait_for(self._exchange(conn, request), TIMEOUT_S)
+                except BaseException:
+                    conn[1].close()
+                    raise
+            except BaseException:
+                conn[1].close()  # in an unknown state: not reused
+                raise
+            self.idle.append((*conn, time.monotonic()))
+            return answer
+
+    @staticmethod
+    async def _exchange(conn, request: bytes) -> tuple[int, bytes, float]:
+        reader, writer = conn
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length, retry = None, 1.0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"retry-after":
+                retry = float(value)
+        if length is None:
+            raise ValueError("an answer without Content-Length")
+        return status, await reader.readexactly(length), retry
+
+    def close(self) -> None:
+        for _, writer, _ in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+async def post(poster: Poster, twin_id: int, body: bytes, retry: bool = False) -> int:
     """Observations accepted, or -1 when the post failed (error status or timeout). With
     `retry` (set-up, not the measured load), a 503 or 429 is retried after its Retry-After."""
-    url = f"/twins/{twin_id}/observations"
     for _ in range(SETUP_RETRIES if retry else 1):
         try:
-            response = await client.post(url, content=body, headers=JSON)
-        except httpx.HTTPError:
+            status, answer, wait = await poster.post(twin_id, body)
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
             return -1
-        if response.status_code == 202:
-            return response.json()["accepted"]
-        if response.status_code not in (429, 503):
+        if status == 202:
+            return orjson.loads(answer)["accepted"]
+        if status not in (429, 503):
             return -1
-        await asyncio.sleep(float(response.headers.get("retry-after", 1)))
+        await asyncio.sleep(wait)
     return -1
 
 
@@ -176,13 +252,13 @@ async def wait_caught_up(client: httpx.AsyncClient, timeout: float) -> float | N
     return None
 
 
-async def burst(client: httpx.AsyncClient, ids: list[int], work: Workload) -> tuple[float, int]:
+async def burst(poster: Poster, ids: list[int], work: Workload) -> tuple[float, int]:
     """One batch to every twin, BURST_CONCURRENCY at a time: seconds taken, posts failed."""
     gate = asyncio.Semaphore(BURST_CONCURRENCY)
 
     async def one(i: int) -> int:
         async with gate:
-            return await post(client, ids[i], work.body(i), retry=True)
+            return await post(poster, ids[i], work.body(i), retry=True)
 
     start = time.monotonic()
     accepted = await asyncio.gather(*(one(i) for i in range(len(ids))))
@@ -191,7 +267,12 @@ async def burst(client: httpx.AsyncClient, ids: list[int], work: Workload) -> tu
 
 # -- the load ---------------------------------------------------------------------------------
 async def load(
-    client: httpx.AsyncClient, ids: list[int], work: Workload, duration: float, every: float
+    client: httpx.AsyncClient,
+    poster: Poster,
+    ids: list[int],
+    work: Workload,
+    duration: float,
+    every: float,
 ) -> tuple[int, int, int, list[float]]:
     """The staggered load: twin i posts at start + PERIOD * i / N, then every PERIOD, until
     `duration` is over; meanwhile every twin's lag is sampled every `every` s. Returns
@@ -209,7 +290,7 @@ async def load(
                 await asyncio.sleep(wait)
             elif -wait > PERIOD:
                 totals["late"] += 1
-            accepted = await post(client, ids[i], work.body(i))
+            accepted = await post(poster, ids[i], work.body(i))
             if accepted < 0:
                 totals["failed"] += 1
             else:
@@ -233,20 +314,24 @@ async def measure(base: str, run, n: int, args) -> Result:
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
     async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT_S, limits=limits) as client:
         ids = await create_twins(client, n)
-        _, failed = await burst(client, ids, work)  # warm-up: first guesses, caches
+        poster = Poster(base)
+        _, failed = await burst(poster, ids, work)  # warm-up: first guesses, caches
         if failed or await wait_caught_up(client, args.catch_up_timeout) is None:
             raise RuntimeError("the warm-up batch was not learned")
         burst_cpu = run.cpu_seconds()
-        posted, failed = await burst(client, ids, work)  # the reference, timed
+        posted, failed = await burst(poster, ids, work)  # the reference, timed
         drained = await wait_caught_up(client, args.catch_up_timeout)
         burst_cpu = run.cpu_seconds() - burst_cpu
         if failed or drained is None:
             raise RuntimeError("the reference batch was not learned")
         cpu0, client0, t0 = run.cpu_seconds(), time.process_time(), time.monotonic()
-        accepted, failed, late, samples = await load(client, ids, work, args.duration, args.every)
+        accepted, failed, late, samples = await load(
+            client, poster, ids, work, args.duration, args.every
+        )
         elapsed = time.monotonic() - t0
         cpu, client_cpu = run.cpu_seconds() - cpu0, time.process_time() - client0
         catch_up = await wait_caught_up(client, args.catch_up_timeout)
+        poster.close()
     p50, p95, peak = np.percentile(samples, [50, 95, 100]) if samples else (np.nan,) * 3
     return Result(
         run.label,
