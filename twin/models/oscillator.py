@@ -30,26 +30,82 @@ import torch
 from torch import Tensor
 from torch._C._functorch import is_batchedtensor
 
+from twin.models.base import DTYPE
+
 NEAR_CRITICAL = 0.01  # |q| t^2 below which c0, s and (unless small) d avoid sqrt|q|
 NEAR_RT = math.sqrt(NEAR_CRITICAL)  # the same bound on sqrt|q| t
 SMALL = 0.5  # (p + sqrt|q|) t, a bound on |eigenvalue| t, below which s and d are series
 TINY = 1e-300  # keeps sqrt|q| off zero; a branch that would divide by it is not selected
 DEGREE = 16  # the series stop at t^16: truncation below 1e-17 (relative) in their regions
 Q_TERMS = 6  # q^0..q^5: enough for |q| t^2 < NEAR_CRITICAL
+W_TERMS = DEGREE // 2  # the highest power of w2 in the small-step series
 
 
-_INV_FACTORIAL = tuple(1 / math.factorial(n) for n in range(DEGREE + 1))
+def _small_series_matrix() -> Tensor:
+    """The constant (monomials, 2 * (DEGREE + 1)) matrix that maps the monomials p^i w2^j,
+    i = 0..DEGREE - 1 and j = 0..W_TERMS (row i (W_TERMS + 1) + j), to the t^0..t^DEGREE
+    coefficients of
+
+    s = sum_n h_(n-1) t^n / n!,  d = w2 t^2 sum_n h_n t^n / (n + 2)!,
+    h_n = sum_j C(n-j, j) (-2p)^(n-2j) (-w2)^j.
+
+    h_n is the complete homogeneous polynomial of degree n in the eigenvalues (sum -2p, product
+    w2): s is the divided difference of exp(z t) at the two eigenvalues and d / (w2 t^2) that of
+    expm1(z) / z, so the series hold in every regime and have no cancellation when they are
+    small.
+    """
+    matrix = torch.zeros(DEGREE, W_TERMS + 1, 2, DEGREE + 1, dtype=DTYPE)
+    for n in range(DEGREE):  # h_n, with the monomials p^(n-2j) w2^j (-2)^(n-2j) (-1)^j C(n-j, j)
+        for j in range(n // 2 + 1):
+            h = (-2.0) ** (n - 2 * j) * (-1.0) ** j * math.comb(n - j, j)
+            matrix[n - 2 * j, j, 0, n + 1] = h / math.factorial(n + 1)  # s: t^(n+1)
+            if n + 2 <= DEGREE:
+                matrix[n - 2 * j, j + 1, 1, n + 2] = h / math.factorial(n + 2)  # d: t^(n+2)
+    return matrix.reshape(DEGREE * (W_TERMS + 1), 2 * (DEGREE + 1))
+
+
+def _near_series_matrix() -> Tensor:
+    """The constant (Q_TERMS, 2 * (DEGREE + 1)) matrix that maps q^0..q^(Q_TERMS - 1) to the
+    t^0..t^DEGREE coefficients of cosh(sqrt(q) t) = sum q^n t^2n / (2n)! and
+    sinh(sqrt(q) t) / sqrt(q) = sum q^n t^(2n+1) / (2n+1)!."""
+    matrix = torch.zeros(Q_TERMS, 2, DEGREE + 1, dtype=DTYPE)
+    for n in range(Q_TERMS):
+        matrix[n, 0, 2 * n] = 1 / math.factorial(2 * n)
+        matrix[n, 1, 2 * n + 1] = 1 / math.factorial(2 * n + 1)
+    return matrix.reshape(Q_TERMS, 2 * (DEGREE + 1))
+
+
+def _by_coefficient(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """A (monomials, coefficients) matrix as, per coefficient, the indices of the monomials it
+    takes and their weights, (coefficients, width) each; short rows point at monomial 0 (the
+    constant 1) with weight 0. A coefficient is then a product and a sum along its own row, for
+    each parameter set alone: a matmul's kernel, chosen by the batch's shape, would make a
+    twin's numbers depend on the twins stacked with it (and most of the matrix is zeros)."""
+    columns = [torch.nonzero(matrix[:, c]).flatten() for c in range(matrix.shape[1])]
+    width = max(1, max(len(rows) for rows in columns))
+    index = torch.zeros(matrix.shape[1], width, dtype=torch.int64)
+    weight = torch.zeros(matrix.shape[1], width, dtype=DTYPE)
+    for c, rows in enumerate(columns):
+        index[c, : len(rows)] = rows
+        weight[c, : len(rows)] = matrix[rows, c]
+    return index, weight
+
+
+_SMALL_SERIES = _by_coefficient(_small_series_matrix())
+_NEAR_SERIES = _by_coefficient(_near_series_matrix())
 _LAST_TIMES: tuple = ()  # (t, its version, _time_terms(t)) of the last call
 
 
-def _horner(coefficients: list, x: Tensor) -> Tensor:
-    """sum_n coefficients[n] x^n by Horner's rule, elementwise: numbers or tensors that
-    broadcast against x, so each row's value never depends on the others' (as a matmul's
-    kernel, chosen by the batch's shape, would make it)."""
-    acc = coefficients[-1] * x + coefficients[-2]
-    for c in reversed(coefficients[:-2]):
-        acc = acc * x + c
-    return acc
+def _series(monomials: Tensor, terms: tuple[Tensor, Tensor], t: Tensor) -> tuple[Tensor, ...]:
+    """Two (..., B) series in t whose t^0..t^DEGREE coefficients are the monomials' weighted
+    sums (`_by_coefficient`), by Horner's rule at the rows' t (..., B)."""
+    index, weight = terms
+    coefficients = (monomials[..., index] * weight).sum(dim=-1).unflatten(-1, (2, DEGREE + 1))
+    t = t.unsqueeze(-2)  # against both series
+    acc = coefficients[..., DEGREE:]
+    for n in range(DEGREE - 1, -1, -1):
+        acc = torch.addcmul(coefficients[..., n : n + 1], acc, t)
+    return acc.unbind(-2)
 
 
 def _time_terms(t: Tensor) -> tuple[Tensor, tuple[float, float] | None]:
@@ -130,29 +186,15 @@ def oscillator_step(
 
 
 def _small_series(p: Tensor, w2: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """s and d (..., B) from their series in t, for steps where every |eigenvalue| t < SMALL:
-
-    s = sum_n h_(n-1) t^n / n!,  d = w2 t^2 sum_n h_n t^n / (n + 2)!,
-
-    h_n the complete homogeneous polynomial of degree n in the eigenvalues (sum -2p, product
-    w2), by its recurrence h_n = -2p h_(n-1) - w2 h_(n-2): s is the divided difference of
-    exp(z t) at the two eigenvalues and d / (w2 t^2) that of expm1(z) / z, so the series hold in
-    every regime and have no cancellation when they are small. Terms up to t^DEGREE."""
-    h = [torch.ones_like(p), -2 * p]
-    for _ in range(2, DEGREE):
-        h.append(torch.addcmul(-w2 * h[-2], -2 * p, h[-1]))
-    s = t * _horner([h[n] * _INV_FACTORIAL[n + 1] for n in range(DEGREE)], t)
-    d = (w2 * t * t) * _horner([h[n] * _INV_FACTORIAL[n + 2] for n in range(DEGREE - 1)], t)
-    return s, d
+    """s and d (..., B) from their series in t, for steps where every |eigenvalue| t < SMALL."""
+    grid = torch.linalg.vander(p, N=DEGREE).mT * torch.linalg.vander(w2, N=W_TERMS + 1)
+    return _series(grid.flatten(-2), _SMALL_SERIES, t)  # monomials p^i w2^j
 
 
 def _near_series(q: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """cosh(sqrt(q) t) = sum q^n t^2n / (2n)! and sinh(sqrt(q) t) / sqrt(q) = sum q^n t^(2n+1) /
-    (2n+1)!, n < Q_TERMS, (..., B): no sqrt(q), so exact and smooth through q = 0."""
-    x = q * (t * t)
-    cosh = _horner([_INV_FACTORIAL[2 * n] for n in range(Q_TERMS)], x)
-    sinh = t * _horner([_INV_FACTORIAL[2 * n + 1] for n in range(Q_TERMS)], x)
-    return cosh, sinh
+    """cosh(sqrt(q) t) and sinh(sqrt(q) t) / sqrt(q) (..., B) from their series in q t^2: no
+    sqrt(q), so exact and smooth through q = 0."""
+    return _series(torch.linalg.vander(q, N=Q_TERMS)[..., 0, :], _NEAR_SERIES, t)
 
 
 def _large_steps(p, w2, dt, neg_t, times) -> tuple[Tensor, Tensor]:
