@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from twin.fleet import step_together
+from twin.learners import stack
 from twin.learners.pgpe import PGPELearner
+from twin.learners.stack import objectives_together
 from twin.observations import Observations
 from twin.plants import FirstOrderPlant, LinearPlant, MassSpringDamperPlant, ThermalRCPlant
 from twin.replica import Twin
@@ -105,3 +107,66 @@ def test_a_group_of_any_size_learns_the_same(size):
         reference.step(obs[start : start + BATCH])
     for twin in twins:
         assert_same(reference, twin)
+
+
+def uneven_fleet() -> tuple[list[Twin], list[Observations]]:
+    """First-order and thermal twins whose windows stack: of even and uneven lengths (twins that
+    start later), some with drift, one with a channel not reported and one with an outlier
+    (whose objectives are built alone)."""
+    twins, runs = [], []
+    for i in range(7):
+        plant = ThermalRCPlant(R=0.05 + 0.01 * i) if i >= 5 else FirstOrderPlant(K=1.0 + i)
+        spec = plant.spec_dict()
+        spec["learner"] = {"seed": i, "drift": 1e-4} if i == 2 else {"seed": i}
+        twins.append(Twin(TwinSpec.from_dict(spec)))
+        obs = plant.simulate(STEPS + 20, seed=i).observations
+        outputs = obs.outputs.copy()
+        if i == 3:
+            outputs[60, 0] = np.nan  # not reported
+        if i == 4:
+            outputs[70, 0] = 1e9  # an outlier
+        runs.append(Observations(obs.ts, obs.inputs, outputs, obs.seq))
+    return twins, runs
+
+
+def test_twins_with_uneven_windows_missing_values_and_outliers_end_where_each_alone_ends(
+    monkeypatch,
+):
+    together, runs = uneven_fleet()
+    alone = copy.deepcopy(together)
+    built, build = [], stack._build
+    monkeypatch.setattr(stack, "_build", lambda r, *a: built.append(len(r)) or build(r, *a))
+    delays = [0, 0, 0, 0, 0, 20, 10]  # twins 5 and 6 start later: shorter windows
+    for start in range(0, STEPS + 20, BATCH):
+        live = [i for i, d in enumerate(delays) if start >= d]
+        chunks = [runs[i][start - delays[i] : start - delays[i] + BATCH] for i in live]
+        results = step_together([together[i] for i in live], chunks)
+        for i, chunk, result in zip(live, chunks, results, strict=True):
+            expected = alone[i].step(chunk)
+            assert np.array_equal(result.predictions, expected.predictions, equal_nan=True)
+            assert [r.to_dict() for r in result.reports] == [r.to_dict() for r in expected.reports]
+    for a, b in zip(alone, together, strict=True):
+        assert_same(a, b)
+    assert max(built) >= 3  # objectives were built in groups
+
+
+def test_objectives_built_together_equal_those_built_alone():
+    """`objectives_together` gives each twin the objective `Objective` builds for it, bit for
+    bit, whether its window stacks with others or not."""
+    twins, runs = uneven_fleet()
+    for i, (twin, obs) in enumerate(zip(twins, runs, strict=True)):
+        for start in range(0, STEPS - 10 * (i // 2), BATCH):  # lengths in pairs
+            twin.step(obs[start : start + BATCH])
+    twins[1].learner.regime_start = int(twins[1].learner.window.seq[-30])
+    requests = [twin.learner.request(obs[:0]) for twin, obs in zip(twins, runs, strict=True)]
+    for built, request in zip(objectives_together(requests), requests, strict=True):
+        expected = request.alone()
+        assert built.n_targets == expected.n_targets > 0
+        assert (built.walk is None) == (expected.walk is None)
+        assert built.center_loss == expected.center_loss
+        for name in (
+            "y", "scale", "low", "high", "theta_prev", "z_prev", "weights", "s", "y_scaled",
+            "residuals", "y_rows", "inv_s", "w_mean", "_center",
+        ):  # fmt: skip
+            assert torch.equal(getattr(built, name), getattr(expected, name)), name
+        assert all(torch.equal(a, b) for a, b in zip(built.args, expected.args, strict=True))

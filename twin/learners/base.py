@@ -17,6 +17,7 @@ from torch import Tensor
 from twin.learners.guard import outlying
 from twin.learners.objective import Objective, screened, target_mask  # noqa: F401 (re-exported)
 from twin.learners.options import COMMON_OPTIONS, Option, check_options, derive_defaults
+from twin.learners.stack import Request, objectives_together
 from twin.learners.walk import DriftRate
 from twin.learners.window import (  # noqa: F401 (MIN_FRESH, recency_weights: re-exported)
     MIN_FRESH,
@@ -123,13 +124,17 @@ class Learner:
 
     def prepare(self, obs: Observations) -> Pending | UpdateReport:
         """The update up to its learning step: add the observations to the window and build the
-        objective; the report at once where there is nothing to learn from."""
+        objective; the report at once where there is nothing to learn from. (`request` and
+        `pending`, with `objectives_together` between them, as `update_together` does.)"""
+        [objective] = objectives_together([self.request(obs)])
+        return self.pending(objective, len(obs))
+
+    def request(self, obs: Observations) -> Request:
+        """Add the observations to the window; what the update's objective is built from."""
         self.observe(obs)
         if self.regime_start is not None and int(self.window.seq[0]) >= self.regime_start:
             self.regime_start = None  # the whole window is from the current regime
-        boost = self.boost_factor(self.boost_left)
-        lr = self.options["lr"] * boost
-        objective = Objective(
+        return Request(
             self.model,
             self.window,
             self.options["half_life"],
@@ -137,10 +142,16 @@ class Learner:
             self.regime_start,
             self.drift(),
         )
+
+    def pending(self, objective: Objective, n_observations: int) -> Pending | UpdateReport:
+        """The update prepared from its objective (built from `request`); the report at once
+        where there is nothing to learn from."""
+        boost = self.boost_factor(self.boost_left)
+        lr = self.options["lr"] * boost
         if objective.n_targets == 0:
             reported_lr = lr if self.steps_with_lr() else math.nan
             return UpdateReport(
-                math.nan, math.nan, 0.0, self._sigma_summary(), reported_lr, len(obs), 0
+                math.nan, math.nan, 0.0, self._sigma_summary(), reported_lr, n_observations, 0
             )
         if self.options["drift"] == "auto" and self.n_updates % DRIFT_EVERY == 0:
             self.drift_rate.observe(
@@ -150,7 +161,7 @@ class Learner:
                 objective.s,
                 observed=objective.mask,
             )
-        return Pending(self, objective, lr, boost, len(obs))
+        return Pending(self, objective, lr, boost, n_observations)
 
     @classmethod
     def learn_together(cls, pending: list[Pending]) -> list[tuple[Tensor, float]]:

@@ -1,4 +1,4 @@
-"""The learner updates of many twins made together: prepared one by one, learned in groups.
+"""The learner updates of many twins made together: prepared and learned in groups.
 
 A small update costs the number of tensor operations, not their arithmetic (a `pgpe` update of
 a physical twin is a few hundred operations on tensors of a few hundred numbers). Twins whose
@@ -18,6 +18,7 @@ from torch import Tensor
 
 from twin.learners.base import Learner, Pending, UpdateReport
 from twin.learners.objective import Objective
+from twin.learners.stack import Request, objectives_together
 from twin.models.base import unflatten
 from twin.observations import Observations
 
@@ -32,9 +33,18 @@ def update_together(
     out: list[UpdateReport | Exception | None] = [None] * len(learners)
     groups: dict[object, list[int]] = defaultdict(list)
     prepared: dict[int, Pending] = {}
+    requests: dict[int, Request] = {}
     for i, (learner, chunk) in enumerate(zip(learners, chunks, strict=True)):
         try:
-            pending = learner.prepare(chunk)
+            requests[i] = learner.request(chunk)
+        except Exception as exc:
+            out[i] = exc
+    objectives = _objectives(requests)
+    for i, objective in objectives.items():
+        try:
+            if isinstance(objective, Exception):
+                raise objective
+            pending = learners[i].pending(objective, len(chunks[i]))
         except Exception as exc:
             out[i] = exc
             continue
@@ -59,6 +69,22 @@ def update_together(
             except Exception as exc:
                 out[i] = exc
     return out  # type: ignore[return-value]
+
+
+def _objectives(requests: dict[int, Request]) -> dict[int, Objective | Exception]:
+    """The requests' objectives, built together (`objectives_together`); where that raises,
+    one by one, so that only the twin at fault fails."""
+    try:
+        built = objectives_together(list(requests.values()))
+        return dict(zip(requests, built, strict=True))
+    except Exception:
+        out: dict[int, Objective | Exception] = {}
+        for i, request in requests.items():
+            try:
+                [out[i]] = objectives_together([request])
+            except Exception as exc:
+                out[i] = exc
+        return out
 
 
 def _alone(pending: Pending) -> tuple[Tensor, float] | Exception:

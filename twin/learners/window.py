@@ -110,10 +110,16 @@ def robust_scale(residuals: Tensor, w: Tensor, y: Tensor, mask: Tensor | None = 
         w = w / w.sum(dim=0).clamp(min=1e-300)
     center = weighted_median(residuals, w)
     s = MAD_TO_STD * weighted_median((residuals - center).abs(), w)
+    return torch.maximum(s, scale_floor(y, mask))
+
+
+def scale_floor(y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """(O,) the floor of the residual scale of targets y (T, O): 1e-6 * their std, at least
+    1e-12; over the targets where `mask` (T, O) holds, if given."""
     if mask is not None:
         n = mask.sum(dim=0).clamp(min=1)
         mean = (y * mask).sum(dim=0) / n
         spread = (((y - mean) * mask).square().sum(dim=0) / n).sqrt()
     else:
-        spread = y.std(dim=0, correction=0) if y.shape[0] > 1 else torch.zeros_like(s)
-    return torch.maximum(s, torch.clamp(1e-6 * spread, min=1e-12))
+        spread = y.std(dim=0, correction=0) if y.shape[0] > 1 else y.new_zeros(y.shape[1])
+    return torch.clamp(1e-6 * spread, min=1e-12)
