@@ -70,13 +70,14 @@ def _stacked(requests: list[Request]) -> list[Objective | None]:
     """The objectives of twins whose windows have one shape; None for those that do not stack
     (something missing or outlying: `Objective` screens them)."""
     windows = [r.window for r in requests]
-    outputs = torch.stack([w.outputs for w in windows])  # (K, N, O)
-    inputs = torch.stack([w.inputs for w in windows])  # (K, N, I)
-    observed = torch.stack([w.observed for w in windows])
+    K = len(windows)
+    outputs = _stack([w.outputs for w in windows])  # (K, N, O)
+    inputs = _stack([w.inputs for w in windows])  # (K, N, I)
+    observed = _stack([w.observed for w in windows])
     sound = (
-        observed.all(dim=2).all(dim=1)
-        & torch.isfinite(outputs).all(dim=2).all(dim=1)
-        & torch.isfinite(inputs).all(dim=2).all(dim=1)
+        observed.view(K, -1).all(dim=1)
+        & torch.isfinite(outputs).view(K, -1).all(dim=1)
+        & torch.isfinite(inputs).view(K, -1).all(dim=1)
     )
     sound &= ~torch.from_numpy(any_outlying(outputs.numpy()))
     keep = sound.tolist()
@@ -99,16 +100,16 @@ def _build(
     K, N, n_out = outputs.shape
     L = model.context
     T = N - L
-    ts = torch.stack([w.ts for w in windows])  # (K, N)
+    ts = _stack([w.ts for w in windows])  # (K, N)
     # `supervised`, on a twin axis
     idx = torch.arange(T)[:, None] + torch.arange(L)[None, :]  # (T, L)
     y_ctx, u_ctx = outputs[:, idx], inputs[:, idx]  # (K, T, L, ...)
     u_now, dt, y = inputs[:, L:], ts[:, L:] - ts[:, L - 1 : N - 1], outputs[:, L:]
-    scale = torch.stack([r.model.parameter_scales() for r in requests]).detach().to(DTYPE)
+    scale = _stack([r.model.parameter_scales() for r in requests]).detach().to(DTYPE)
     assert bool((scale > 0).all()), "parameter scales must be positive"
     bounds = [r.model.raw_bounds() for r in requests]
-    low = torch.stack([b[0] for b in bounds]).to(DTYPE)
-    high = torch.stack([b[1] for b in bounds]).to(DTYPE)
+    low = _stack([b[0] for b in bounds]).to(DTYPE)
+    high = _stack([b[1] for b in bounds]).to(DTYPE)
     with torch.no_grad():  # `flat_parameters` of each model
         params = [p for r in requests for p in r.model.parameters()]
         scalars = all(p.dim() == 0 for p in params)
@@ -146,6 +147,11 @@ def _build(
             o.walk = RandomWalk(o.jacobian(), o.weights, r.drift)
         out.append(o)
     return out
+
+
+def _stack(rows: list[Tensor]) -> Tensor:
+    """torch.stack(rows); one row as a view with a twin axis (read only, as the rows are)."""
+    return rows[0][None] if len(rows) == 1 else torch.stack(rows)
 
 
 def _weights(seq: Tensor, half_life: float, regime_start: int | None) -> Tensor:
