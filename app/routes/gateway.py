@@ -5,17 +5,16 @@ from __future__ import annotations
 import functools
 
 from fastapi import APIRouter, Request, status
-from fastapi.concurrency import run_in_threadpool
 from pydantic import TypeAdapter
+from sqlalchemy.orm import Session
 
 from app.auth import AccessDep
-from app.db import after_commit
-from app.deps import GroupCommitDep, MetricsDep, SessionDep, SettingsDep
+from app.deps import GroupCommitDep, MetricsDep, SettingsDep
 from app.errors import error_responses
 from app.routes.observations import read_body
 from app.schemas import GatewayIngestResult, GatewayObservationIn
 from app.services import gateway, ingestion
-from app.services.commits import release, write
+from app.services.commits import post as commits_post
 
 router = APIRouter(prefix="/observations", tags=["observations"])
 
@@ -74,7 +73,6 @@ GATEWAY_BODY = {
 )
 async def post_gateway_observations(
     request: Request,
-    session: SessionDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     access: AccessDep,
@@ -88,21 +86,19 @@ async def post_gateway_observations(
     ingestion.media_kind(content_type)  # 415 before reading a body it would not take
     body = await read_body(request, settings.max_body_bytes)
 
-    def check() -> gateway.Checked:
+    def check(session: Session) -> gateway.Checked:
         raw = gateway.parse_body(body, content_type, settings.max_batch_rows)
         window = ingestion.ts_window(settings.min_ts, settings.max_ts_ahead)
         check = functools.partial(ingestion.check_rows, window=window)
-        checked = gateway.prepare(session, raw, check, access.sees)
-        release(commits, session)
-        return checked
+        return gateway.prepare(session, raw, check, access.sees)
 
-    checked = await run_in_threadpool(check)  # a bad body is refused before it joins a commit
-    order = min(checked.rows, default=0)
-    result = await write(commits, session, lambda s: gateway.store(s, checked), checked.size, order)
-
-    def count() -> None:
-        for twin_id, part in result.twins.items():
-            metrics.ingested(checked.names[twin_id], part.accepted, part.duplicates)
-
-    after_commit(session, count)
+    checked, result = await commits_post(
+        request.app.state.sessions,
+        commits,
+        check,
+        gateway.store,
+        lambda checked: (checked.size, min(checked.rows, default=0)),
+    )
+    for twin_id, part in result.twins.items():
+        metrics.ingested(checked.names[twin_id], part.accepted, part.duplicates)
     return result

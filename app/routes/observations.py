@@ -7,16 +7,15 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
 from pydantic import TypeAdapter
+from sqlalchemy.orm import Session
 
-from app.db import after_commit
 from app.deps import GroupCommitDep, MetricsDep, SessionDep, SettingsDep, TwinDep
 from app.errors import Invalid, TooLarge, error_responses
 from app.limits import MAX_INT64, TwinId
 from app.schemas import History, IngestResult, ObservationIn
 from app.services import history, ingestion
-from app.services.commits import release, write
+from app.services.commits import post as commits_post
 from app.services.twins import get_twin
 
 router = APIRouter(prefix="/twins/{twin_id}/observations", tags=["observations"])
@@ -86,7 +85,6 @@ BATCH_BODY = {
 async def post_observations(
     request: Request,
     twin_id: TwinId,
-    session: SessionDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     commits: GroupCommitDep,
@@ -97,22 +95,21 @@ async def post_observations(
     ingestion.media_kind(content_type)  # 415 before reading a body it would not take
     body = await read_body(request, settings.max_body_bytes)
 
-    def check() -> tuple[str, list[ingestion.Row]]:
-        # the twin, the checks and the end of the reads in one call: while a post waits (for a
-        # thread, then for its commit) it holds no database connection
+    def check(session: Session) -> tuple[str, list[ingestion.Row]]:
         twin = get_twin(session, twin_id)
         inputs, outputs = twin.spec["inputs"], twin.spec["outputs"]
         raw = ingestion.parse_batch(body, content_type, settings.max_batch_rows, inputs, outputs)
         window = ingestion.ts_window(settings.min_ts, settings.max_ts_ahead)
-        rows = ingestion.check_rows(raw, inputs, outputs, window)
-        release(commits, session)
-        return twin.name, rows
+        return twin.name, ingestion.check_rows(raw, inputs, outputs, window)
 
-    name, rows = await run_in_threadpool(check)  # a bad body is refused before it joins a group
-    result = await write(
-        commits, session, lambda s: ingestion.store(s, twin_id, rows), len(rows), twin_id
+    (name, _), result = await commits_post(
+        request.app.state.sessions,
+        commits,
+        check,
+        lambda session, checked: ingestion.store(session, twin_id, checked[1]),
+        lambda checked: (len(checked[1]), twin_id),
     )
-    after_commit(session, lambda: metrics.ingested(name, result.accepted, result.duplicates))
+    metrics.ingested(name, result.accepted, result.duplicates)
     return result
 
 

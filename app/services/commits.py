@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from app.db import make_engine, make_session_factory
@@ -38,6 +38,8 @@ from app.errors import DomainError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+P = TypeVar("P")
+R = TypeVar("R")
 GROUP_ROWS = 20_000  # observations per group at most (a post larger than that commits alone)
 
 
@@ -172,20 +174,31 @@ class _Refused(Exception):
         self.job, self.error = job, error
 
 
-def release(commits: GroupCommit | None, session: Session) -> None:
-    """End the request's reads before its post waits for a group: its connection goes back to
-    the pool instead of being held by every waiting post (the pool is smaller than the posts
-    that may wait at once)."""
-    if commits is not None:
-        session.commit()
+async def post(
+    sessions: sessionmaker[Session],
+    commits: GroupCommit | None,
+    check: Callable[[Session], P],
+    store: Callable[[Session, P], R],
+    size: Callable[[P], tuple[int, int]],
+) -> tuple[P, R]:
+    """A post's reads and checks (`check`, which raises for a bad body), then its writes
+    (`store`); returns both results once the writes have committed. With group commit on,
+    `store` runs in a shared transaction (`size`: the post's rows and the smallest twin id it
+    writes); else in the same session, in the same thread call as `check`. Either way the post
+    holds a database connection only while it runs, not while it waits for a thread or a group
+    (the pool is smaller than the posts that may wait at once)."""
 
+    def first() -> tuple[P, R | None]:
+        with sessions() as session:
+            checked = check(session)
+            if commits is not None:
+                return checked, None
+            result = store(session, checked)
+            session.commit()
+            return checked, result
 
-async def write(
-    commits: GroupCommit | None, session: Session, work: Callable[[Session], T], rows: int, order=0
-) -> T:
-    """A post's writes: in a shared transaction when group commit is on (committed when this
-    returns), else in the request's own `session` (committed by the request, before the
-    answer)."""
-    if commits is None:
-        return await run_in_threadpool(work, session)
-    return await commits.run(work, rows, order)
+    checked, result = await run_in_threadpool(first)
+    if result is None:
+        rows, order = size(checked)
+        result = await commits.run(lambda session: store(session, checked), rows, order)
+    return checked, result
