@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from twin.detectors import ADWIN, BOCPD, PageHinkley
+from twin.detectors_together import bocpd_together
 
 __all__ = [
     "ADWIN",
@@ -176,7 +177,6 @@ class DriftEvent:
         return asdict(self)
 
 
-DETECTORS = {PageHinkley: "page_hinkley", BOCPD: "bocpd"}
 # Page-Hinkley on residuals in scale units: ignore shifts below 1.5 scales, fire once the excess
 # adds up to 10. A 5-scale jump is flagged within 3-4 observations, the learner's cue to jump;
 # two clipped spikes (10 scales) in a row are needed to fire without a change. Smaller shifts are
@@ -225,6 +225,12 @@ class DriftMonitor:
         self.ph = [PageHinkley(ph_delta, ph_threshold) for _ in range(n)]
         self.bocpd = [BOCPD(bocpd_lam) for _ in range(n)]
         self.alarms = 0
+        # Staged by `observe` for `settle`: BOCPD's inputs per output, where each came from
+        # (observe call, row, (seq, ts, output)), and per observe call the events fired so far
+        # with their place ((output, row, detector), event).
+        self._staged: list[list[float]] = [[] for _ in range(n)]
+        self._staged_at: list[list[tuple]] = [[] for _ in range(n)]
+        self._batches: list[list[tuple]] = []
 
     def update(
         self,
@@ -234,6 +240,20 @@ class DriftMonitor:
         frozen_residuals: np.ndarray | None = None,
     ) -> list[DriftEvent]:
         """Add N residual rows (N, n_outputs); return the events fired, in `seq` order."""
+        self.observe(seq, ts, residuals, frozen_residuals)
+        return self.settle()
+
+    def observe(
+        self,
+        seq: np.ndarray,
+        ts: np.ndarray,
+        residuals: np.ndarray,
+        frozen_residuals: np.ndarray | None = None,
+    ) -> list[DriftEvent]:
+        """`update` up to BOCPD: the error statistics, the scales and Page-Hinkley take the rows
+        at once, and Page-Hinkley's alarms are returned (in `seq` order); BOCPD's inputs wait
+        for `settle` (nothing else depends on them), which runs them for many monitors at once
+        (`settle_together`) and returns all the events in the order `update` would have."""
         n = len(self.outputs)
         seq, ts = np.asarray(seq).reshape(-1), np.asarray(ts, dtype=np.float64).reshape(-1)
         r = np.asarray(residuals, dtype=np.float64).reshape(-1, n)  # (N, n_out)
@@ -241,7 +261,8 @@ class DriftMonitor:
         self.twin.update(r)
         if frozen_residuals is not None:
             self.frozen.update(np.asarray(frozen_residuals, dtype=np.float64).reshape(-1, n))
-        events = []
+        batch, alarms = len(self._batches), []
+        self._batches.append([])
         for j, name in enumerate(self.outputs):
             for i, x in enumerate(r[:, j].tolist()):
                 if not math.isfinite(x):
@@ -249,19 +270,28 @@ class DriftMonitor:
                 z = self._standardize(j, x)
                 if z is None:
                     continue
-                ph, bocpd = self.ph[j].update(z), self.bocpd[j].update(z)
-                if ph is None and bocpd is None:
-                    continue
                 at = (int(seq[i]), float(ts[i]), name)
-                for detector, stat in ((self.ph[j], ph), (self.bocpd[j], bocpd)):
-                    if stat is not None:
-                        start = max(at[0] - detector.run_length + 1, 0)
-                        events.append(DriftEvent(*at, DETECTORS[type(detector)], stat, start))
-                if ph is not None:
+                self._staged[j].append(z)
+                self._staged_at[j].append((batch, i, at))
+                stat = self.ph[j].update(z)
+                if stat is not None:
+                    start = max(at[0] - self.ph[j].run_length + 1, 0)
+                    alarms.append(DriftEvent(*at, "page_hinkley", stat, start))
+                    self._batches[batch].append(((j, i, 0), alarms[-1]))
                     self._rewarm(j)  # BOCPD learns each regime's spread itself
-        events.sort(key=lambda e: e.seq)  # stable: output order within one observation
-        self.alarms += len(events)
-        return events
+        alarms.sort(key=lambda e: e.seq)  # stable: output order within one observation
+        self.alarms += len(alarms)
+        return alarms
+
+    @property
+    def pending(self) -> bool:
+        """Whether `observe` has run since the last `settle`."""
+        return bool(self._batches)
+
+    def settle(self) -> list[DriftEvent]:
+        """BOCPD over the values `observe` staged; all events since the last `settle`, in the
+        order of `update`: by `observe` call, then `seq`, output, observation, detector."""
+        return settle_together([self])[0]
 
     def _standardize(self, j: int, x: float) -> float | None:
         """The residual in scale units, clipped at +-clip (None while warming up)."""
@@ -300,6 +330,7 @@ class DriftMonitor:
         return {"outputs": outputs, "alarms": self.alarms}
 
     def state_dict(self) -> dict[str, Any]:
+        assert not self.pending, "settle the monitor first"
         return {
             "outputs": list(self.outputs),
             "twin": self.twin.state_dict(),
@@ -324,6 +355,31 @@ class DriftMonitor:
         for det, s in zip(self.bocpd, d.get("bocpd", ()), strict=False):  # none before BOCPD
             det.load_state_dict(s)
         self.alarms = int(d["alarms"])
+
+
+def settle_together(monitors: list[DriftMonitor]) -> list[list[DriftEvent]]:
+    """`monitor.settle()` for each, their BOCPD detectors run together (`bocpd_together`)."""
+    taken = [(m._staged, m._staged_at, m._batches) for m in monitors]
+    for m in monitors:  # taken first: whatever happens next, no value is run twice
+        m._staged, m._staged_at = [[] for _ in m.outputs], [[] for _ in m.outputs]
+        m._batches = []
+    owners = [(m, j, t) for m, t in zip(monitors, taken, strict=True) for j in range(len(t[0]))]
+    owners = [(m, j, t) for m, j, t in owners if t[0][j]]
+    found = bocpd_together([m.bocpd[j] for m, j, _ in owners], [t[0][j] for _, j, t in owners])
+    for (m, j, (_, staged_at, batches)), changes in zip(owners, found, strict=True):
+        for k, stat, run_length in changes:
+            batch, i, at = staged_at[j][k]
+            start = max(at[0] - run_length + 1, 0)
+            batches[batch].append(((j, i, 1), DriftEvent(*at, "bocpd", stat, start)))
+            m.alarms += 1
+    out = []
+    for _, _, batches in taken:
+        events = []
+        for fired in batches:
+            fired.sort(key=lambda f: f[0])  # output, row, detector: the order of update's loop
+            events.extend(sorted((e for _, e in fired), key=lambda e: e.seq))  # stable
+        out.append(events)
+    return out
 
 
 class ParameterTracker:

@@ -2,7 +2,8 @@
 learner updates are made together (`twin.learners.together`), chunk by chunk in lockstep.
 
 A twin's result is the one `Twin.step` gives it alone: the same chunks, the same updates, in
-the same order; only the learning steps of compatible twins share tensor operations.
+the same order; only the learning steps of compatible twins share tensor operations, and so do
+the other requests of their steps (`twin.requests`: the drift monitors' BOCPD detectors).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from twin.learners.together import update_together
 from twin.observations import Observations
 from twin.replica import StepResult, Twin
+from twin.requests import answer_together
 
 
 def step_together(
@@ -36,6 +38,9 @@ def step_together(
             except Exception as exc:
                 out[i] = exc
         live = list(wanted)
-        made = update_together([twins[i].learner for i in live], [wanted[i] for i in live])
-        reports = dict(zip(live, made, strict=True))
+        updates = [i for i in live if isinstance(wanted[i], Observations)]
+        made = update_together([twins[i].learner for i in updates], [wanted[i] for i in updates])
+        reports = dict(zip(updates, made, strict=True))
+        others = [i for i in live if not isinstance(wanted[i], Observations)]
+        reports.update(zip(others, answer_together([wanted[i] for i in others]), strict=True))
     return out  # type: ignore[return-value]

@@ -22,7 +22,8 @@ from twin.learners import UpdateReport, legacy_method, make_learner, with_method
 from twin.models import model_class
 from twin.models.base import DTYPE, TwinModel
 from twin.models.initial import initial_guess, open_parameters
-from twin.observations import Observations, supervised
+from twin.observations import Observations
+from twin.requests import Detect, OneStep, answer_together, predict_together
 from twin.scaling import ChannelScaler
 from twin.spec import TwinSpec
 
@@ -91,21 +92,29 @@ class Twin:
         `stepping`); `step_together` does the same for many twins, their learner updates
         batched."""
         run = self.stepping(obs, deadline)
-        report = None
+        answer: object = None
         while True:
             try:
-                chunk = run.send(report)
+                failed = isinstance(answer, Exception)  # then raised where it was asked for
+                request = run.throw(answer) if failed else run.send(answer)
             except StopIteration as done:
                 return done.value
-            report = self.learner.update(chunk)
+            if isinstance(request, Observations):
+                try:
+                    answer = self.learner.update(request)
+                except Exception as exc:
+                    answer = exc
+            else:
+                answer = answer_together([request])[0]
 
     def stepping(
         self, obs: Observations, deadline: float | None = None
-    ) -> Generator[Observations, UpdateReport, StepResult]:
+    ) -> Generator[Observations | Detect | OneStep, object, StepResult]:
         """`step` as a generator that hands out each learner update instead of making it: it
         yields the chunk the learner should update on and takes back that update's report
-        (`self.learner.update(chunk)`, made alone or together with other twins'); it returns
-        the StepResult.
+        (`self.learner.update(chunk)`, made alone or together with other twins'), and likewise
+        the requests of `twin.requests` (its drift detections, `Detect`) and their answers; it
+        returns the StepResult. An exception thrown in where an answer was due is raised there.
 
         Predict, monitor and learn the observations past the watermark, in time order.
 
@@ -119,6 +128,16 @@ class Twin:
         in a later call gives the same parameters as one call over all of it; and only where
         every `seq` done is below every `seq` left (late observations put seqs out of order),
         so that the watermark covers exactly what was done."""
+        try:
+            return (yield from self._stepping(obs, deadline))
+        except BaseException:
+            if self.monitor.pending:  # the detections of what was done, as `update` ran them
+                self.monitor.settle()
+            raise
+
+    def _stepping(
+        self, obs: Observations, deadline: float | None
+    ) -> Generator[Observations | Detect | OneStep, object, StepResult]:
         n_out = len(self.spec.outputs)
         preds = np.full((len(obs), n_out), np.nan)
         frozen = np.full((len(obs), n_out), np.nan)
@@ -129,30 +148,29 @@ class Twin:
         for start in range(skip, len(obs), self.update_size):
             chunk = self._hold_inputs(obs[start : start + self.update_size])
             part = slice(start, start + len(chunk))
-            predicted, frozen_predicted, filled, outliers = self._predict_one_step(chunk)
+            predicted, frozen_predicted, filled, outliers = yield from self._predict_one_step(chunk)
             if self.guessed is not None:  # no first guess, no prediction: NaN, not a placeholder
                 preds[part], frozen[part] = predicted, frozen_predicted
             # Values far outside a channel's robust range are faults, not the plant: they are
             # stored and shown, but neither learned nor fed to the drift statistics and scalers.
             seen = np.where(outliers, np.nan, chunk.outputs)
-            events = self.monitor.update(
+            alarms = self.monitor.observe(
                 chunk.seq, chunk.ts, seen - preds[part], seen - frozen[part]
-            )
-            result.events.extend(events)
-            shifts = [e for e in events if e.detector in REACT_TO]
+            )  # Page-Hinkley's at once; all events, BOCPD's too, at the end (`Detect`)
+            shifts = [e for e in alarms if e.detector in REACT_TO]
             if shifts:
                 self.learner.on_drift(min(e.start_seq for e in shifts))
             self.input_scaler.update(chunk.inputs)
             self.output_scaler.update(seen)  # each channel over its measured, sound values
             chunk = Observations(chunk.ts, chunk.inputs, filled, chunk.seq, chunk.observed)
+            scaling = (
+                self.output_scaler.mean,
+                self.output_scaler.std,
+                self.input_scaler.mean,
+                self.input_scaler.std,
+            )
             for m in (self.model, self.frozen):
-                m.set_normalization(
-                    self.output_scaler.mean,
-                    self.output_scaler.std,
-                    self.input_scaler.mean,
-                    self.input_scaler.std,
-                    keep_function=self.guessed is not None,
-                )
+                m.set_normalization(*scaling, keep_function=self.guessed is not None)
             self.watermark = max(self.watermark, int(chunk.seq.max()))
             if self.guessed is None:  # first a guess from the data
                 self.learner.observe(chunk)
@@ -173,6 +191,7 @@ class Twin:
                 preds, frozen = preds[:done], frozen[:done]
                 result.seq, result.predictions, result.frozen_predictions = obs.seq, preds, frozen
                 break
+        result.events = yield Detect(self.monitor)
         result.residuals = obs.outputs - preds
         if len(obs):
             self.watermark = max(self.watermark, int(obs.seq.max()))
@@ -240,11 +259,13 @@ class Twin:
         held = u[u.shape[0] - len(chunk) :]
         return Observations(chunk.ts, held, chunk.outputs, chunk.seq, chunk.observed)
 
-    @torch.no_grad()
-    def _predict_one_step(self, chunk: Observations) -> tuple[np.ndarray, ...]:
-        """(N, n_out) one-step predictions of the twin and of the frozen model, before learning;
-        the outputs with each missing one filled in as context for what follows; and which of
-        the chunk's outputs are outliers (`Learner.outlying`; a missing output is not one).
+    def _predict_one_step(
+        self, chunk: Observations
+    ) -> Generator[OneStep, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, ...]]:
+        """(N, n_out) one-step predictions of the twin and of the frozen model, before learning
+        (NaN before the first guess: none are asked for, `OneStep`); the outputs with each
+        missing one filled in as context for what follows; and which of the chunk's outputs are
+        outliers (`Learner.outlying`; a missing output is not one).
 
         A prediction from a context holding an outlier would be as wrong as it: it is not made
         (NaN). A missing output is filled with the twin's own prediction of it once the twin has
@@ -263,40 +284,30 @@ class Twin:
             y = y.copy()
             for i in missing:  # a row's prediction depends only on the rows before it
                 gap = ~chunk.observed[i]
-                guess = self._one_step(self.model, chunk, y, unsound, context)[i]
                 none = np.full_like(y[i], np.nan)
                 held = y[i - 1] if i else (y_old[-1] if len(y_old) else none)
-                if self.guessed is None:
-                    guess = held
+                guess = held
+                rows = self._one_step_rows(chunk, y, unsound, context)
+                if self.guessed is not None and rows is not None:
+                    [(yhat, _)] = predict_together([rows[0]])
+                    guess = self._placed(yhat, rows, len(chunk))[i]
                 y[i, gap] = np.where(np.isfinite(guess), guess, held)[gap]
+        pred, frozen = np.full(y.shape, np.nan), np.full(y.shape, np.nan)
         rows = self._one_step_rows(chunk, y, unsound, context)  # the same for both models
-        return (
-            self._one_step(self.model, chunk, y, unsound, context, rows),
-            self._one_step(self.frozen, chunk, y, unsound, context, rows),
-            y,
-            outliers[len(y_old) :],
-        )
+        if self.guessed is not None and rows is not None:
+            yhat, yhat_frozen = yield rows[0]  # predict_together([rows[0]])[0]
+            pred = self._placed(yhat, rows, len(chunk))
+            frozen = self._placed(yhat_frozen, rows, len(chunk))
+        return pred, frozen, y, outliers[len(y_old) :]
 
-    def _one_step(
-        self,
-        model: TwinModel,
-        chunk: Observations,
-        y_chunk: np.ndarray,
-        unsound: np.ndarray,
-        context: tuple[np.ndarray, ...] | None = None,
-        rows: tuple | None = None,
-    ) -> np.ndarray:
-        """(N, n_out) one-step predictions of the chunk's rows from the context before each,
-        NaN where that context holds an `unsound` row (N_old + N,). `context` is
-        `learner.context_arrays()` and `rows` `_one_step_rows`, where the caller has them."""
-        if rows is None:
-            rows = self._one_step_rows(chunk, y_chunk, unsound, context)
-        pred = np.full(chunk.outputs.shape, np.nan)
-        if rows is not None:
-            args, blind, first = rows
-            yhat = model(*args).numpy()  # (N_old + N - L, n_out)
-            yhat[blind] = np.nan
-            pred[first:] = yhat[len(yhat) - (len(chunk) - first) :]
+    @staticmethod
+    def _placed(yhat: np.ndarray, rows: tuple, n: int) -> np.ndarray:
+        """(n, n_out) the chunk's one-step predictions from a `OneStep` answer (N_old + N - L,
+        n_out) on `_one_step_rows`: NaN where no full or no sound context came before."""
+        _, blind, first = rows
+        pred = np.full((n, yhat.shape[1]), np.nan)
+        yhat[blind] = np.nan
+        pred[first:] = yhat[len(yhat) - (n - first) :]
         return pred
 
     def _one_step_rows(
@@ -304,12 +315,13 @@ class Twin:
         chunk: Observations,
         y_chunk: np.ndarray,
         unsound: np.ndarray,
-        context: tuple[np.ndarray, ...] | None = None,
+        context: tuple[np.ndarray, ...],
     ) -> tuple | None:
-        """What `_one_step` feeds a model: the (y_ctx, u_ctx, u_now, dt) of the rows with a full
-        context before them, which of those rows see an `unsound` one (N_old + N - L,), and the
-        first chunk row predicted; None when no row has a full context."""
-        y_old, u_old, ts_old = self.learner.context_arrays() if context is None else context
+        """The `OneStep` request of the chunk's rows with a full context before them (N_old + N
+        - L rows), which of those rows see an `unsound` one (N_old + N,) in it, and the first
+        chunk row predicted; None when no row has a full context. `context` is
+        `learner.context_arrays()`."""
+        y_old, u_old, ts_old = context
         L = self.model.context
         n_old = ts_old.shape[0]
         n = n_old + len(chunk)
@@ -320,8 +332,7 @@ class Twin:
         y = np.concatenate([y_old, y_chunk])
         bad = np.cumsum(np.concatenate([[0], unsound]))
         blind = bad[L:n] - bad[: n - L] > 0  # (N_old + N - L,)
-        y_ctx, u_ctx, u_now, dt, _ = supervised(*map(_tensor, (ts, u, y)), L)
-        return (y_ctx, u_ctx, u_now, dt), blind, max(L - n_old, 0)
+        return OneStep(self.model, self.frozen, ts, u, y), blind, max(L - n_old, 0)
 
     # -- what-if ------------------------------------------------------------------------------
     @torch.no_grad()

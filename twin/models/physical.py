@@ -160,6 +160,17 @@ class PhysicalModel(TwinModel):
         n_outputs), where every value in `v` is shaped (...,): () or a population (S,)."""
         raise NotImplementedError
 
+    def set_normalization(self, y_mean, y_std, u_mean, u_std, keep_function: bool = True) -> None:
+        """The channel scaler, kept for `parameter_scales` and checkpoints: a physical kind's
+        parameters do not act on standardized channels, so there is nothing to re-express and
+        the buffers are only copied (the base class's old copies would go unused)."""
+        for buffer, value in zip(
+            (self.y_mean, self.y_std, self.u_mean, self.u_std),
+            (y_mean, y_std, u_mean, u_std),
+            strict=True,
+        ):
+            buffer.copy_(torch.as_tensor(value, dtype=DTYPE))
+
     # -- parameters ---------------------------------------------------------------------------
     def named_values(self) -> dict[str, float]:
         with torch.no_grad():
