@@ -135,6 +135,22 @@ def test_drift_rate_of_still_parameters_is_negligible():
     assert rate.q < 1e-5  # a parameter moving 1e-5 per observation in 400 hardly moves
 
 
+def test_a_window_of_collinear_regressors_informs_nothing_and_raises_nothing():
+    """Two parameters whose Jacobian columns are equal and large (two outputs of an autonomous
+    arx moving as one): the ridge is lost in rounding and the Gram matrix is exactly singular.
+    The window is left out of the estimate; the update that asked for it goes on."""
+    gen = torch.Generator().manual_seed(0)
+    column = 1e9 * torch.randn(200, 1, 1, generator=gen, dtype=torch.float64)
+    jac = torch.cat([column, column], dim=2)  # (T, n_out, P)
+    resid = torch.randn(200, 1, generator=gen, dtype=torch.float64)
+    rate = DriftRate()
+    rate.observe(jac, resid, torch.ones(200, dtype=torch.float64))
+    assert rate.q is None
+    jac, resid = walk_window(1e-3, seed=0)
+    rate.observe(jac, resid, torch.ones(resid.shape[0], dtype=torch.float64))
+    assert rate.q is not None
+
+
 def test_drift_rate_waits_for_an_informative_window():
     rate = DriftRate()
     jac, resid = walk_window(1e-3, n=40)

@@ -137,7 +137,9 @@ class DriftRate:
             white_j = torch.linalg.solve_triangular(chol, jac.permute(1, 0, 2), upper=False)
             white_e = torch.linalg.solve_triangular(chol, e.T[..., None], upper=False)
             gram = white_j.transpose(1, 2) @ white_j + ridge  # (n_out, P, P)
-            fit = torch.linalg.solve(gram, white_j.transpose(1, 2) @ white_e)
+            fit, info = torch.linalg.solve_ex(gram, white_j.transpose(1, 2) @ white_e)
+            if bool((info != 0).any()):  # collinear regressors (two outputs moving as one)
+                return  # beyond what the ridge can break: this window informs nothing
             rss = (white_e - white_j @ fit).square().sum(dim=(1, 2))  # (n_out,)
             dof = measured - used.sum(dim=1)  # (n_out,)
             logdet = 2 * chol.diagonal(dim1=1, dim2=2).log().sum(dim=1)
