@@ -111,7 +111,7 @@ def test_learner_is_a_union_by_method_or_the_kinds_default(schema):
     assert pgpe["window"]["anyOf"][0] == {"type": "integer", "minimum": 8, "maximum": 100000}
     default = components["DefaultLearner"]
     assert default["properties"]["method"] == {"type": "null"}
-    assert "`gradient` for mlp" in default["description"]
+    assert "`gradient` for arx, mlp" in default["description"]
     learner = components["TwinCreate"]["properties"]["learner"]
     assert {"type": "null"} in learner["anyOf"]  # `learner: null` or left out: the default
 
