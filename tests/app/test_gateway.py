@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 from sqlalchemy import select
 
 from app import tables as t
@@ -16,7 +14,7 @@ from app.config import Settings
 from app.main import create_app
 from tests.app.test_auth import Keys, bearer
 from tests.app.test_ingestion import row, stored
-from tests.client.conftest import free_port
+from tests.client.conftest import serving
 
 ARX = {"kind": "arx"}
 
@@ -145,18 +143,8 @@ def test_a_twin_limited_key_may_post_only_rows_of_its_twins(client, sessions):
 def server(database_url):
     """The app served by uvicorn on a free port (real HTTP)."""
     app = create_app(Settings(database_url=database_url, worker=False, run_migrations=True))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the service did not start"
-        time.sleep(0.02)
-    app.url = f"http://127.0.0.1:{port}"
-    yield app
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving(app) as served:
+        yield served
 
 
 def test_gateway_and_per_twin_posts_racing_over_http_keep_seqs_gap_free(server):

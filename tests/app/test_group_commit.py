@@ -4,12 +4,10 @@ transaction, each answered after it; one post's refusal or failure is its own.""
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -21,7 +19,7 @@ from app.services import ingestion
 from app.services.commits import GroupCommit
 from tests.app.conftest import SPEC
 from tests.app.test_ingestion import row, stored
-from tests.client.conftest import free_port
+from tests.client.conftest import serving
 
 
 @pytest.fixture
@@ -99,18 +97,8 @@ def server(database_url):
     """The app, group commit on, served by uvicorn on a free port (real HTTP)."""
     settings = Settings(database_url=database_url, worker=False, run_migrations=True)
     app = create_app(settings.model_copy(update={"group_commit": True}))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the service did not start"
-        time.sleep(0.02)
-    app.url = f"http://127.0.0.1:{port}"
-    yield app
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving(app) as served:
+        yield served
 
 
 def test_concurrent_posts_over_http_are_isolated_and_all_stored(server):

@@ -3,12 +3,15 @@ without the calibrator (tests learn with the `learn` fixture, against the same d
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
@@ -21,11 +24,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def service(tmp_path):
-    """The running app; `service.url` is its address."""
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'tandem.db'}", worker=False)
-    app = create_app(settings)
+@contextlib.contextmanager
+def serving(app: FastAPI) -> Iterator[FastAPI]:
+    """`app` served by uvicorn on a free port of loopback (real HTTP) until the block ends;
+    `app.url` is its address."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -36,9 +38,19 @@ def service(tmp_path):
         assert thread.is_alive(), "the service exited"
         time.sleep(0.02)
     app.url = f"http://127.0.0.1:{port}"
-    yield app
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def service(tmp_path):
+    """The running app; `service.url` is its address."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'tandem.db'}", worker=False)
+    with serving(create_app(settings)) as app:
+        yield app
 
 
 @pytest.fixture
