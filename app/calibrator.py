@@ -209,8 +209,8 @@ class Calibrator:
             claimed = self.leases.admit(
                 [Claim(*map(int, row[:4])) for row in rows], [row[4] for row in rows]
             )
-            self.leases.take(session, [c.twin_id for c in claimed], now)
-        return claimed
+            taken = self.leases.take(session, [c.twin_id for c in claimed], now)
+        return [c for c in claimed if c.twin_id in taken]
 
     # -- one twin -----------------------------------------------------------------------------
     def _load(self, session: Session, claim: Claim) -> Twin:

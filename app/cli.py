@@ -108,6 +108,15 @@ def serve(
             help="Run the calibrator inside this process.",
         ),
     ] = None,
+    embedded_workers: Annotated[
+        int | None,
+        typer.Option(
+            envvar="TANDEM_EMBEDDED_WORKERS",
+            show_default="one per usable core, at most 4",
+            min=1,
+            help="Calibrator processes beside the API (with --worker).",
+        ),
+    ] = None,
     observation_retention_seconds: ObsSeconds = None,
     observation_retention_count: ObsCount = None,
     prediction_retention_seconds: PredSeconds = None,
@@ -133,7 +142,13 @@ def serve(
         version_thin_after=version_thin_after,
         version_thin_every=version_thin_every,
     )
-    app = create_app(make_settings(database_url=database_url, worker=worker, **retention))
+    settings = make_settings(
+        database_url=database_url,
+        worker=worker,
+        embedded_workers=embedded_workers,
+        **retention,
+    )
+    app = create_app(settings)
     app.state.listen_host = host  # for the authentication rule (docs/security.md)
     tune_garbage_collector()
     # SIGTERM: at most 3 s for open requests, then the worker's 3 s grace: down within 10 s

@@ -16,6 +16,12 @@ class Settings(BaseSettings):
         None, description="Upgrade the schema to head at startup; default: on for SQLite only."
     )
     worker: bool = Field(True, description="Run the calibrator inside the API process.")
+    embedded_workers: int | None = Field(
+        None,
+        gt=0,
+        description="Calibrator processes `tandem serve` runs beside the API; default: one per "
+        "usable core, at most 4.",
+    )
 
     # ingestion and reads
     max_batch_rows: int = Field(10_000, gt=0)

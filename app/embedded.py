@@ -1,8 +1,11 @@
-"""Running the calibrator: beside `tandem serve` (a supervised child process) or as `tandem worker`.
+"""Running the calibrator: beside `tandem serve` (supervised child processes) or as `tandem worker`.
 
 The embedded worker is a process, not a thread, so torch's learning and the HTTP server's
 parsing use separate cores and never contend for one interpreter lock: on a 2-core machine
-that doubled ingestion throughput while calibrating.
+that doubled ingestion throughput while calibrating. `tandem serve` runs one such child per
+usable core (at most 4; `TANDEM_EMBEDDED_WORKERS`), which share the twins through the same
+sticky leases as separate `tandem worker` processes do (app.leases): a child learns on one
+core, so one child alone leaves the other cores to HTTP even when calibration falls behind.
 
 Nothing shared with the child can be left held by it when it dies: the parent stops it with
 SIGTERM (then SIGKILL), the child writes its heartbeat into a lock-free shared double, and the
@@ -36,6 +39,19 @@ log = logging.getLogger("tandem.worker")
 STOP_GRACE = 3.0  # seconds a stopping child gets to finish its twin and release its leases
 RESTART_DELAY = (0.5, 30.0)  # first and longest wait before restarting a dead child
 STABLE_AFTER = 60.0  # a child that lived this long restarts after the shortest wait again
+MOST_EMBEDDED = 4  # default children at most: one SQLite file has one writer at a time
+
+
+def embedded_count(settings: Settings) -> int:
+    """How many calibrator children `tandem serve` runs: the setting, or one per core this
+    process may use, at most MOST_EMBEDDED."""
+    if settings.embedded_workers is not None:
+        return settings.embedded_workers
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MOST_EMBEDDED))
 
 
 def calibrator_config(settings: Settings) -> CalibratorConfig:
@@ -152,7 +168,9 @@ class EmbeddedWorker:
         settings: Settings,
         sessions: sessionmaker[Session],
         on_restart: Callable[[], None] | None = None,
+        index: int = 0,
     ):
+        self.index = index
         self._settings_json = settings.model_dump_json()
         self._sessions = sessions
         self._on_restart = on_restart
@@ -192,23 +210,20 @@ class EmbeddedWorker:
 
     # -- life ---------------------------------------------------------------------------------
     def start(self) -> EmbeddedWorker:
-        try:
-            release_stale_leases(self._sessions)
-        except Exception as exc:  # the leases then run out by themselves
-            log.warning("could not release stale leases: %s", exc)
         with self._lock:
             self._spawn()
         self._supervisor.start()
         return self
 
     def _spawn(self) -> None:
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:embedded-{self.restarts}"
+        host, pid = socket.gethostname(), os.getpid()
+        self._owner = f"{host}:{pid}:embedded-{self.index}-{self.restarts}"
         self._beat.value = 0.0
         self._started_at = time.time()
         self._process = self._context.Process(
             target=_child,
             args=(self._settings_json, self._owner, self._beat, os.getpid()),
-            name="tandem-calibrator",
+            name=f"tandem-calibrator-{self.index}",
             daemon=True,
         )
         self._process.start()
@@ -244,14 +259,26 @@ class EmbeddedWorker:
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """SIGTERM the child, SIGKILL it after `grace` seconds, release its leases."""
+        self.terminate()
+        self.finish(time.monotonic() + grace)
+
+    def terminate(self) -> None:
+        """The first half of `stop`: no more restarts, and SIGTERM to the child."""
         self._stopping.set()
         if self._supervisor.is_alive():
             self._supervisor.join(2.0)  # so that only this thread waits on the child now
         with self._lock:
-            process, owner = self._process, self._owner
+            process = self._process
         if process is not None:
             process.terminate()  # SIGTERM; a child that is gone already is no error
-            process.join(grace)
+
+    def finish(self, deadline: float) -> None:
+        """The second half of `stop`: wait for the child until `deadline` (monotonic), SIGKILL
+        it after, and release its leases."""
+        with self._lock:
+            process, owner = self._process, self._owner
+        if process is not None:
+            process.join(max(deadline - time.monotonic(), 0.0))
             if process.is_alive():
                 log.warning("calibration worker %s did not stop in time; killed", process.pid)
                 process.kill()
@@ -265,4 +292,68 @@ class EmbeddedWorker:
             log.warning("could not release the worker's leases: %s", exc)
 
 
-__all__ = ["EmbeddedWorker", "release_leases", "release_stale_leases", "run_worker"]
+class EmbeddedWorkers:
+    """The API's calibrator children, each an `EmbeddedWorker`, seen as one: ready when every
+    child reports, as old as its most silent child, restarted as often as all together."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        on_restart: Callable[[], None] | None = None,
+    ):
+        self._sessions = sessions
+        self.children = [
+            EmbeddedWorker(settings, sessions, on_restart, index)
+            for index in range(embedded_count(settings))
+        ]
+
+    @property
+    def pid(self) -> int | None:
+        return self.children[0].pid
+
+    @property
+    def pids(self) -> list[int | None]:
+        return [child.pid for child in self.children]
+
+    @property
+    def reporting(self) -> bool:
+        return all(child.reporting for child in self.children)
+
+    @property
+    def recovering(self) -> bool:
+        return any(child.recovering for child in self.children)
+
+    @property
+    def restarts(self) -> int:
+        return sum(child.restarts for child in self.children)
+
+    def heartbeat_age(self) -> float:
+        return max(child.heartbeat_age() for child in self.children)
+
+    def start(self) -> EmbeddedWorkers:
+        try:
+            release_stale_leases(self._sessions)
+        except Exception as exc:  # the leases then run out by themselves
+            log.warning("could not release stale leases: %s", exc)
+        for child in self.children:
+            child.start()
+        return self
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """SIGTERM every child at once, SIGKILL those still running `grace` seconds later."""
+        for child in self.children:
+            child.terminate()
+        deadline = time.monotonic() + grace
+        for child in self.children:
+            child.finish(deadline)
+
+
+__all__ = [
+    "EmbeddedWorker",
+    "EmbeddedWorkers",
+    "embedded_count",
+    "release_leases",
+    "release_stale_leases",
+    "run_worker",
+]

@@ -85,14 +85,31 @@ class Leases:
         self.held += self.room - room
         return out
 
-    def take(self, session: Session, ids: Sequence[int], now: float) -> None:
-        """Lease `ids` to this worker (inside the claiming transaction)."""
-        if ids:
-            session.execute(
+    def take(self, session: Session, ids: Sequence[int], now: float) -> set[int]:
+        """Lease those of `ids` that are still this worker's or free (inside the claiming
+        transaction); return the ids leased. On PostgreSQL the claim's FOR UPDATE already
+        locked them; SQLite has no row locks, and two workers (say two embedded children) may
+        read the same free twins, but their UPDATEs run one after the other under its write
+        lock, and the second finds the twins taken."""
+        if not ids:
+            return set()
+        taken = set(
+            session.scalars(
                 update(t.Twin)
-                .where(t.Twin.id.in_(list(ids)))
+                .where(
+                    t.Twin.id.in_(list(ids)),
+                    or_(
+                        t.Twin.lease_owner == self.owner,
+                        t.Twin.lease_owner.is_(None),
+                        t.Twin.lease_expires_at < now,
+                    ),
+                )
                 .values(lease_owner=self.owner, lease_expires_at=now + self.lease_seconds)
+                .returning(t.Twin.id)
             )
+        )
+        self.held -= len(ids) - len(taken)
+        return taken
 
     def refresh(self, force: bool = False) -> None:
         """Once a second: beat, count the live workers and the twins, recompute the share and

@@ -53,10 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.commits = GroupCommit(engine)
         worker = None
         if settings.worker:
-            from app.embedded import EmbeddedWorker  # torch-heavy; only when the worker runs here
+            from app.embedded import EmbeddedWorkers  # torch-heavy; only when workers run here
 
             metrics = app.state.metrics
-            worker = EmbeddedWorker(
+            worker = EmbeddedWorkers(
                 settings, app.state.sessions, on_restart=metrics.worker_restarts.inc
             ).start()
             metrics.worker_heartbeat_age.set_function(worker.heartbeat_age)

@@ -67,10 +67,11 @@ class Health(BaseModel):
 
 
 class WorkerState(BaseModel):
-    pid: int | None = Field(description="The embedded worker's process id.")
-    reporting: bool = Field(description="Whether it reported since it started.")
-    heartbeat_age: float = Field(description="Seconds since it last reported.")
-    restarts: int = Field(description="How often it was restarted.")
+    pid: int | None = Field(description="The first embedded worker's process id.")
+    pids: list[int | None] = Field(description="Every embedded worker's process id.")
+    reporting: bool = Field(description="Whether every worker reported since it started.")
+    heartbeat_age: float = Field(description="Seconds since the most silent worker reported.")
+    restarts: int = Field(description="How often workers were restarted, all together.")
 
 
 class Readiness(BaseModel):

@@ -2,12 +2,13 @@
 one-second observations every 10 s over real HTTP, staggered like a gateway (N observations/s
 in all, N/10 requests/s), against a real `tandem serve` started here.
 
-    python bench/fleet.py [--twins 20,100] [--duration 30]
+    python bench/fleet.py [--twins 20,100] [--duration 30] [--workers 1,2]
     python bench/fleet.py --postgres postgresql+psycopg://postgres@127.0.0.1:54330/postgres \
         --workers 1,2 --twins 500
 
-For each configuration (the embedded default: SQLite and the embedded worker; or PostgreSQL:
-`tandem serve --no-worker` and k `tandem worker` processes) and fleet size, on a fresh database:
+For each configuration (the embedded default: SQLite and `tandem serve`'s embedded workers,
+its default number or k; or PostgreSQL: `tandem serve --no-worker` and k `tandem worker`
+processes) and fleet size, on a fresh database:
 create the twins, one warm-up batch each (learned before anything is timed), then the
 reference: one batch to every twin at once, timed until all are learned (the API's requests/s
 and the calibrator's batches/s at this fleet size, so the capacity is measured in the same run),
@@ -357,7 +358,7 @@ def print_results(results: list[Result], duration: float) -> None:
         f"{PERIOD:.0f} s, staggered; {duration:.0f} s of load per row"
     )
     head = (
-        f"{'configuration':<24} {'twins':>6} {'accepted':>10} {'failed':>6} {'late':>5} "
+        f"{'configuration':<30} {'twins':>6} {'accepted':>10} {'failed':>6} {'late':>5} "
         f"{'lag p50 / p95 / max (s)':>24} {'catch-up':>9} {'ref: API':>10} {'ref: learned':>13} "
         f"{'ref: twins':>11} {'server':>7} {'client':>7}"
     )
@@ -370,7 +371,7 @@ def print_results(results: list[Result], duration: float) -> None:
         lag = f"{r.lag[0]:.1f} / {r.lag[1]:.1f} / {r.lag[2]:.1f}"
         caught = f"{r.catch_up:.1f}" if r.catch_up is not None else "never"
         print(
-            f"{r.config:<24} {r.twins:>6,} {r.accepted_rate:>10,.0f} {r.failed:>6} {r.late:>5} "
+            f"{r.config:<30} {r.twins:>6,} {r.accepted_rate:>10,.0f} {r.failed:>6} {r.late:>5} "
             f"{lag:>24} {caught:>9} {r.burst_rps:>10,.0f} {r.burst_learned:>13,.0f} "
             f"{r.per_core:>11,.0f} {r.server_cores:>7.2f} {r.client_cores:>7.2f}"
         )
@@ -410,7 +411,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--every", type=float, default=2.0, help="seconds between lag samples")
     parser.add_argument("--catch-up-timeout", type=float, default=120.0)
     parser.add_argument("--postgres", help="a PostgreSQL server URL: API + workers on it")
-    parser.add_argument("--workers", type=parse_sizes, default=[1, 2], help="with --postgres")
+    parser.add_argument(
+        "--workers",
+        type=parse_sizes,
+        help="worker processes: `tandem worker`s with --postgres (default 1,2), else the "
+        "embedded children of `tandem serve` (default: its own, one per usable core)",
+    )
     args = parser.parse_args(argv)
     print(
         f"cores {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), python "
@@ -418,7 +424,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
         + " ".join(f"{x:.2f}" for x in os.getloadavg())
         + "\n"
     )
-    configs = [(None, 0)] if args.postgres is None else [(args.postgres, k) for k in args.workers]
+    if args.postgres is None:
+        configs = [(None, k) for k in args.workers or [0]]
+    else:
+        configs = [(args.postgres, k) for k in args.workers or [1, 2]]
     results = []
     for postgres, workers in configs:
         for n in args.twins:

@@ -1,6 +1,7 @@
 """The deployments `bench/fleet.py` measures, as real processes: `tandem serve` on a fresh
-SQLite file (embedded worker), or `tandem serve --no-worker` plus k `tandem worker` processes
-sharing a fresh PostgreSQL database (created here, dropped afterwards)."""
+SQLite file (its embedded workers: its default number, or k), or `tandem serve --no-worker`
+plus k `tandem worker` processes sharing a fresh PostgreSQL database (created here, dropped
+afterwards)."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ class Deployment:
     @property
     def label(self) -> str:
         if self.postgres is None:
-            return "embedded (SQLite)"
+            return "embedded (SQLite)" + (f", {self.workers} workers" if self.workers else "")
         return f"PostgreSQL, {self.workers} worker{'s' if self.workers > 1 else ''}"
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -103,6 +104,8 @@ class Deployment:
 
     def start(self, database_url: str) -> None:
         env = _env(database_url)
+        if self.postgres is None and self.workers:
+            env["TANDEM_EMBEDDED_WORKERS"] = str(self.workers)
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         serve = ["serve", "--port", str(port)]

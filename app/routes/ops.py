@@ -58,6 +58,7 @@ def readyz(request: Request) -> JSONResponse:
         age = worker.heartbeat_age()
         body["worker"] = {
             "pid": worker.pid,
+            "pids": worker.pids,
             "reporting": worker.reporting,
             "heartbeat_age": age,
             "restarts": worker.restarts,

@@ -112,6 +112,25 @@ def test_a_dead_workers_twins_are_taken_over_within_the_lease_time(
     assert set(owners(sessions).values()) == {"b"}
 
 
+def test_two_workers_that_read_the_same_free_twins_lease_each_to_one(
+    client, make_twin, post, sessions
+):
+    """SQLite has no row locks: two workers may both read the same free twins as claimable.
+    The second UPDATE finds them taken, and that worker claims none of them."""
+    ids = fleet(make_twin, post, n=4)
+    a, b = worker(sessions, "a"), worker(sessions, "b")
+    for w in (a, b):
+        w.leases.refresh(force=True)
+    now = time.time()
+    with sessions.begin() as session:
+        assert a.leases.take(session, ids[:3], now) == set(ids[:3])
+    with sessions.begin() as session:  # b read before a's commit: it offers all four
+        assert b.leases.take(session, ids, now) == {ids[3]}
+    assert owners(sessions) == {ids[0]: "a", ids[1]: "a", ids[2]: "a", ids[3]: "b"}
+    with sessions.begin() as session:  # a worker's own twins stay its own
+        assert a.leases.take(session, ids, now) == set(ids[:3])
+
+
 def test_a_stopping_worker_leaves_its_twins_and_its_place(client, make_twin, post, sessions):
     fleet(make_twin, post, n=2)
     a = worker(sessions, "a")

@@ -167,6 +167,7 @@ def test_sigterm_ends_the_service_within_ten_seconds(serve, target, state):
     # no budget, big batches: a busy worker is seconds into one step when the signal comes
     server = serve(TANDEM_CALIBRATION_BUDGET="0", TANDEM_CALIBRATION_BATCH="4096")
     worker = server.worker_pid()
+    workers = server.ready()["worker"]["pids"]
     if state == "busy":
         make_busy(server)
     elif state == "dead":
@@ -184,7 +185,52 @@ def test_sigterm_ends_the_service_within_ten_seconds(serve, target, state):
     took = time.monotonic() - started
     assert took < EXIT_LIMIT, f"{took:.1f} s\n{server.output()}"
     assert server.leases() == []
-    wait_for(lambda: not alive(worker), 5, "the worker to be gone")
+    wait_for(lambda: not any(map(alive, workers)), 5, "the workers to be gone")
+    assert "Traceback" not in server.output()
+
+
+@pytest.mark.slow
+def test_embedded_workers_share_the_twins_and_survive_one_death(serve):
+    server = serve(TANDEM_EMBEDDED_WORKERS="2")
+    pids = server.ready()["worker"]["pids"]
+    assert len(set(pids)) == 2 and all(map(alive, pids))
+    ids = [
+        server.http.post("/twins", json={"name": f"hx-{k}", **SPEC}).json()["id"] for k in range(8)
+    ]
+    learned = 0
+
+    def feed() -> None:  # 20 more observations to every twin, and wait until all are learned
+        nonlocal learned
+        rows = thermal_rows(learned + 20)[learned:]
+        for twin_id in ids:
+            body = {"observations": rows}
+            assert server.http.post(f"/twins/{twin_id}/observations", json=body).status_code == 202
+        learned += 20
+        for twin_id in ids:
+            wait_for(
+                lambda i=twin_id: server.watermark(i) == learned, 60, f"twin {twin_id} learned"
+            )
+
+    def children() -> set[str]:
+        return {owner.rsplit(":", 1)[1].rsplit("-", 1)[0] for owner in server.leases()}
+
+    # sticky leases, a share each: the child that claimed everything first sheds half of it
+    # within a second of seeing the other, which claims that half as its work arrives
+    for _ in range(10):
+        feed()
+        if children() == {"embedded-0", "embedded-1"}:
+            break
+    assert children() == {"embedded-0", "embedded-1"}
+
+    os.kill(pids[1], signal.SIGKILL)
+    wait_for(
+        lambda: (ready := server.ready()) and ready["worker"]["pids"][1] != pids[1],
+        60,
+        "the dead child replaced",
+    )
+    assert server.ready()["worker"]["pids"][0] == pids[0] and alive(pids[0])
+    assert server.ready()["worker"]["restarts"] == 1
+    feed()
     assert "Traceback" not in server.output()
 
 
