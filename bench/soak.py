@@ -4,17 +4,18 @@ fleet load, with retention removing observations throughout.
     python bench/soak.py [--twins 1000] [--minutes 30] [--keep 600] [--keep-versions 60]
         [--sample 60] [--series 20]
 
-Starts `tandem serve` (embedded default: SQLite and the worker child process) on a fresh
+Starts `tandem serve` (embedded default: SQLite and the worker child processes) on a fresh
 database with `TANDEM_OBSERVATION_RETENTION_SECONDS=--keep` and
 `TANDEM_VERSION_RETENTION=--keep-versions`, creates N `first_order` twins and posts each a batch
 of 10 one-second observations every 10 s over real HTTP, staggered (N observations/s in all):
 the workload of `bench/fleet.py` (its `Workload`, with times that track the clock, so that
 retention by age removes throughout). Every --sample seconds it reads the downsampled series
 of --series twins (as a dashboard does: that builds series blocks, which retention then
-removes) and prints both processes' RSS (from /proc), the rows of every table that grows, the
-failed posts and the calibration lag; at the end the verdict: each process's RSS over the
-second half against its RSS at the half-way mark (the target: within 10%). The reference,
-measured in the same run, is the RSS of both processes once the twins exist, before the load.
+removes) and prints the RSS (from /proc) of the API and of its embedded workers together,
+the rows of every table that grows, the failed posts and the calibration lag; at the end the
+verdict: the RSS over the second half against the RSS at the half-way mark (the target:
+within 10%). The reference, measured in the same run, is the RSS once the twins exist,
+before the load.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ import httpx  # noqa: E402
 
 from bench.fleet import (  # noqa: E402
     BURST_CONCURRENCY,
-    CONNECTIONS,
     PERIOD,
     TIMEOUT_S,
+    Poster,
     Workload,
     create_twins,
     post,
@@ -60,17 +61,27 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def worker_pid(api: int) -> int | None:
-    """The embedded worker: the API's child process that is not multiprocessing's tracker."""
+def worker_pids(api: int) -> list[int]:
+    """The embedded workers: the API's child processes but multiprocessing's tracker."""
     try:
         children = Path(f"/proc/{api}/task/{api}/children").read_text().split()
     except OSError:
-        return None
+        return []
+    pids = []
     for pid in map(int, children):
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
         if b"resource_tracker" not in cmdline:
-            return pid
-    return None
+            pids.append(pid)
+    return sorted(pids)
+
+
+def workers_rss_mb(api: int) -> float | None:
+    """The embedded workers' RSS together (each holds its share of the twins)."""
+    values = [v for v in map(rss_mb, worker_pids(api)) if v is not None]
+    return sum(values) if values else None
 
 
 def counts(db: str) -> dict[str, int]:
@@ -89,8 +100,8 @@ async def load(url: str, ids: list[int], work: Workload, seconds: float, failed:
     end = start + seconds
     late = 0
     gate = asyncio.Semaphore(BURST_CONCURRENCY)
-    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
-    async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT_S, limits=limits) as http:
+    http = Poster(url)  # bench/fleet.py's client: raw HTTP/1.1, a fraction of httpx's CPU
+    try:
 
         async def gateway(i: int) -> None:
             nonlocal late
@@ -109,6 +120,8 @@ async def load(url: str, ids: list[int], work: Workload, seconds: float, failed:
                 slot += PERIOD
 
         await asyncio.gather(*(gateway(i) for i in range(n)))
+    finally:
+        http.close()
     return late
 
 
@@ -177,15 +190,15 @@ def main() -> None:
                 time.sleep(0.5)
             ids = setup(url, args.twins)
             plotted = ids[:: max(len(ids) // max(args.series, 1), 1)][: args.series]
-            worker = worker_pid(api.pid)
-            reference = (rss_mb(api.pid), rss_mb(worker) if worker else None)
+            reference = (rss_mb(api.pid), workers_rss_mb(api.pid))
             print(
                 f"{args.twins} twins; RSS before the load: API {reference[0]:.0f} MB, "
-                f"worker {reference[1] or float('nan'):.0f} MB",
+                f"{len(worker_pids(api.pid))} workers together "
+                f"{reference[1] or float('nan'):.0f} MB",
                 flush=True,
             )
             print(
-                "| minute | API RSS MB | worker RSS MB | "
+                "| minute | API RSS MB | workers RSS MB | "
                 + " | ".join(TABLES)
                 + " | failed posts | lag p50 / p95 s |"
             )
@@ -205,10 +218,9 @@ def main() -> None:
             while thread.is_alive():
                 thread.join(timeout=args.sample)
                 minute = (time.monotonic() - started) / 60
-                worker = worker_pid(api.pid) or worker
                 read_series(http, plotted)
                 p50, p95 = lag(http)
-                row = (minute, rss_mb(api.pid), rss_mb(worker), counts(db), p50, p95)
+                row = (minute, rss_mb(api.pid), workers_rss_mb(api.pid), counts(db), p50, p95)
                 rows.append(row)
                 tables = " | ".join(f"{row[3][name]:,}" for name in TABLES)
                 print(
@@ -234,7 +246,7 @@ def verdict(rows: list[tuple], failed: list) -> None:
     for name in TABLES:
         values = [r[3][name] for r in half]
         print(f"{name} over the second half: {min(values):,}-{max(values):,} rows")
-    for k, name in ((1, "API"), (2, "worker")):
+    for k, name in ((1, "API"), (2, "workers (together)")):
         base = half[0][k]
         values = [r[k] for r in half if r[k] is not None]
         if base is None or not values:
