@@ -1,7 +1,7 @@
 """Ingestion benchmark: observations per second through the real HTTP API of `tandem serve`
 (embedded SQLite, embedded calibrator on), against raw sqlite3 inserts of the same rows.
 
-    python bench/ingest.py [--quick]
+    python bench/ingest.py [--quick] [--group-commit on|off]
 
 Prints one table: HTTP and raw rows/s and their ratio (target >= 25%), the calibration lag
 under that load and how long the calibrator takes to catch up, and p50/p99 predict latency.
@@ -101,10 +101,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tmp: Path, port: int, log) -> subprocess.Popen:
-    """`tandem serve` on a fresh SQLite file, default settings otherwise (worker on)."""
+def start_server(tmp: Path, port: int, log, group_commit: str | None = None) -> subprocess.Popen:
+    """`tandem serve` on a fresh SQLite file, default settings otherwise (worker on), with
+    `TANDEM_GROUP_COMMIT` set when `group_commit` is given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
     env["TANDEM_DATABASE_URL"] = f"sqlite:///{tmp / 'bench.db'}"
+    if group_commit is not None:
+        env["TANDEM_GROUP_COMMIT"] = "true" if group_commit == "on" else "false"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-c", "from app.cli import main; main()", "serve"]
     command += ["--port", str(port)]
@@ -264,6 +267,11 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 batches, 50 predicts each")
+    parser.add_argument(
+        "--group-commit",
+        choices=("on", "off"),
+        help="TANDEM_GROUP_COMMIT for the server (default: the service's, on for SQLite)",
+    )
     args = parser.parse_args(argv)
     n_batches, n_predict = (20, 50) if args.quick else (100, 200)
     bodies, raw_rows = workload(WARMUP_BATCHES + n_batches)
@@ -276,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             ("torch", f"{torch.__version__}, server torch threads {threads} (default)"),
             ("sqlite", sqlite3.sqlite_version),
             ("load average", " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)"),
+            ("group commit", args.group_commit or "default (on for SQLite)"),
         ],
     )
     with tempfile.TemporaryDirectory(prefix="tandem-bench-") as tmp_name:
@@ -289,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         base = f"http://127.0.0.1:{port}"
         log_path = tmp / "server.log"
         with open(log_path, "wb") as log:
-            server = start_server(tmp, port, log)
+            server = start_server(tmp, port, log, args.group_commit)
         try:
             with httpx.Client(base_url=base, timeout=60.0) as client:
                 wait_ready(client, READY_TIMEOUT_S, server)

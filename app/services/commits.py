@@ -15,6 +15,12 @@ are durable. A post is all or nothing and never fails another:
 
 A post's writes run in the group's transaction after those of the posts before it, so seqs,
 duplicates and late flags are exactly those of one transaction per post in that order.
+
+A post that finds no other post waiting and the committer idle has nobody to share a commit
+with: it commits its group of one in its own thread (`alone`), on the committer's connection,
+under the same rules, without the round trip through the committer thread. One writer at a
+time holds the turn (a group or a post alone); posts that come meanwhile queue for the next
+group, so a lone post never delays a group by more than its own commit.
 """
 
 from __future__ import annotations
@@ -68,26 +74,56 @@ class GroupCommit:
         self.max_rows = max_rows
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._closed = False
+        # the turn to write: held by the committer while it runs a group, or by a post alone
+        self._turn = threading.Condition()
+        self._writing = False
+        self._waiting = 0  # posts submitted and not yet taken into a group
         self.groups = 0  # transactions committed, and the posts they held (for tests, logs)
         self.posts = 0
+        self.posts_alone = 0  # of those, posts committed alone in their own thread
         self._thread = threading.Thread(target=self._run, name="tandem-commit", daemon=True)
         self._thread.start()
 
     def submit(self, write: Callable[[Session], T], rows: int, order: int = 0) -> Future:
-        if self._closed:
-            raise RuntimeError("the committer is closed")
         job = Job(write, rows, order)
-        self._queue.put(job)
+        with self._turn:
+            if self._closed:
+                raise RuntimeError("the committer is closed")
+            self._waiting += 1
+            self._queue.put(job)
+        return job.future
+
+    def alone(self, write: Callable[[Session], T], rows: int, order: int = 0) -> Future | None:
+        """`write` committed in the calling thread, as a group of one, when no post waits and
+        the committer is idle: its done future (the result, or the post's error). None when
+        others write or wait: then the post joins the next group (`run`)."""
+        with self._turn:
+            if self._closed or self._writing or self._waiting:
+                return None
+            self._writing = True
+        job = Job(write, rows, order)
+        job.future.set_running_or_notify_cancel()
+        try:
+            if self._commit([job]):
+                self.posts_alone += 1
+        finally:
+            self._release()
         return job.future
 
     async def run(self, write: Callable[[Session], T], rows: int, order: int = 0) -> T:
         """`write` in a shared transaction; returns its result once that has committed."""
         return await asyncio.wrap_future(self.submit(write, rows, order))
 
+    @property
+    def waiting(self) -> int:
+        """Posts queued for the next group."""
+        return self._waiting
+
     def close(self, timeout: float = 30.0) -> None:
         """Commit what is queued, then stop the thread."""
-        self._closed = True
-        self._queue.put(None)
+        with self._turn:
+            self._closed = True
+            self._queue.put(None)
         self._thread.join(timeout)
         if self._own:
             self._engine.dispose()
@@ -109,31 +145,53 @@ class GroupCommit:
             if first is None:
                 closing = True
                 continue
-            group, rows = [first], first.rows
-            while rows < self.max_rows:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    closing = True
-                elif rows + job.rows > self.max_rows:
-                    carry = job
-                    break
-                else:
-                    group.append(job)
-                    rows += job.rows
-            group = [job for job in group if job.future.set_running_or_notify_cancel()]
-            group.sort(key=lambda job: job.order)  # stable: one twin's posts keep their order
+            with self._turn:  # wait for a post committing alone; later posts now queue
+                while self._writing:
+                    self._turn.wait()
+                self._writing = True
             try:
-                self._commit(group)
-            except BaseException:  # never ends the thread: answer what is left
-                log.exception("group commit failed")
-                for job in group:
-                    if not job.future.done():
-                        job.future.set_exception(RuntimeError("the commit failed"))
+                carry, closing = self._group(first, closing)
+            finally:
+                self._release()
 
-    def _commit(self, group: list[Job]) -> None:
+    def _group(self, first: Job, closing: bool) -> tuple[Job | None, bool]:
+        """Take what is queued behind `first` into its group and commit it; returns the job
+        left for the next group (over the rows' limit) and whether the queue has closed."""
+        carry = None
+        group, rows = [first], first.rows
+        while rows < self.max_rows:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                closing = True
+            elif rows + job.rows > self.max_rows:
+                carry = job
+                break
+            else:
+                group.append(job)
+                rows += job.rows
+        with self._turn:
+            self._waiting -= len(group)
+        group = [job for job in group if job.future.set_running_or_notify_cancel()]
+        group.sort(key=lambda job: job.order)  # stable: one twin's posts keep their order
+        try:
+            self._commit(group)
+        except BaseException:  # never ends the thread: answer what is left
+            log.exception("group commit failed")
+            for job in group:
+                if not job.future.done():
+                    job.future.set_exception(RuntimeError("the commit failed"))
+        return carry, closing
+
+    def _release(self) -> None:
+        with self._turn:
+            self._writing = False
+            self._turn.notify_all()
+
+    def _commit(self, group: list[Job]) -> bool:
+        """Commit the group; True when all of it committed in one transaction."""
         while group:
             try:
                 results = self._attempt(group)
@@ -144,16 +202,17 @@ class GroupCommit:
             except Exception as exc:
                 if len(group) == 1:
                     group[0].future.set_exception(exc)
-                    return
+                    return False
                 log.info("a group of %s posts failed (%s); committing each alone", len(group), exc)
                 for job in group:
                     self._commit([job])
-                return
+                return False
             self.groups += 1
             self.posts += len(group)
             for job, result in zip(group, results, strict=True):
                 job.future.set_result(result)
-            return
+            return True
+        return False
 
     def _attempt(self, group: list[Job]) -> list[Any]:
         with self.sessions() as session:
@@ -183,22 +242,27 @@ async def post(
 ) -> tuple[P, R]:
     """A post's reads and checks (`check`, which raises for a bad body), then its writes
     (`store`); returns both results once the writes have committed. With group commit on,
-    `store` runs in a shared transaction (`size`: the post's rows and the smallest twin id it
-    writes); else in the same session, in the same thread call as `check`. Either way the post
-    holds a database connection only while it runs, not while it waits for a thread or a group
-    (the pool is smaller than the posts that may wait at once)."""
+    `store` runs alone in the same thread call as `check` when nobody else writes or waits,
+    else in a shared transaction (`size`: the post's rows and the smallest twin id it writes);
+    with it off, in the same session as `check`. Either way the post holds a connection of the
+    pool only while it reads and checks, not while it waits for a thread or a group (the pool
+    is smaller than the posts that may wait at once), nor, with group commit on, while it
+    writes (the committer's connection)."""
 
-    def first() -> tuple[P, R | None]:
+    def first() -> tuple[P, Future | None]:
         with sessions() as session:
             checked = check(session)
-            if commits is not None:
-                return checked, None
-            result = store(session, checked)
-            session.commit()
-            return checked, result
-
-    checked, result = await run_in_threadpool(first)
-    if result is None:
+            if commits is None:
+                result = store(session, checked)
+                session.commit()
+                done: Future = Future()
+                done.set_result(result)
+                return checked, done
         rows, order = size(checked)
-        result = await commits.run(lambda session: store(session, checked), rows, order)
-    return checked, result
+        return checked, commits.alone(lambda session: store(session, checked), rows, order)
+
+    checked, done = await run_in_threadpool(first)
+    if done is None:  # others write or wait: join the next group
+        rows, order = size(checked)
+        return checked, await commits.run(lambda session: store(session, checked), rows, order)
+    return checked, done.result()

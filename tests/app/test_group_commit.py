@@ -1,9 +1,11 @@
 """Group commit of posts (app.services.commits): posts that queue while one commits share a
-transaction, each answered after it; one post's refusal or failure is its own."""
+transaction, each answered after it; a post with nobody to share with commits alone in its own
+thread; one post's refusal or failure is its own either way."""
 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -90,6 +92,109 @@ def test_a_post_that_fails_midway_is_rolled_back_alone(make_twin, sessions, clie
     assert futures[0].result(30).last_seq == 1 and futures[2].result(30).first_seq == 1
     assert [r.ts for r in stored(sessions, a)] == [1.0]
     assert [(r.seq, r.ts) for r in stored(sessions, b)] == [(1, 9.0)]  # nothing of the culprit
+
+
+def test_a_lone_post_commits_in_its_own_thread_and_its_refusal_or_failure_is_its_own(
+    make_twin, sessions, client
+):
+    commits = client.app.state.commits
+    a, b, gone = (make_twin(name)["id"] for name in ("a", "b", "gone"))
+    assert client.delete(f"/twins/{gone}").status_code == 204
+    groups, alone = commits.groups, commits.posts_alone
+    threads = []
+
+    def write(session):
+        threads.append(threading.current_thread())
+        return ingestion.store(session, a, checked([1.0, 2.0]))
+
+    done = commits.alone(write, 2, a)
+    assert done.done() and threads == [threading.current_thread()]  # not the committer's
+    assert (done.result().first_seq, done.result().last_seq) == (1, 2)
+    assert [r.ts for r in stored(sessions, a)] == [1.0, 2.0]  # committed when answered
+    refused = commits.alone(lambda s: ingestion.store(s, gone, checked([1.0])), 1, gone)
+    assert isinstance(refused.exception(0), NotFound) and stored(sessions, gone) == []
+
+    def broken(session):
+        ingestion.store(session, b, checked([7.0, 8.0]))  # written, then the post fails
+        raise RuntimeError("boom")
+
+    assert isinstance(commits.alone(broken, 2, b).exception(0), RuntimeError)
+    after = commits.alone(lambda s: ingestion.store(s, b, checked([9.0])), 1, b)
+    assert after.result(0).first_seq == 1  # nothing of the culprit
+    assert [(r.seq, r.ts) for r in stored(sessions, b)] == [(1, 9.0)]
+    assert (commits.groups, commits.posts_alone) == (groups + 2, alone + 2)
+
+    gate = held(commits)  # the committer writes: a post does not commit beside it
+    assert commits.alone(lambda s: ingestion.store(s, b, checked([10.0])), 1, b) is None
+    gate.set()
+    assert [r.ts for r in stored(sessions, b)] == [9.0]
+
+
+def test_posts_over_http_commit_alone_when_idle_and_a_bad_body_never_writes(make_twin, client):
+    commits = client.app.state.commits
+    twin_id = make_twin()["id"]
+    groups, alone = commits.groups, commits.posts_alone
+    for k in range(3):
+        body = {"observations": [row(float(k))]}
+        response = client.post(f"/twins/{twin_id}/observations", json=body)
+        assert response.status_code == 202 and response.json()["first_seq"] == k + 1
+    gateway = [{"twin_id": twin_id, **row(3.0)}]
+    assert client.post("/observations", json={"observations": gateway}).status_code == 202
+    bad = {"observations": [{**row(4.0), "outputs": {"T": "hot"}}]}
+    assert client.post(f"/twins/{twin_id}/observations", json=bad).status_code == 422
+    assert (commits.groups, commits.posts_alone) == (groups + 4, alone + 4)
+
+
+def test_posts_that_come_while_one_commits_alone_wait_and_share_the_next_commit(
+    database_url, monkeypatch
+):
+    """A post commits alone, stopped in its write: 64 concurrent posts meanwhile are checked
+    through a pool of one connection (neither the lone post nor a waiting one holds it), wait
+    without writing, and share one commit after it; every post is answered 202 after that."""
+    settings = Settings(
+        database_url=database_url, worker=False, run_migrations=True, group_commit=True
+    )
+    settings = settings.model_copy(update={"pool_size": 1, "pool_overflow": 0})
+    gate, started = threading.Event(), threading.Event()
+    store = ingestion.store
+
+    def slow_store(session, twin_id, rows, now=None):
+        if rows[0][0] == 0.5:  # the lone post's one row: wait in its write
+            started.set()
+            assert gate.wait(30)
+        return store(session, twin_id, rows, now)
+
+    monkeypatch.setattr(ingestion, "store", slow_store)
+    with serving(create_app(settings)) as app:
+        commits, n = app.state.commits, 64
+        with httpx.Client(base_url=app.url, timeout=60) as http:
+            ids = [http.post("/twins", json={"name": f"t{k}", **SPEC}).json()["id"] for k in "ab"]
+        groups, alone = commits.groups, commits.posts_alone
+
+        def send(k: int) -> httpx.Response:
+            rows = [row(0.5)] if k < 0 else [row(float(2 * k)), row(float(2 * k + 1))]
+            with httpx.Client(base_url=app.url, timeout=60) as http:
+                return http.post(f"/twins/{ids[k % 2]}/observations", json={"observations": rows})
+
+        with ThreadPoolExecutor(n + 1) as pool:
+            lone = pool.submit(send, -1)
+            assert started.wait(30)
+            answers = [pool.submit(send, k) for k in range(n)]
+            deadline = time.monotonic() + 30
+            while commits.waiting < n:
+                assert time.monotonic() < deadline, f"{commits.waiting} of {n} posts queued"
+                assert not any(answer.done() for answer in answers), "answered before the commit"
+                time.sleep(0.01)
+            assert commits.groups == groups and not lone.done()
+            gate.set()
+            statuses = [answer.result().status_code for answer in answers]
+        assert lone.result().status_code == 202 and statuses == [202] * n
+        assert (commits.groups, commits.posts_alone) == (groups + 2, alone + 1)
+        # the lone post (twin b, 0.5) first: the queued posts' seqs come after its own
+        assert lone.result().json()["first_seq"] == 1
+        for twin_id, lone_rows in zip(ids, (0, 1), strict=True):
+            got = stored(app.state.sessions, twin_id)  # half of the posts each, two rows each
+            assert [r.seq for r in got] == list(range(1, n + lone_rows + 1))
 
 
 @pytest.fixture
