@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -47,6 +47,15 @@ from twin.observations import Observations
 from twin.replica import StepResult, Twin
 
 log = logging.getLogger("tandem.calibrator")
+
+# A twin's next observations, in arrival order: built once, bound per twin (building the
+# statement cost more than running it)
+NEXT_OBSERVATIONS = (
+    select(t.Observation.seq, t.Observation.ts, t.Observation.inputs, t.Observation.outputs)
+    .where(t.Observation.twin_id == bindparam("twin_id"), t.Observation.seq > bindparam("after"))
+    .order_by(t.Observation.seq)
+    .limit(bindparam("rows"))
+)
 
 
 @dataclass(frozen=True)
@@ -109,12 +118,13 @@ class Calibrator:
         return how many observations were learned (or passed over). A twin's own failure never
         ends the pass nor rolls back the others."""
         read = []
-        for claim in self._claim():
-            if stop is not None and stop.is_set():
-                break
-            item = self._guarded(claim.twin_id, claim.failures, self._read, claim)
-            if item is not None:
-                read.append(item)
+        with self.sessions() as session:  # one for the pass's reads
+            for claim in self._claim():
+                if stop is not None and stop.is_set():
+                    break
+                item = self._guarded(claim.twin_id, claim.failures, self._read, session, claim)
+                if item is not None:
+                    read.append(item)
         batch = self._learn(read, stop)
         self._commit(batch)
         return sum(len(item.result.seq) for item in batch)
@@ -233,19 +243,23 @@ class Calibrator:
         with self.sessions() as session:
             return session.get(t.Twin, twin_id) is not None
 
-    def _read(self, claim: Claim) -> tuple[Claim, Twin, Observations] | None:
-        """The twin at its newest version and its next observations (None: nothing pending)."""
-        with self.sessions() as session:
+    def _read(self, session: Session, claim: Claim) -> tuple[Claim, Twin, Observations] | None:
+        """The twin at its newest version and its next observations (None: nothing pending).
+        What fails ends the session's transaction, so that the pass's next read starts clean."""
+        try:
             twin = self._load(session, claim)
             size = twin.update_size
             rows = session.execute(
-                select(
-                    t.Observation.seq, t.Observation.ts, t.Observation.inputs, t.Observation.outputs
-                )
-                .where(t.Observation.twin_id == claim.twin_id, t.Observation.seq > twin.watermark)
-                .order_by(t.Observation.seq)
-                .limit(max(self.config.batch // size, 1) * size)  # cut on an update boundary
+                NEXT_OBSERVATIONS,
+                {
+                    "twin_id": claim.twin_id,
+                    "after": twin.watermark,
+                    "rows": max(self.config.batch // size, 1) * size,  # on an update boundary
+                },
             ).all()
+        except Exception:
+            session.rollback()
+            raise
         if not rows:
             return None
         self._cache.pop(claim.twin_id, None)  # the twin mutates now; cached once committed
