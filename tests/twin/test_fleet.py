@@ -236,3 +236,40 @@ def test_the_deadline_cut_falls_where_it_falls_alone():
     assert any(len(r.seq) < 3 * BATCH for r in results)  # cut
     for a, b in zip(alone, together, strict=True):
         assert a.to_bytes() == b.to_bytes()
+
+
+def test_learners_of_other_methods_in_one_round_learn_as_alone(monkeypatch):
+    """Each twin's update is grouped by its own learner's key: a `gradient` twin of a kind that
+    stacks, between `pgpe` twins and with a `kalman` twin (which makes its own update) last in
+    the round, ends where it ends alone, and the `pgpe` twins are still learned in one group."""
+    cases = [
+        (FirstOrderPlant(K=1.5, tau=15.0), {"seed": 1}),
+        (FirstOrderPlant(K=1.0, tau=20.0), {"method": "gradient", "seed": 2}),
+        (FirstOrderPlant(K=2.5, tau=30.0), {"seed": 3}),
+        (FirstOrderPlant(K=0.5, tau=8.0), {"method": "kalman", "seed": 4}),
+    ]
+    together, runs = [], []
+    for i, (plant, learner) in enumerate(cases):
+        spec = plant.spec_dict()
+        spec["learner"] = learner
+        together.append(Twin(TwinSpec.from_dict(spec)))
+        runs.append(plant.simulate(STEPS, seed=i).observations)
+    alone = copy.deepcopy(together)
+    sizes, learn_together = [], PGPELearner.learn_together.__func__
+
+    def counted(cls, pending):
+        sizes.append(len(pending))
+        return learn_together(cls, pending)
+
+    monkeypatch.setattr(PGPELearner, "learn_together", classmethod(counted))
+    for start in range(0, STEPS, 7):  # windows of odd lengths too
+        results = step_together(together, [obs[start : start + 7] for obs in runs])
+        for twin, obs, result in zip(alone, runs, results, strict=True):
+            expected = twin.step(obs[start : start + 7])
+            assert not isinstance(result, Exception), result
+            assert np.array_equal(result.predictions, expected.predictions, equal_nan=True)
+            assert [r.to_dict() for r in result.reports] == [r.to_dict() for r in expected.reports]
+    for a, b in zip(alone, together, strict=True):
+        assert a.to_bytes() == b.to_bytes()
+    assert together[3].learner.n_updates > 10 and together[1].learner.n_updates > 10
+    assert max(sizes) == 2
