@@ -198,8 +198,9 @@ async def post(poster: Poster, twin_id: int, body: bytes, retry: bool = False) -
     return -1
 
 
-async def create_twins(client: httpx.AsyncClient, n: int) -> list[int]:
-    spec = FirstOrderPlant().spec_dict()
+async def create_twins(client: httpx.AsyncClient, n: int, spec: dict | None = None) -> list[int]:
+    """n twins of `spec` (default: `first_order` with its default learner) named in order."""
+    spec = spec or FirstOrderPlant().spec_dict()
     gate = asyncio.Semaphore(BURST_CONCURRENCY)
 
     async def create(i: int) -> int:
@@ -314,7 +315,7 @@ async def measure(base: str, run, n: int, args) -> Result:
     work = Workload(n, length)
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
     async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT_S, limits=limits) as client:
-        ids = await create_twins(client, n)
+        ids = await create_twins(client, n, twin_spec(args.model, args.learner))
         poster = Poster(base)
         _, failed = await burst(poster, ids, work)  # warm-up: first guesses, caches
         if failed or await wait_caught_up(client, args.catch_up_timeout) is None:
@@ -352,9 +353,9 @@ async def measure(base: str, run, n: int, args) -> Result:
 
 
 # -- report -----------------------------------------------------------------------------------
-def print_results(results: list[Result], duration: float) -> None:
+def print_results(results: list[Result], duration: float, twins: str = "first_order") -> None:
     print(
-        f"Fleet: first_order twins, {BATCH} one-second observations per twin every "
+        f"Fleet: {twins} twins, {BATCH} one-second observations per twin every "
         f"{PERIOD:.0f} s, staggered; {duration:.0f} s of load per row"
     )
     head = (
@@ -400,6 +401,17 @@ def print_results(results: list[Result], duration: float) -> None:
     print_targets(targets)
 
 
+def twin_spec(model: str | None, learner: str | None) -> dict:
+    """The fleet's twin: `first_order` (its default learner), or another model kind with the
+    same channels (u in, y out) and its own default learner, or a learner named."""
+    spec = FirstOrderPlant().spec_dict()
+    if model is not None:
+        spec["model"] = orjson.loads(model) if model.startswith("{") else {"kind": model}
+    if learner is not None:
+        spec["learner"] = {"method": learner}
+    return spec
+
+
 def parse_sizes(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()]
 
@@ -417,6 +429,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
         help="worker processes: `tandem worker`s with --postgres (default 1,2), else the "
         "embedded children of `tandem serve` (default: its own, one per usable core)",
     )
+    parser.add_argument(
+        "--model",
+        help='the twins\' model instead of first_order: a kind ("arx") or JSON '
+        '(\'{"kind": "arx", "na": 2, "nb": 2}\'), on the same data (u in, y out)',
+    )
+    parser.add_argument("--learner", help="the twins' learner method instead of their default")
     args = parser.parse_args(argv)
     print(
         f"cores {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), python "
@@ -438,7 +456,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
                 results.append(asyncio.run(measure(run.base, run, n, args)))
             r = results[-1]
             print(f"  {r.config}, {n} twins: lag p95 {r.lag[1]:.1f} s", file=sys.stderr)
-    print_results(results, args.duration)
+    spec = twin_spec(args.model, args.learner)
+    described = spec["model"]["kind"] + (f" ({args.learner})" if args.learner else "")
+    print_results(results, args.duration, described)
     return results
 
 

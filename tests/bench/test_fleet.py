@@ -6,7 +6,7 @@ import os
 import orjson
 import pytest
 
-from bench.fleet import BATCH, PERIOD, Workload, main
+from bench.fleet import BATCH, PERIOD, Workload, main, twin_spec
 
 POSTGRES_URL = os.environ.get("TANDEM_TEST_POSTGRES_URL")
 
@@ -19,6 +19,16 @@ def test_each_twin_gets_its_next_ten_one_second_observations_per_post():
     ts = [row["ts"] for row in a + b]
     assert ts == [ts[0] + k for k in range(2 * BATCH)]  # one second apart, no gap, no repeat
     assert work.next == [0, 2 * BATCH, 0]
+
+
+def test_the_fleet_can_be_of_another_model_and_learner_on_the_same_channels():
+    default = twin_spec(None, None)
+    assert default["model"]["kind"] == "first_order" and "learner" not in default
+    arx = twin_spec('{"kind": "arx", "na": 2, "nb": 1}', "kalman")
+    assert arx["model"] == {"kind": "arx", "na": 2, "nb": 1}
+    assert arx["learner"] == {"method": "kalman"}
+    assert (arx["inputs"], arx["outputs"]) == (default["inputs"], default["outputs"])
+    assert twin_spec("arx", None)["model"] == {"kind": "arx"}
 
 
 def _check(results, config: str, twins: int) -> None:
