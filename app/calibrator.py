@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from app import tables as t
 from app.isolation import check_finite, describe, learn_isolated
 from app.leases import Leases
-from app.versions import Learned, WriteRules, write_versions
+from app.versions import Learned, VersionRows, WriteRules, version_rows, write_versions
 from twin.fleet import step_together
 from twin.observations import Observations
 from twin.replica import StepResult, Twin
@@ -327,26 +327,35 @@ class Calibrator:
 
     def _commit(self, batch: list[Learned]) -> None:
         """Write the pass's versions in one transaction; if that fails, twin by twin, so that
-        one twin's conflict (another worker committed first, or it was deleted) is its own."""
-        if not batch:
+        one twin's conflict (another worker committed first, or it was deleted) is its own.
+        Each twin's rows are built first, outside the transaction (on SQLite it holds the
+        database's write lock from its first statement), a failure there its own too."""
+        rules, now = self.config.write_rules, time.time()
+        built = []
+        for item in batch:
+            rows = self._guarded(item.twin_id, item.failures, version_rows, item, rules, now)
+            if rows is not None:
+                built.append((item, rows))
+        if not built:
             return
         try:
-            self._write(batch)
+            self._write(built)
         except OperationalError:
             raise
         except Exception:
-            if len(batch) == 1:
-                item = batch[0]
-                self._guarded(item.twin_id, item.failures, self._write, batch)
+            if len(built) == 1:
+                item = built[0][0]
+                self._guarded(item.twin_id, item.failures, self._write, built)
                 return
-            for item in batch:
-                self._guarded(item.twin_id, item.failures, self._write, [item])
+            for item, rows in built:
+                self._guarded(item.twin_id, item.failures, self._write, [(item, rows)])
 
-    def _write(self, batch: list[Learned]) -> None:
+    def _write(self, built: list[tuple[Learned, VersionRows]]) -> None:
+        batch = [item for item, _ in built]
         for item in batch:
             self._cache.pop(item.twin_id, None)
         with self.sessions.begin() as session:
-            gone = write_versions(session, batch, self.config.write_rules)
+            gone = write_versions(session, [rows for _, rows in built], self.config.write_rules)
         for item in batch:
             if item.twin_id in gone:
                 if len(batch) == 1:

@@ -5,6 +5,11 @@ Each twin's part is exactly once on its own: its version row's unique (twin, num
 the transaction if another worker committed that number first, and a twin marked deleted
 meanwhile gets nothing written. The caller retries a failed batch twin by twin, so one twin's
 conflict never loses the others' work.
+
+The rows are built before the transaction (`version_rows`: checkpoint bytes, metrics,
+parameters, predictions and events as JSON-ready values, about half of a commit's time), so
+that the transaction, which on SQLite holds the database's one write lock from its first
+UPDATE, holds it only for the writes (`write_versions`).
 """
 
 from __future__ import annotations
@@ -41,7 +46,32 @@ class WriteRules:
     version_retention: int  # versions kept per twin (0: all); version 0 always stays
 
 
-def write_versions(session: Session, batch: list[Learned], rules: WriteRules) -> set[int]:
+@dataclass
+class VersionRows:
+    """One twin's rows for its new version, built before the transaction that writes them."""
+
+    twin_id: int
+    number: int
+    health: dict  # the twin row's new version, watermark and calibration health
+    version: dict
+    predictions: list[dict]
+    events: list[dict]
+
+
+def version_rows(item: Learned, rules: WriteRules, now: float | None = None) -> VersionRows:
+    """The rows of a twin's step as its version `item.number` (no database work)."""
+    now = time.time() if now is None else now
+    return VersionRows(
+        item.twin_id,
+        item.number,
+        _health(item, rules),
+        _version(item, now),
+        _predictions(item),
+        [{"twin_id": item.twin_id, "created_at": now, **e.to_dict()} for e in item.result.events],
+    )
+
+
+def write_versions(session: Session, batch: list[VersionRows], rules: WriteRules) -> set[int]:
     """Write every twin's version in the session's transaction; return the ids of the twins
     marked deleted meanwhile, for which nothing was written."""
     now = time.time()
@@ -61,7 +91,7 @@ def write_versions(session: Session, batch: list[Learned], rules: WriteRules) ->
             calibration_failures=bindparam("b_failures"),
         ),
         # in id order, as every writer that locks several twins' rows, so that none deadlock
-        sorted((_health(item, rules) for item in batch), key=lambda row: row["b_id"]),
+        sorted((item.health for item in batch), key=lambda row: row["b_id"]),
     )
     ids = [item.twin_id for item in batch]
     gone = set(
@@ -73,15 +103,11 @@ def write_versions(session: Session, batch: list[Learned], rules: WriteRules) ->
     batch = [item for item in batch if item.twin_id not in gone]
     if not batch:
         return gone
-    session.execute(insert(t.Version.__table__), [_version(item, now) for item in batch])
-    predictions = [row for item in batch for row in _predictions(item)]
+    session.execute(insert(t.Version.__table__), [item.version for item in batch])
+    predictions = [row for item in batch for row in item.predictions]
     if predictions:
         session.execute(insert(t.Prediction.__table__), predictions)
-    events = [
-        {"twin_id": item.twin_id, "created_at": now, **e.to_dict()}
-        for item in batch
-        for e in item.result.events
-    ]
+    events = [row for item in batch for row in item.events]
     if events:
         session.execute(insert(t.DriftEvent.__table__), events)
     _prune(session, batch, rules)
@@ -137,7 +163,7 @@ def _predictions(item: Learned) -> list[dict]:
 PRUNE_WINDOW = 16  # version numbers below those kept that a commit prunes (it adds one)
 
 
-def _prune(session: Session, batch: list[Learned], rules: WriteRules) -> None:
+def _prune(session: Session, batch: list[VersionRows], rules: WriteRules) -> None:
     """Drop full learner state from the version that left the newest `keep_checkpoints`, and
     delete the one that left the newest `version_retention` (never version 0). Each commit adds
     one version per twin, so the few numbers just below those kept hold all there is to do:

@@ -4,9 +4,12 @@ exactly once, and one twin's conflict or crash never loses or doubles another's 
 import logging
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
+import app.calibrator as calibrator_module
+from app import tables as t
 from app.calibrator import Calibrator
+from app.db import make_engine
 from app.embedded import release_leases
 from tests.app.test_calibrator import PowerCut, calibrator, history, seeded_database
 from twin.replica import Twin
@@ -113,3 +116,41 @@ def test_a_worker_loads_a_checkpoint_only_after_another_worker_committed(
     mine.run_once()
     assert len(loads) == 3  # the other worker's version 3, loaded by each
     assert client.get(f"/twins/{twin_id}").json()["version"] == 4
+
+
+def test_a_pass_builds_its_version_rows_before_its_first_write(tmp_path, monkeypatch):
+    """Checkpoints, metrics and predictions are built before the transaction's first UPDATE
+    (which on SQLite takes the write lock), so that the lock is held only for the writes."""
+    url = f"sqlite:///{tmp_path / 'order.db'}"
+    seeded_database(url, twins=TWINS)
+    worker = calibrator(url, batch=64)
+    steps = []
+    to_bytes = Twin.to_bytes
+    monkeypatch.setattr(Twin, "to_bytes", lambda twin: steps.append("built") or to_bytes(twin))
+
+    def executed(_conn, _cursor, statement, *_args) -> None:
+        if statement.lstrip().startswith("UPDATE twins SET version"):
+            steps.append("locked")
+
+    event.listen(worker.sessions.kw["bind"], "before_cursor_execute", executed)
+    assert worker.run_once() == TWINS * 64
+    assert steps == ["built"] * TWINS + ["locked"]
+
+
+def test_a_twin_whose_version_rows_fail_to_build_fails_alone(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'build.db'}"
+    ids = seeded_database(url, twins=TWINS)
+    worker = calibrator(url, batch=64)
+    version_rows = calibrator_module.version_rows
+
+    def broken(item, *args):
+        if item.twin_id == ids[1]:
+            raise ValueError("cannot serialize")
+        return version_rows(item, *args)
+
+    monkeypatch.setattr(calibrator_module, "version_rows", broken)
+    worker.run_once()
+    assert [len(history(url, i)[0]) for i in ids] == [2, 1, 2]  # version 0, and 1 but for one
+    with make_engine(url).connect() as conn:
+        status = conn.execute(select(t.Twin.calibration_status).where(t.Twin.id == ids[1]))
+        assert status.scalar_one() == "failing"
