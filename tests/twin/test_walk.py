@@ -245,3 +245,28 @@ def test_gradient_defaults_to_the_drift_model_on_small_models_only():
     given = LEARNERS["gradient"].resolve_options({"drift": 1e-4}, n_params=300)
     assert given["optimizer"] == "gauss_newton"
     assert LEARNERS["pgpe"].resolve_options({}, n_params=3)["drift"] == 0.0
+
+
+@pytest.mark.parametrize("n_out", [1, 2])
+def test_the_walks_whitening_by_its_structure_is_the_cholesky_factors(n_out):
+    """`walk_whiten`'s O(n P^2) pass gives what the dense Cholesky factor of the same covariance
+    does, at every rate of the grid, with down-weighted and masked (zero) Jacobian rows."""
+    from twin.learners.walk import LOG_RATES, _walk_cholesky, walk_whiten
+
+    g = torch.Generator().manual_seed(3)
+    n, p = 120, 3
+    jac = torch.randn(n, n_out, p, generator=g, dtype=torch.float64)
+    jac[10:14, 0] = 0.0  # targets of the first output that were not measured
+    weights = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
+    y = torch.randn(n_out, n, 2, generator=g, dtype=torch.float64)
+    rates = (10.0**LOG_RATES).numpy()
+    d = (weights.max() / weights).numpy()
+    white, logdet = walk_whiten(jac.permute(1, 0, 2).numpy(), d, rates, y.numpy())
+    assert white.shape == (len(rates), n_out, n, 2) and logdet.shape == (len(rates), n_out)
+    for r, q in enumerate(rates):
+        chol = _walk_cholesky(jac, weights, float(q))  # (n_out, n, n)
+        dense = torch.linalg.solve_triangular(chol, y, upper=False)
+        scale = dense.abs().max()
+        assert torch.allclose(torch.from_numpy(white[r]), dense, rtol=0, atol=1e-11 * scale)
+        dense_logdet = 2 * chol.diagonal(dim1=1, dim2=2).log().sum(dim=1)
+        assert np.allclose(logdet[r], dense_logdet.numpy(), rtol=1e-11, atol=0)
