@@ -1,5 +1,5 @@
-"""The kalman learner: convergence, its noise and drift estimates, bounds, outliers, the drift
-alarm, and its size limit."""
+"""The kalman learner: convergence, its noise and drift estimates, bounds, outliers, the bank's
+response to a step and to the drift alarm, older checkpoints, and its size limit."""
 
 import math
 
@@ -12,6 +12,8 @@ from twin.learners.kalman import MAX_PARAMS
 from twin.models.base import flat_parameters
 from twin.observations import Observations
 from twin.spec import SpecError, TwinSpec
+
+NEW_STATE = ("offsets", "loglik", "info", "scales", "normalization")  # the bank's additions
 
 
 def test_kalman_converges_near_the_true_parameters_and_estimates_the_noise():
@@ -53,22 +55,48 @@ def test_kalman_a_single_huge_spike_barely_moves_the_parameters():
     assert moves[1.345] < 0.3 * moves[1e9]
 
 
-def test_kalman_drift_alarm_widens_the_covariance_and_re_converges_faster():
+def test_kalman_bank_switches_to_a_fast_filter_at_a_step_and_back():
     obs = simulate(512)
-    jumped = simulate(64, K=3.0, seed=5, after=obs)
-    errors = {}
-    for told in (False, True):
-        model, learner = build(make_spec("kalman"))
-        feed(learner, obs, chunk=8)
-        before = learner.covariance.copy()
-        if told:
-            learner.on_drift(start_seq=int(jumped.seq[0]))
-            np.testing.assert_allclose(learner.covariance, before + np.eye(len(before)))
-        errors[told] = []
-        for s in range(0, 64, 4):
-            learner.update(jumped[s : s + 4])
-            errors[told].append(abs(math.log(model.named_values()["K"] / 3.0)))
-    assert np.mean(errors[True]) < 0.7 * np.mean(errors[False])
+    jumped = simulate(96, K=3.0, seed=5, after=obs)
+    model, learner = build(make_spec("kalman"))
+    feed(learner, obs, chunk=1)
+    settled = learner.drift()
+    rates, errors = [], []
+    for s in range(96):
+        learner.update(jumped[s : s + 1])
+        rates.append(learner.drift())
+        errors.append(abs(math.log(model.named_values()["K"] / 3.0)))
+    assert max(rates[:16]) >= 100 * settled  # the step's innovations favour a fast filter
+    assert rates[-1] < max(rates)  # and a slower one again once the change is learned
+    assert np.mean(errors[32:]) < 0.1  # within 10% of the new gain after 32 targets
+
+
+def test_kalman_drift_alarm_leaves_the_bank_to_follow_the_change():
+    obs = simulate(512)
+    model, learner = build(make_spec("kalman"))
+    feed(learner, obs, chunk=8)
+    before = learner.covariances.copy()
+    learner.on_drift(start_seq=500)
+    np.testing.assert_array_equal(learner.covariances, before)
+    assert learner.regime_start == 500  # the noise estimate looks at the new regime only
+
+
+def test_kalman_loads_the_state_of_the_single_filter_before_the_bank():
+    obs = simulate(600)
+    model, learner = build(make_spec("kalman"))
+    feed(learner, obs[:400], chunk=8)
+    state = learner.state_dict()
+    old = {k: v for k, v in state.items() if k not in NEW_STATE}
+    old["covariance"] = state["covariance"][learner.selected].clone()  # (P, P): one filter's
+    model2, restored = build(make_spec("kalman"))
+    restored.load_state_dict(old)
+    k, n = len(restored.rates), len(old["covariance"])
+    assert restored.covariances.shape == (k, n, n)
+    np.testing.assert_array_equal(restored.covariances[3], old["covariance"].numpy())
+    assert torch.equal(flat_parameters(model2), flat_parameters(model))
+    feed(restored, obs[400:], chunk=8)
+    assert log_error(model2) < 0.1
+    assert restored.state_dict()["covariance"].shape == (k, n, n)
 
 
 def test_kalman_runs_are_deterministic_and_its_state_round_trips():

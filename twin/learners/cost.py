@@ -123,10 +123,13 @@ def estimate(spec: TwinSpec) -> UpdateCost:
     elif newton:
         work += T * O * P * P + P**3 / 3 + iterations * 5 * 3 * eval_work
         values += P * P * 3 + T * (O * 4 + H) * 3
-    elif method != "gradient":  # a filter over theta: the new targets' Jacobian, P x P algebra
+    elif method != "gradient":  # filters over theta: the new targets' Jacobian, P x P algebra
+        from twin.learners.kalman import RATES
+
         k = o["update_size"] + 1
-        work += k * P * (F + LOSS_WORK * O) * 2 + k * O * P * P * 2 + P**3 / 3
-        values += P * P * 3 + k * O * P * 2 + P * k * H
+        bank = len(RATES) if o.get("drift") == "auto" else 1  # filters run side by side
+        work += k * P * (F + LOSS_WORK * O) * 2 + bank * (k * O * P * P * 2 + P**3 / 3)
+        values += bank * P * P * 3 + k * O * P * 2 + P * k * H
     else:  # Adam: a forward and a backward pass per iteration
         work += iterations * 3 * eval_work
         values += T * (O * 4 + H) * 3

@@ -1,26 +1,35 @@
-"""Kalman learner: an extended Kalman filter over the model's parameters (Jazwinski 1970,
-"Stochastic processes and filtering theory", ch. 8), the parameters taken to random-walk.
+"""Kalman learner: a bank of extended Kalman filters over the model's parameters (Jazwinski 1970,
+"Stochastic processes and filtering theory", ch. 8), the parameters taken to random-walk, each
+filter at its own rate, the most likely one selected (multiple-model estimation, Magill 1965,
+"Optimal adaptive estimation of sampled stochastic processes", IEEE TAC 10(4)).
 
-State: the center z = theta / parameter_scales (the model's parameters, in the learners' scaled
-coordinates) and its covariance P. Each update linearizes the model once at the center, over the
-new targets (Jacobians in forward mode, as `Objective.jacobian`), then folds the targets in one
-by one, output by output: the time update adds the random walk's q I per observation, the
-measurement update is the Kalman gain's. The noise levels are estimated online, jointly, by
-restricted maximum likelihood over the window (`DriftRate`, as `drift: "auto"` does for the other
-learners; REML is how Kalman filters' noise levels are usually tuned, e.g. Durbin & Koopman 2012,
-"Time series analysis by state space methods", ch. 7): the random walk's rate q, relative to the
-noise variance, and each output's noise variance r at that rate (the profiled scale). Before the
-window informs them, q is 0 and r is the innovations' mean square (winsorized at 3 predicted
+State: per filter its center z = theta / parameter_scales (kept as an offset from the selected
+one, which is the model's parameters) and covariance P. Each update linearizes the model once at
+the model's center over the new targets (Jacobians in forward mode, as `Objective.jacobian`),
+then folds the targets in one by one, output by output, into every filter: the time update adds
+the filter's random-walk variance, the measurement update is the Kalman gain's.
+
+Noise levels, estimated online with nothing fitted to a plant: with drift "auto" the bank's
+rates are RATES, a log grid over decades relative to what one target tells of each parameter
+(its running mean squared Jacobian over the noise variance), as bench/filters.py's
+estimated-noise reference. Each filter scores its one-step innovations by their log-likelihood,
+forgotten by LIKELIHOOD_DECAY per target, under its own scale on the predicted variance (the
+running mean of its squared standardized innovations); the best filter is selected. The noise
+variance r of each output is REML's over the window (`DriftRate`, as `drift: "auto"` does for
+the other learners; Durbin & Koopman 2012, "Time series analysis by state space methods",
+ch. 7); before the window informs it, the innovations' mean square (winsorized at 3 predicted
 standard deviations): an overestimate while the parameters are uncertain, so the first targets
-are not over-fitted.
+are not over-fitted. When the twin's channel scaler moves, the model re-expresses the selected
+center; the bank takes the other offsets and the covariances through the same (affine) map.
 
-Outliers: an innovation beyond `huber` predicted standard deviations is down-weighted as Huber's
-loss would (its noise variance scaled by |nu| / huber; Cipra & Romera 1997, "Kalman filter with
-outliers and missing observations", Test 6(2)), and values far outside a channel's range are
-never learned (`twin.learners.guard`). An output a sensor did not report adds no measurement
-row: only the time update runs for it (the missing-observation case of the same paper), and it
-is left out of the noise estimates. Bounds are kept by projecting the center onto them. A
-drift alarm adds the prior's covariance to P, so the filter re-learns what the change moved.
+Outliers: an innovation beyond `huber` of the filter's predicted standard deviations is
+down-weighted as Huber's loss would (its noise variance scaled by |nu| / huber; Cipra & Romera
+1997, "Kalman filter with outliers and missing observations", Test 6(2)), and values far outside
+a channel's range are never learned (`twin.learners.guard`). An output a sensor did not report
+adds no measurement row: only the time update runs for it (the missing-observation case of the
+same paper), and it is left out of the noise estimates. Bounds are kept by projecting the
+centers onto them. A drift alarm makes the REML estimate look only at the new regime; the bank
+follows the change itself (its fast filters gain the likelihood).
 """
 
 from __future__ import annotations
@@ -51,28 +60,48 @@ WINSOR_BIAS = (
     + WINSOR**2 * math.erfc(WINSOR / math.sqrt(2))
 )
 
+# drift "auto": the bank's random-walk rates, per observation relative to what one target tells
+# of a parameter (its mean squared Jacobian over the noise variance): a log grid over decades, as
+# bench/filters.py's estimated-noise reference, so no rate is fitted to a plant
+RATES = tuple(10.0**e for e in range(-12, 2))
+LIKELIHOOD_DECAY = 0.99  # each filter's recent log-likelihood forgets with this factor per target
+INFO_MEMORY = 200  # targets in the running mean of each parameter's information, at most
+NOISE_MEMORY = 200  # targets in the running mean of each filter's scale, at most
+
 UNUSED = ("smoothness", "boost", "boost_updates")  # common options a filter has no use for
 OPTIONS: dict[str, Option] = {
     **{k: v for k, v in COMMON_OPTIONS.items() if k not in UNUSED},
     # default "auto": the rate is estimated by REML over the window (see module docstring)
     "drift": Option("float", "auto", 0.0, 1.0, words=("auto",)),
     "prior": positive(PRIOR, 1e6),  # prior variance of each scaled coordinate
+    # A filter folds targets in one by one at O(P^2) each, so it can learn every observation
+    # before predicting the next: with 4, a chunk is predicted from parameters up to 4 targets
+    # old (tuning seeds 0, 3, 9, 57: 1.36-2.26x the informed filter with 1, 2.16-3.80x with 4).
+    "update_size": Option("int", 1, 1, 100_000),
 }
 
 
 class KalmanLearner(Learner):
-    """Extended Kalman filter over the parameters with online noise estimates (module doc)."""
+    """Extended Kalman filters over the parameters with online noise estimates (module doc)."""
 
     method = "kalman"
     OPTIONS = OPTIONS
 
     def __init__(self, model: TwinModel, options: dict, seed: int):
         super().__init__(model, options, seed)
-        n = self.model.parameter_scales().numel()
-        self.covariance = np.eye(n) * self.options["prior"]  # (P, P) of z
+        n, k = self.model.parameter_scales().numel(), len(self.rates)
+        self.offsets = np.zeros((k, n))  # (K, P) each filter's center less the selected one's
+        self.covariances = np.tile(np.eye(n) * self.options["prior"], (k, 1, 1))  # (K, P, P) of z
+        self.loglik = np.zeros(k)  # (K,) each filter's recent predictive log-likelihood
+        # (K,) each filter's own scale on its innovations' predicted variance h P h' + r: the
+        # running mean of its squared standardized innovations (the likelihood's own estimate)
+        self.scales = np.ones(k)
+        self.info = np.zeros(n)  # (P,) running mean of sum_o h_o^2 / r_o per target
         n_out = model.n_outputs
         self.innovation_sq = np.zeros(n_out)  # running mean of winsorized squared innovations
-        self.n_seen = 0  # targets folded into the noise estimate
+        self.n_seen = 0  # targets folded into the noise estimate and the information
+        # the model's channel scaler when the bank was last written (`_follow_scaler`)
+        self.normalization: tuple[np.ndarray, ...] | None = None
 
     @classmethod
     def resolve_options(cls, options: dict, n_params: int | None = None) -> dict:
@@ -84,6 +113,22 @@ class KalmanLearner(Learner):
                 f"{n_params} (use gradient or pgpe)",
             )
         return o
+
+    @property
+    def rates(self) -> tuple[float, ...]:
+        """The bank's random-walk rates: RATES (relative) with drift "auto", else the one given
+        (per observation in scaled coordinates)."""
+        return RATES if self.options["drift"] == "auto" else (float(self.options["drift"]),)
+
+    @property
+    def selected(self) -> int:
+        """The filter of the highest recent likelihood, whose center is the model's."""
+        return int(np.argmax(np.where(np.isfinite(self.loglik), self.loglik, -np.inf)))
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """(P, P) the selected filter's covariance of z."""
+        return self.covariances[self.selected]
 
     @property
     def noise(self) -> np.ndarray:
@@ -99,17 +144,14 @@ class KalmanLearner(Learner):
         return False
 
     def on_drift(self, start_seq: int | None = None) -> None:
-        """An abrupt change of unknown size: add the prior's covariance to P, so the next targets
-        re-learn what the change moved (a converged filter's P is far too small for a change of
-        tens of percent); the REML estimate of the rate looks only at the new regime."""
-        self.covariance = self.covariance + self.options["prior"] * np.eye(len(self.covariance))
+        """An abrupt change: the REML noise estimate looks only at the new regime. The bank
+        follows the change by itself (its fast filters gain the likelihood)."""
         if start_seq is not None:
             self.regime_start = int(start_seq)
 
     def drift(self) -> float:
-        if self.options["drift"] == "auto":
-            return self.drift_rate.q or 0.0
-        return self.options["drift"]
+        """The selected filter's rate (relative with drift "auto")."""
+        return self.rates[self.selected]
 
     def update(self, obs: Observations) -> UpdateReport:
         self.observe(obs)
@@ -119,7 +161,7 @@ class KalmanLearner(Learner):
         tail = min(len(self.window), k + L)
         if tail <= L:
             return UpdateReport(math.nan, math.nan, 0.0, None, math.nan, k, 0)
-        if self.options["drift"] == "auto" and self.n_updates % DRIFT_EVERY == 0:
+        if self.options["drift"] == "auto" and self.n_updates % self._rate_every == 0:
             self._estimate_rate()
         w = self.window
         complete = w.complete()
@@ -133,7 +175,7 @@ class KalmanLearner(Learner):
             y_ctx, u_ctx, u_now, dt = (torch.nan_to_num(a) for a in (y_ctx, u_ctx, u_now, dt))
             y, measured = torch.where(mask, y, 0.0), mask.numpy()
         scale = self.model.parameter_scales().detach().to(DTYPE)
-        low, high = (b.to(DTYPE) / scale for b in self.model.raw_bounds())
+        low, high = (b.to(DTYPE).numpy() / scale.numpy() for b in self.model.raw_bounds())
         z0 = flat_parameters(self.model).to(DTYPE) / scale
 
         def predict(z):
@@ -152,49 +194,128 @@ class KalmanLearner(Learner):
             hph = np.einsum("top,pq,toq->to", jac[first], self.covariance, jac[first])
             self._match_noise((y - yhat0)[first], hph)
         z_start = z0.numpy()
-        z, loss_before, loss_after = self._fold(z_start, yhat0, jac, y, keep, measured)
-        z = np.clip(z, low.numpy(), high.numpy())
-        if np.isfinite(z).all() and np.isfinite(self.covariance).all():
-            load_flat(self.model, torch.from_numpy(z) * scale)
-        else:  # a step to a non-finite center is refused
-            z = z_start
-            self.covariance = np.eye(z.shape[0]) * self.options["prior"]
+        self._follow_scaler(scale.numpy())
+        centers = np.clip(z_start + self.offsets, low, high)  # (K, P)
+        centers, loss_before, loss_after = self._fold(
+            z_start, centers, yhat0, jac, y, keep, measured
+        )
+        centers = np.clip(centers, low, high)
+        self._keep_finite(centers, z_start)
+        z = centers[self.selected]
+        self.offsets = centers - z
+        load_flat(self.model, torch.from_numpy(z) * scale)
+        self.normalization = _normalization(self.model)
         self.n_updates += 1
         step = float(np.linalg.norm(z - z_start))
         n_targets = int((keep & measured.any(axis=1)).sum())
         return UpdateReport(loss_before, loss_after, step, None, math.nan, k, n_targets)
 
-    def _fold(self, z, yhat0, jac, y, keep, measured) -> tuple[np.ndarray, float, float]:
-        """Fold the targets (T, n_out) in one at a time, those `measured` (T, n_out) only; return
-        the center and the mean squared standardized innovation before and residual after (the
-        update's losses)."""
-        z0, P = z.copy(), self.covariance
-        q = self.drift()
+    def _follow_scaler(self, scale: np.ndarray) -> None:
+        """Re-express the bank where the channel scaler moved since it was written: the twin
+        re-expressed the model's (the selected filter's) parameters, an affine map theta ->
+        M theta + b (exact for the kinds that standardize: `TwinModel._reexpress`); the other
+        filters' offsets go through M, the covariances to M C M', the information to its
+        diagonal's image."""
+        old, model = self.normalization, self.model
+        if old is None or type(model)._reexpress is TwinModel._reexpress:
+            return
+        new = _normalization(model)
+        if all(np.array_equal(a, b) for a, b in zip(old, new, strict=True)):
+            return
+        theta = flat_parameters(model).to(DTYPE)
+        n = theta.numel()
+        basis = torch.cat([torch.zeros(1, n, dtype=DTYPE), torch.eye(n, dtype=DTYPE)])
+        images = []
+        with torch.no_grad():
+            for row in basis:
+                load_flat(model, row)
+                model.set_normalization(*old, keep_function=False)
+                model.set_normalization(*new, keep_function=True)
+                images.append(flat_parameters(model).to(DTYPE))
+            load_flat(model, theta)
+        M = (torch.stack(images[1:], dim=1) - images[0][:, None]).numpy()  # (P, P) raw
+        M = M * scale[None, :] / scale[:, None]  # in the scaled coordinates z
+        if not np.isfinite(M).all():
+            return
+        self.offsets = self.offsets @ M.T
+        self.covariances = M @ self.covariances @ M.T
+        d = np.abs(np.diagonal(M))
+        self.info = np.where(d > 0, self.info / np.maximum(d, 1e-300) ** 2, self.info)
+
+    def _keep_finite(self, centers: np.ndarray, z_start: np.ndarray) -> None:
+        """A filter gone non-finite restarts from the best finite one's state, its likelihood
+        the lowest of the bank's; where none is finite, the bank restarts from the prior."""
+        ok = np.isfinite(centers).all(axis=1) & np.isfinite(self.covariances).all(axis=(1, 2))
+        ok &= np.isfinite(self.loglik)
+        if ok.all():
+            return
+        n = centers.shape[1]
+        if not ok.any():
+            centers[:] = z_start  # a step to a non-finite center is refused
+            self.covariances[:] = np.eye(n) * self.options["prior"]
+            self.loglik[:] = 0.0
+            self.scales[:] = 1.0
+            return
+        best = int(np.argmax(np.where(ok, self.loglik, -np.inf)))
+        centers[~ok] = centers[best]
+        self.covariances[~ok] = self.covariances[best]
+        self.scales[~ok] = self.scales[best]
+        self.loglik[~ok] = self.loglik[ok].min()
+
+    def _fold(self, z0, centers, yhat0, jac, y, keep, measured):
+        """Fold the targets (T, n_out) in one at a time into every filter of the bank, those
+        `measured` (T, n_out) only; return the centers (K, P) and the selected filter's mean
+        squared standardized innovation before and residual after (the update's losses)."""
+        Z, P = centers.copy(), self.covariances
+        auto = self.options["drift"] == "auto"
+        rates = np.asarray(self.rates)
         delta = self.options["huber"]
         before, after = [], []
-        eye = np.eye(z.shape[0])
         for t in np.flatnonzero(keep):
-            P = P + q * eye
+            noise = self.noise
+            seen = measured[t]
+            if auto:  # each parameter's information per target, in units of the noise
+                beta = max(1.0 / (self.n_seen + 1), 1.0 / INFO_MEMORY)
+                h2 = (jac[t, seen] ** 2 / np.maximum(noise[seen], 1e-300)[:, None]).sum(axis=0)
+                self.info = h2 if not self.info.any() else self.info + beta * (h2 - self.info)
+                Q = rates[:, None] / np.maximum(self.info, 1e-300)  # (K, P)
+            else:
+                Q = np.full(Z.shape, rates[0])
+            idx = np.arange(Z.shape[1])
+            P = P.copy()
+            P[:, idx, idx] += Q
+            best = self.selected
             e_t, hph_t = np.zeros(y.shape[1]), np.zeros(y.shape[1])
-            for o in np.flatnonzero(measured[t]):  # a missing output: no measurement row
-                r = self.noise[o]
+            fit, fit_sq = np.zeros(len(Z)), np.zeros(len(Z))
+            for o in np.flatnonzero(seen):  # a missing output: no measurement row
+                r = noise[o]
                 h = jac[t, o]  # (P,) raw output units per scaled coordinate
-                e = y[t, o] - yhat0[t, o] - h @ (z - z0)
-                Ph = P @ h
-                hph = float(h @ Ph)
+                e = y[t, o] - yhat0[t, o] - (Z - z0) @ h  # (K,)
+                Ph = P @ h  # (K, P)
+                hph = np.maximum(Ph @ h, 0.0)  # (K,) rounding can leave P short of PSD
                 s = hph + r
-                nu = abs(e) / math.sqrt(s) if s > 0 else 0.0
-                weight = 1.0 if nu <= delta else delta / nu  # Huber's weight
-                gain = Ph / (hph + r / weight)
-                z = z + gain * e
-                P = P - np.outer(gain, Ph)
-                P = 0.5 * (P + P.T)
-                e_t[o], hph_t[o] = e, hph
-                before.append(e * e / s if s > 0 else math.nan)
-                after.append((y[t, o] - yhat0[t, o] - h @ (z - z0)) ** 2 / r if r > 0 else math.nan)
-            self._match_noise(e_t[None], hph_t[None], measured[t][None])
-        self.covariance = P
-        return z, _mean(before), _mean(after)
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    sc = np.maximum(s * self.scales, 1e-300)  # each filter's own variance
+                    nu = np.abs(e) / np.sqrt(sc)
+                    weight = np.where(nu <= delta, 1.0, delta / np.maximum(nu, 1e-300))
+                    rho = np.where(nu <= delta, 0.5 * nu * nu, delta * nu - 0.5 * delta * delta)
+                    fit -= 0.5 * np.log(sc) + rho
+                    fit_sq += np.minimum(nu * nu, WINSOR**2) * self.scales / WINSOR_BIAS
+                    gain = Ph / (hph + r / weight)[:, None]
+                Z = Z + gain * e[:, None]
+                P = P - gain[:, :, None] * Ph[:, None, :]
+                P = 0.5 * (P + np.transpose(P, (0, 2, 1)))
+                e_t[o], hph_t[o] = e[best], hph[best]
+                before.append(e[best] ** 2 / s[best] if s[best] > 0 else math.nan)
+                res = y[t, o] - yhat0[t, o] - h @ (Z[best] - z0)
+                after.append(res**2 / r if r > 0 else math.nan)
+            self.loglik = LIKELIHOOD_DECAY * self.loglik + fit
+            if seen.any():
+                beta = max(1.0 / (self.n_seen + 1), 1.0 / NOISE_MEMORY)
+                self.scales += beta * (fit_sq / seen.sum() - self.scales)
+            self._match_noise(e_t[None], hph_t[None], seen[None])
+        self.covariances = P
+        return Z, _mean(before), _mean(after)
 
     def _match_noise(self, e: np.ndarray, hph: np.ndarray, measured: np.ndarray | None = None):
         """Fold innovations e (T, n_out), whose parameter part of the variance is h P h'
@@ -212,8 +333,15 @@ class KalmanLearner(Learner):
             sq = np.minimum(row * row, WINSOR**2 * predicted)
             self.innovation_sq += np.where(seen, rate * (sq - self.innovation_sq), 0.0)
 
+    @property
+    def _rate_every(self) -> int:
+        """Updates between windows that inform the REML estimate: DRIFT_EVERY updates of the
+        common update_size (4), whatever this twin's."""
+        return max(1, DRIFT_EVERY * 4 // self.options["update_size"])
+
     def _estimate_rate(self) -> None:
-        """Fold the window into the REML estimate of the random walk's rate (`DriftRate`)."""
+        """Fold the window into the REML estimate of the random walk's rate and the noise
+        (`DriftRate`)."""
         objective = Objective(
             self.model,
             self.window,
@@ -239,16 +367,48 @@ class KalmanLearner(Learner):
     def state_dict(self) -> dict:
         return {
             **super().state_dict(),
-            "covariance": torch.from_numpy(self.covariance.copy()),
+            "covariance": torch.from_numpy(self.covariances.copy()),
+            "offsets": torch.from_numpy(self.offsets.copy()),
+            "loglik": torch.from_numpy(self.loglik.copy()),
+            "info": torch.from_numpy(self.info.copy()),
+            "scales": torch.from_numpy(self.scales.copy()),
+            "normalization": None
+            if self.normalization is None
+            else [torch.from_numpy(a.copy()) for a in self.normalization],
             "innovation_sq": torch.from_numpy(self.innovation_sq.copy()),
             "n_seen": self.n_seen,
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Also reads the state of the single filter before the bank: its covariance (P, P)
+        starts every filter of the bank, at its center."""
         super().load_state_dict(state)
-        self.covariance = state["covariance"].numpy().copy()
+        covariance = state["covariance"].numpy()
+        k = len(self.rates)
+        if covariance.ndim == 2:  # one filter's
+            covariance = np.tile(covariance, (k, 1, 1))
+        self.covariances = covariance.copy()
+        n = covariance.shape[-1]
+        self.offsets = _array(state, "offsets", np.zeros((k, n)))
+        self.loglik = _array(state, "loglik", np.zeros(k))
+        self.info = _array(state, "info", np.zeros(n))
+        self.scales = _array(state, "scales", np.ones(k))
+        norm = state.get("normalization")
+        self.normalization = None if norm is None else tuple(a.numpy().copy() for a in norm)
         self.innovation_sq = state["innovation_sq"].numpy().copy()
         self.n_seen = int(state["n_seen"])
+
+
+def _normalization(model: TwinModel) -> tuple[np.ndarray, ...]:
+    """The model's channel scaler: y_mean, y_std, u_mean, u_std."""
+    return tuple(
+        getattr(model, name).detach().numpy().copy()
+        for name in ("y_mean", "y_std", "u_mean", "u_std")
+    )
+
+
+def _array(state: dict, key: str, default: np.ndarray) -> np.ndarray:
+    return state[key].numpy().copy() if key in state else default
 
 
 def _mean(values: list[float]) -> float:
