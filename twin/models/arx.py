@@ -57,6 +57,7 @@ class ARX(TwinModel):
     """
 
     kind = "arx"
+    linear_in_parameters = True  # its predictions are linear in A, B, c (twin.learners.kalman)
     OPTIONS = {
         "na": ModelOption("int", 1, 1, MAX_LAG, description="output lags"),
         "nb": ModelOption("int", 1, 0, MAX_LAG, description="input lags (none without inputs)"),
