@@ -42,18 +42,20 @@ class PageHinkley:
 
     def update(self, x: float) -> float | None:
         """Add one value; return the test statistic if a change is detected (then reset)."""
-        self.n += 1
-        self.mean += (x - self.mean) / self.n
-        self.sum_up += x - self.mean - self.delta
-        self.sum_down += x - self.mean + self.delta
-        if self.sum_up < self.min_up:
-            self.min_up, self.n_min_up = self.sum_up, self.n
-        if self.sum_down > self.max_down:
-            self.max_down, self.n_max_down = self.sum_down, self.n
-        up, down = self.sum_up - self.min_up, self.max_down - self.sum_down
+        # the same operations in the same order as on the attributes, on local names
+        n = self.n + 1
+        mean = self.mean + (x - self.mean) / n
+        sum_up = self.sum_up + (x - mean - self.delta)
+        sum_down = self.sum_down + (x - mean + self.delta)
+        self.n, self.mean, self.sum_up, self.sum_down = n, mean, sum_up, sum_down
+        if sum_up < self.min_up:
+            self.min_up, self.n_min_up = sum_up, n
+        if sum_down > self.max_down:
+            self.max_down, self.n_max_down = sum_down, n
+        up, down = sum_up - self.min_up, self.max_down - sum_down
         stat = max(up, down)
-        if self.n >= self.min_instances and stat > self.threshold:
-            run = self.n - (self.n_min_up if up >= down else self.n_max_down)
+        if n >= self.min_instances and stat > self.threshold:
+            run = n - (self.n_min_up if up >= down else self.n_max_down)
             self.reset()
             self.run_length = run
             return float(stat)

@@ -263,6 +263,7 @@ class DriftMonitor:
             self.frozen.update(np.asarray(frozen_residuals, dtype=np.float64).reshape(-1, n))
         batch, alarms = len(self._batches), []
         self._batches.append([])
+        seqs, times = seq.tolist(), ts.tolist()
         for j, name in enumerate(self.outputs):
             for i, x in enumerate(r[:, j].tolist()):
                 if not math.isfinite(x):
@@ -270,7 +271,7 @@ class DriftMonitor:
                 z = self._standardize(j, x)
                 if z is None:
                     continue
-                at = (int(seq[i]), float(ts[i]), name)
+                at = (int(seqs[i]), times[i], name)
                 self._staged[j].append(z)
                 self._staged_at[j].append((batch, i, at))
                 stat = self.ph[j].update(z)

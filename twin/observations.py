@@ -47,18 +47,40 @@ class Observations:
         object.__setattr__(self, "seq", seq)
         object.__setattr__(self, "observed", observed)
 
+    @classmethod
+    def checked(
+        cls,
+        ts: np.ndarray,
+        inputs: np.ndarray,
+        outputs: np.ndarray,
+        seq: np.ndarray,
+        observed: np.ndarray,
+    ) -> Observations:
+        """Observations of arrays that already are what `__post_init__` makes of its arguments
+        (parts of checked observations, or arrays shaped and typed like them), taken as they
+        are, without its conversions and checks."""
+        obs = object.__new__(cls)
+        for name, value in zip(FIELDS, (ts, inputs, outputs, seq, observed), strict=True):
+            object.__setattr__(obs, name, value)
+        return obs
+
     def __len__(self) -> int:
         return self.ts.shape[0]
 
     def __getitem__(self, index: slice) -> Observations:
         assert isinstance(index, slice), "Observations only slice"
-        return Observations(
+        step = index.step
+        assert step is None or step > 0, "a slice keeps observations in order"
+        return Observations.checked(
             self.ts[index],
             self.inputs[index],
             self.outputs[index],
             self.seq[index],
             self.observed[index],
         )
+
+
+FIELDS = ("ts", "inputs", "outputs", "seq", "observed")
 
 
 def supervised(ts, inputs, outputs, context: int):

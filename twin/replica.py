@@ -162,7 +162,7 @@ class Twin:
                 self.learner.on_drift(min(e.start_seq for e in shifts))
             self.input_scaler.update(chunk.inputs)
             self.output_scaler.update(seen)  # each channel over its measured, sound values
-            chunk = Observations(chunk.ts, chunk.inputs, filled, chunk.seq, chunk.observed)
+            chunk = Observations.checked(chunk.ts, chunk.inputs, filled, chunk.seq, chunk.observed)
             scaling = (
                 self.output_scaler.mean,
                 self.output_scaler.std,
@@ -257,7 +257,7 @@ class Twin:
         for i in range(1, u.shape[0]):
             u[i] = np.where(np.isnan(u[i]), u[i - 1], u[i])
         held = u[u.shape[0] - len(chunk) :]
-        return Observations(chunk.ts, held, chunk.outputs, chunk.seq, chunk.observed)
+        return Observations.checked(chunk.ts, held, chunk.outputs, chunk.seq, chunk.observed)
 
     def _predict_one_step(
         self, chunk: Observations

@@ -20,13 +20,17 @@ class ChannelScaler:
     def update(self, x: np.ndarray) -> None:
         """x: (N, n_channels). Chan et al.'s parallel update, exact for any batch size."""
         seen = np.isfinite(x)
-        nb = seen.sum(axis=0)  # (n_channels,)
-        if not nb.any():
-            return
-        if seen.all():
-            mean_b = x.mean(axis=0)
+        if seen.all():  # every value: x.mean(axis=0) is this sum divided by the count
+            m = x.shape[0]
+            if m == 0:
+                return
+            nb = np.full(self.n.shape, m, dtype=np.int64)
+            mean_b = x.sum(axis=0) / m
             m2_b = ((x - mean_b) ** 2).sum(axis=0)
         else:
+            nb = seen.sum(axis=0)  # (n_channels,)
+            if not nb.any():
+                return
             mean_b = np.where(seen, x, 0.0).sum(axis=0) / np.maximum(nb, 1)
             m2_b = (np.where(seen, x - mean_b, 0.0) ** 2).sum(axis=0)
         n = self.n + nb

@@ -16,7 +16,14 @@ MIN_FRESH = 16  # targets a fit keeps after a detected change, however recent th
 
 class Window:
     """The last `capacity` observations, oldest first, as float64 tensors (a bounded FIFO), with
-    their `seq` and which outputs were measured (`observed`; the twin fills in the others)."""
+    their `seq` and which outputs were measured (`observed`; the twin fills in the others).
+
+    Each field is a view of the live rows of a buffer with room for more: an append writes its
+    rows after them and moves the view, and only when the room is used up are the newest rows
+    copied to new buffers. Rows once written are never written again, so a field read before an
+    append keeps its values, as a copy would (the fields are read only)."""
+
+    FIELDS = ("seq", "ts", "inputs", "outputs", "observed")
 
     def __init__(self, capacity: int, n_inputs: int, n_outputs: int):
         self.capacity = capacity
@@ -25,18 +32,34 @@ class Window:
         self.inputs = torch.empty(0, n_inputs, dtype=DTYPE)
         self.outputs = torch.empty(0, n_outputs, dtype=DTYPE)
         self.observed = torch.empty(0, n_outputs, dtype=torch.bool)
+        self._buffers: tuple[Tensor, ...] | None = None  # None: the fields are whole tensors
+        self._end = 0  # the row after the live ones in the buffers
 
     def __len__(self) -> int:
         return self.ts.shape[0]
 
     def append(self, obs: Observations) -> None:
         """Copy `obs` in (the caller's arrays are never aliased) and drop the oldest rows."""
-        keep = -self.capacity
-        self.seq = torch.cat([self.seq, torch.tensor(obs.seq, dtype=torch.int64)])[keep:]
-        self.ts = torch.cat([self.ts, torch.tensor(obs.ts, dtype=DTYPE)])[keep:]
-        self.inputs = torch.cat([self.inputs, torch.tensor(obs.inputs, dtype=DTYPE)])[keep:]
-        self.outputs = torch.cat([self.outputs, torch.tensor(obs.outputs, dtype=DTYPE)])[keep:]
-        self.observed = torch.cat([self.observed, torch.tensor(obs.observed)])[keep:]
+        n = len(obs)
+        new = (obs.seq, obs.ts, obs.inputs, obs.outputs, obs.observed)
+        held = len(self)
+        keep = min(held, max(self.capacity - n, 0))  # old rows that stay
+        end = self._end
+        if self._buffers is None or end + n > self._buffers[1].shape[0]:
+            rows = keep + n + self.capacity // 2 + n  # room for about capacity / 2n appends
+            old = [getattr(self, name)[held - keep :] for name in self.FIELDS]
+            self._buffers = tuple(torch.empty((rows, *t.shape[1:]), dtype=t.dtype) for t in old)
+            for buffer, part in zip(self._buffers, old, strict=True):
+                buffer[:keep] = part
+            end = keep
+        for buffer, values in zip(self._buffers, new, strict=True):
+            buffer.numpy()[end : end + n] = values
+        end += n
+        start = end - min(keep + n, self.capacity)
+        self.seq, self.ts, self.inputs, self.outputs, self.observed = (
+            buffer[start:end] for buffer in self._buffers
+        )
+        self._end = end
 
     def last(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Outputs (k', n_out), inputs (k', n_in), ts (k',) of the newest k' = min(k, held) rows."""
@@ -57,6 +80,7 @@ class Window:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        self._buffers, self._end = None, 0
         self.ts = state["ts"].clone().to(DTYPE)
         unknown = torch.full(self.ts.shape, -1, dtype=torch.int64)  # saved before seq was kept
         self.seq = state.get("seq", unknown).clone().to(torch.int64)

@@ -242,5 +242,11 @@ def unflatten(model: nn.Module, flat: Tensor) -> dict[str, Tensor]:
 @torch.no_grad()
 def load_flat(model: nn.Module, flat: Tensor) -> None:
     """Write a (P,) vector into `model`'s parameters in place."""
+    params = list(model.parameters())
+    if flat.dim() == 1 and all(p.dim() == 0 and p.dtype == flat.dtype for p in params):
+        assert len(params) == flat.shape[0], "flat vector does not match the model's parameters"
+        for p, value in zip(params, flat.tolist(), strict=True):  # scalars: exact copies
+            p.fill_(value)
+        return
     for name, value in unflatten(model, flat).items():
         model.get_parameter(name).copy_(value)
