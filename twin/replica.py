@@ -225,10 +225,12 @@ class Twin:
         del self.settling[: -max(window // self.update_size, 2)]  # one window of updates
         if learned < window:
             return
-        recent = np.array(self.settling)  # (updates, P)
-        spread = recent.max(axis=0) - recent.min(axis=0)
-        size = np.maximum(np.abs(recent).max(axis=0), 1e-12)
-        if bool((spread <= SETTLED * size).all()) or learned >= CONVERGE_WINDOWS * window:
+        # per parameter over the recent updates (plain floats: max and min select exactly, so
+        # this is what numpy's reductions over the (updates, P) array give)
+        if learned >= CONVERGE_WINDOWS * window or all(
+            max(column) - min(column) <= SETTLED * max(max(map(abs, column)), 1e-12)
+            for column in zip(*self.settling, strict=True)
+        ):
             self.tracker.converge(values)
             self.settling = []
 
@@ -374,7 +376,7 @@ class Twin:
     # -- reading ------------------------------------------------------------------------------
     @property
     def context_ts(self) -> float | None:
-        ts = self.learner.context_arrays()[2]
+        ts = self.learner.window.ts  # the newest of `context_arrays()`
         return float(ts[-1]) if ts.shape[0] else None
 
     def parameters(self) -> dict[str, float | None]:

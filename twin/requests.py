@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from twin.drift import DriftEvent, DriftMonitor, settle_together
-from twin.models.base import DTYPE, TwinModel, unflatten
+from twin.models.base import DTYPE, TwinModel, parameter_list, unflatten
 from twin.observations import supervised
 
 
@@ -88,8 +88,10 @@ def _stacked(requests: list[OneStep]) -> list[tuple[np.ndarray, np.ndarray]]:
             u_ctx[k, 0, :n, lag] = r.inputs[lag : lag + n]
         u_now[k, 0, :n] = r.inputs[L:]
         dt[k, 0, :n] = r.ts[L:] - r.ts[L - 1 : L - 1 + n]
-    raw = [p for r in requests for m in (r.model, r.frozen) for p in m.parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in raw]).reshape(K, 2, -1)
+    raw = [p for r in requests for m in (r.model, r.frozen) for p in parameter_list(m)]
+    scalars = all(p.dim() == 0 for p in raw)  # (as `flat_parameters` of each, in one copy)
+    flat = torch.stack(raw) if scalars else torch.cat([p.detach().reshape(-1) for p in raw])
+    flat = flat.reshape(K, 2, -1)
     args = (torch.from_numpy(a) for a in (y_ctx, u_ctx, u_now, dt))
     yhat = first.forward_with(unflatten(first, flat), *args).numpy()  # (K, 2, T, n_out)
     return [

@@ -125,3 +125,40 @@ def test_slices_of_observations_are_checked_observations():
     for name in ("ts", "inputs", "outputs", "seq", "observed"):
         assert np.array_equal(getattr(part, name), getattr(again, name), equal_nan=True)
         assert getattr(part, name).dtype == getattr(again, name).dtype
+
+
+@pytest.mark.parametrize("kind", ["first_order", "thermal_rc", "mass_spring_damper", "arx", "mlp"])
+def test_the_parameter_list_is_the_modules(kind):
+    from twin.models.base import parameter_list
+
+    model = model_class(kind)(**({"n_inputs": 1, "n_outputs": 1} if kind in ("arx", "mlp") else {}))
+    assert [id(p) for p in parameter_list(model)] == [id(p) for p in model.parameters()]
+
+
+def test_convergence_is_judged_as_numpy_judges_it():
+    """The settled test over the recent updates' parameters, on plain floats: what the (updates,
+    P) array's reductions decide, for spreads on either side of the bound."""
+    from twin.plants import FirstOrderPlant
+    from twin.replica import CONVERGE_WINDOWS, SETTLED, Twin
+    from twin.spec import TwinSpec
+
+    rng = np.random.default_rng(4)
+    decided = []
+    for trial in range(200):
+        twin = Twin(TwinSpec.from_dict(FirstOrderPlant().spec_dict()))
+        window = twin.learner.options["window"]
+        base = rng.normal(size=3) * 10.0 ** rng.integers(-3, 3)
+        shape = (int(rng.integers(1, 70)), 3)
+        rows = base * (1 + rng.uniform(-1, 1, shape) * SETTLED * rng.uniform(0, 1.5))
+        twin.settling = rows[:-1].tolist()
+        values = dict(zip(twin.model.named_values(), rows[-1].tolist(), strict=True))
+        twin.model.named_values = lambda values=values: values
+        twin.watermark = window + (trial % 2) * CONVERGE_WINDOWS * window
+        recent = np.array(twin.settling + [rows[-1].tolist()])
+        spread = recent.max(axis=0) - recent.min(axis=0)
+        size = np.maximum(np.abs(recent).max(axis=0), 1e-12)
+        expected = bool((spread <= SETTLED * size).all()) or trial % 2 == 1
+        twin._maybe_converged()
+        assert (twin.tracker.converged is not None) == expected
+        decided.append(expected)
+    assert 20 < sum(decided[::2]) < 80  # settled and not, by the spread alone

@@ -30,7 +30,7 @@ from twin.learners.window import (
     recency_weights,
     scale_floor,
 )
-from twin.models.base import DTYPE, TwinModel, unflatten
+from twin.models.base import DTYPE, TwinModel, parameter_list, unflatten
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def _build(
     low = _stack([b[0] for b in bounds]).to(DTYPE)
     high = _stack([b[1] for b in bounds]).to(DTYPE)
     with torch.no_grad():  # `flat_parameters` of each model
-        params = [p for r in requests for p in r.model.parameters()]
+        params = [p for r in requests for p in parameter_list(r.model)]
         scalars = all(p.dim() == 0 for p in params)
         flat = torch.stack(params) if scalars else torch.cat([p.reshape(-1) for p in params])
     theta = torch.clamp(flat.view(K, -1).to(DTYPE), low, high)  # (K, P)

@@ -212,6 +212,19 @@ def rollout_with(model: nn.Module, y_ctx: Tensor, u_ctx: Tensor, u_future: Tenso
     return torch.stack(outs, dim=1)  # (B, H, n_outputs)
 
 
+def parameter_list(model: nn.Module) -> list[Tensor]:
+    """`list(model.parameters())`; read from the module's own table where it has no children
+    (the physical kinds), without the generators `parameters` goes through."""
+    if model._modules:
+        return list(model.parameters())
+    out, seen = [], set()
+    for p in model._parameters.values():
+        if p is not None and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
 def flat_parameters(model: nn.Module) -> Tensor:
     """All trainable tensors of `model` as one (P,) vector, in `named_parameters` order."""
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -242,7 +255,7 @@ def unflatten(model: nn.Module, flat: Tensor) -> dict[str, Tensor]:
 @torch.no_grad()
 def load_flat(model: nn.Module, flat: Tensor) -> None:
     """Write a (P,) vector into `model`'s parameters in place."""
-    params = list(model.parameters())
+    params = parameter_list(model)
     if flat.dim() == 1 and all(p.dim() == 0 and p.dtype == flat.dtype for p in params):
         assert len(params) == flat.shape[0], "flat vector does not match the model's parameters"
         for p, value in zip(params, flat.tolist(), strict=True):  # scalars: exact copies
