@@ -129,10 +129,7 @@ class PGPELearner(Learner):
         for i in range(iterations):
             if i % block == 0:  # the next block's directions, drawn as it starts
                 count = min(block, iterations - i)
-                drawn = [learner._directions(count) for learner in learners]
-                signed, to_gradient, to_log_sigma = (
-                    torch.stack(d) for d in zip(*drawn, strict=True)
-                )
+                signed, to_gradient, to_log_sigma = _directions(learners, count)
             j = i % block
             z = theta / scale
             samples = z[:, None] + signed[:, j] * sigma[:, None]  # (K, 1 + 2n, P)
@@ -167,22 +164,6 @@ class PGPELearner(Learner):
             out.append((theta[k].clone(), float(loss_after[k])))
         return out
 
-    def _directions(self, iterations: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Directions for the next `iterations` iterations: rows [0, zeta, -zeta] score the
-        center, z + eps and z - eps, and the matrices that turn their losses into Sehnke's
-        estimates of the center's and log sigma's gradients."""
-        n, P = self.options["popsize"], self.sigma.numel()
-        zetas = torch.randn(iterations, n, P, generator=self.generator, dtype=DTYPE)
-        signed = torch.cat([torch.zeros(iterations, 1, P, dtype=DTYPE), zetas, -zetas], dim=1)
-        # Sehnke's estimates are products with the losses l = [l0, l+, l-]:
-        # signed.T @ l = sum_i zeta_i (l+_i - l-_i); with zeta2 = zeta^2 - 1 on rows 1.. and
-        # minus their sum on row 0, zeta2.T @ l = sum_i (zeta_i^2 - 1) (l+_i + l-_i - 2 l0).
-        zeta2 = signed * signed - 1
-        zeta2[:, 0] = -zeta2[:, 1:].sum(dim=1)
-        to_gradient = signed.mT / (2 * n)  # (iterations, P, 1 + 2n)
-        to_log_sigma = zeta2.mT * (-self.options["lr_sigma"] / (2 * n))
-        return signed, to_gradient, to_log_sigma
-
     def _sigma_summary(self) -> float:
         return float(self.sigma.mean())
 
@@ -199,6 +180,28 @@ class PGPELearner(Learner):
         self.sigma = state["sigma"].clone().to(DTYPE)
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].clone())
+
+
+def _directions(learners: list[PGPELearner], iterations: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Directions of K twins for their next `iterations` iterations, each drawn from its own
+    generator, (K, ...): rows [0, zeta, -zeta] score the center, z + eps and z - eps, and the
+    matrices that turn their losses into Sehnke's estimates of the center's and log sigma's
+    gradients. The same numbers for a twin whatever K: elementwise operations, and a sum along
+    the rows of its own block."""
+    o = learners[0].options
+    n, P = o["popsize"], learners[0].sigma.numel()
+    zetas = [torch.randn(iterations, n, P, generator=x.generator, dtype=DTYPE) for x in learners]
+    zetas = torch.stack(zetas)  # (K, iterations, n, P)
+    zero = torch.zeros(len(learners), iterations, 1, P, dtype=DTYPE)
+    signed = torch.cat([zero, zetas, -zetas], dim=2)
+    # Sehnke's estimates are products with the losses l = [l0, l+, l-]:
+    # signed.T @ l = sum_i zeta_i (l+_i - l-_i); with zeta2 = zeta^2 - 1 on rows 1.. and
+    # minus their sum on row 0, zeta2.T @ l = sum_i (zeta_i^2 - 1) (l+_i + l-_i - 2 l0).
+    zeta2 = signed * signed - 1
+    zeta2[:, :, 0] = -zeta2[:, :, 1:].sum(dim=2)
+    to_gradient = signed.mT / (2 * n)  # (K, iterations, P, 1 + 2n)
+    to_log_sigma = zeta2.mT * (-o["lr_sigma"] / (2 * n))
+    return signed, to_gradient, to_log_sigma
 
 
 def _std(x: Tensor) -> Tensor:
