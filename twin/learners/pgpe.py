@@ -199,8 +199,10 @@ def _directions(learners: list[PGPELearner], iterations: int) -> tuple[Tensor, T
     # minus their sum on row 0, zeta2.T @ l = sum_i (zeta_i^2 - 1) (l+_i + l-_i - 2 l0).
     zeta2 = signed * signed - 1
     zeta2[:, :, 0] = -zeta2[:, :, 1:].sum(dim=2)
-    to_gradient = signed.mT / (2 * n)  # (K, iterations, P, 1 + 2n)
-    to_log_sigma = zeta2.mT * (-o["lr_sigma"] / (2 * n))
+    # laid out contiguously, as stacking each twin's made them: the sums along their last
+    # dimension then take the same path as they did
+    to_gradient = (signed.mT / (2 * n)).contiguous()  # (K, iterations, P, 1 + 2n)
+    to_log_sigma = (zeta2.mT * (-o["lr_sigma"] / (2 * n))).contiguous()
     return signed, to_gradient, to_log_sigma
 
 
