@@ -207,6 +207,7 @@ class Calibrator:
                 t.Twin.version,
                 t.Twin.watermark,
                 t.Twin.lease_owner,
+                t.Twin.lease_expires_at,
             )
             .outerjoin(oldest, (oldest.twin_id == t.Twin.id) & (oldest.seq == t.Twin.watermark + 1))
             .where(t.Twin.last_seq > t.Twin.watermark, t.Twin.deleted_at.is_(None), free, due)
@@ -219,7 +220,10 @@ class Calibrator:
             claimed = self.leases.admit(
                 [Claim(*map(int, row[:4])) for row in rows], [row[4] for row in rows]
             )
-            taken = self.leases.take(session, [c.twin_id for c in claimed], now)
+            expiry = {int(row[0]): row[5] if row[4] == self.owner else None for row in rows}
+            taken = self.leases.take(
+                session, [c.twin_id for c in claimed], now, [expiry[c.twin_id] for c in claimed]
+            )
         return [c for c in claimed if c.twin_id in taken]
 
     # -- one twin -----------------------------------------------------------------------------

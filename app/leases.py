@@ -85,14 +85,33 @@ class Leases:
         self.held += self.room - room
         return out
 
-    def take(self, session: Session, ids: Sequence[int], now: float) -> set[int]:
+    def take(
+        self,
+        session: Session,
+        ids: Sequence[int],
+        now: float,
+        expires: Sequence[float | None] | None = None,
+    ) -> set[int]:
         """Lease those of `ids` that are still this worker's or free (inside the claiming
         transaction); return the ids leased. On PostgreSQL the claim's FOR UPDATE already
         locked them; SQLite has no row locks, and two workers (say two embedded children) may
         read the same free twins, but their UPDATEs run one after the other under its write
-        lock, and the second finds the twins taken."""
+        lock, and the second finds the twins taken.
+
+        With `expires` (the leases' expiry times as read, None where none), a twin this worker
+        holds for at least two thirds of a lease time more is not written again: `refresh`
+        renews it before then. In the steady state of sticky leases a claim then writes
+        nothing, and on SQLite it takes no turn at the one writer."""
         if not ids:
             return set()
+        if expires is not None:
+            fresh = now + 2 * self.lease_seconds / 3
+            kept = {i for i, e in zip(ids, expires, strict=True) if e is not None and e >= fresh}
+            ids = [i for i in ids if i not in kept]
+            if not ids:
+                return kept
+        else:
+            kept = set()
         taken = set(
             session.scalars(
                 update(t.Twin)
@@ -109,7 +128,7 @@ class Leases:
             )
         )
         self.held -= len(ids) - len(taken)
-        return taken
+        return taken | kept
 
     def refresh(self, force: bool = False) -> None:
         """Once a second: beat, count the live workers and the twins, recompute the share and

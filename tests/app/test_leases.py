@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select, update
 
 from app import tables as t
 from app.calibrator import Calibrator, CalibratorConfig
@@ -129,6 +129,38 @@ def test_two_workers_that_read_the_same_free_twins_lease_each_to_one(
     assert owners(sessions) == {ids[0]: "a", ids[1]: "a", ids[2]: "a", ids[3]: "b"}
     with sessions.begin() as session:  # a worker's own twins stay its own
         assert a.leases.take(session, ids, now) == set(ids[:3])
+
+
+def test_claiming_the_twins_a_worker_holds_writes_nothing(client, make_twin, post, sessions):
+    """Sticky leases in their steady state: the claim of twins whose leases the worker holds
+    for long enough yet reads only (on SQLite it takes no turn at the one writer); a lease
+    near its end is renewed by the claim."""
+    ids = fleet(make_twin, post, n=3)
+    a = worker(sessions, "a")
+    until_idle(a)
+    feed(post, ids, 1)
+    a.leases.refresh = lambda force=False: None  # its heartbeat's writes are not the claim's
+    statements: list[str] = []
+    engine = sessions.kw["bind"]
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert sorted(c.twin_id for c in a._claim()) == sorted(ids)
+        assert not [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
+        with sessions.begin() as session:  # one lease near its end
+            session.execute(
+                update(t.Twin).where(t.Twin.id == ids[0]).values(lease_expires_at=time.time() + 1)
+            )
+        statements.clear()
+        assert sorted(c.twin_id for c in a._claim()) == sorted(ids)
+        assert len([s for s in statements if s.lstrip().upper().startswith("UPDATE")]) == 1
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    with sessions() as session:
+        assert session.get(t.Twin, ids[0]).lease_expires_at > time.time() + 20
 
 
 def test_a_stopping_worker_leaves_its_twins_and_its_place(client, make_twin, post, sessions):
