@@ -112,7 +112,7 @@ def serve(
         int | None,
         typer.Option(
             envvar="TANDEM_EMBEDDED_WORKERS",
-            show_default="one per usable core, at most 4",
+            show_default="1",
             min=1,
             help="Calibrator processes beside the API (with --worker).",
         ),

@@ -16,11 +16,11 @@ class Settings(BaseSettings):
         None, description="Upgrade the schema to head at startup; default: on for SQLite only."
     )
     worker: bool = Field(True, description="Run the calibrator inside the API process.")
-    embedded_workers: int | None = Field(
-        None,
+    embedded_workers: int = Field(
+        1,
         gt=0,
-        description="Calibrator processes `tandem serve` runs beside the API; default: one per "
-        "usable core, at most 4.",
+        description="Calibrator processes `tandem serve` runs beside the API (docs/fleet.md: "
+        "two help a fleet on 2 cores and halve one client's large posts).",
     )
 
     # ingestion and reads

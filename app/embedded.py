@@ -2,10 +2,9 @@
 
 The embedded worker is a process, not a thread, so torch's learning and the HTTP server's
 parsing use separate cores and never contend for one interpreter lock: on a 2-core machine
-that doubled ingestion throughput while calibrating. `tandem serve` runs one such child per
-usable core (at most 4; `TANDEM_EMBEDDED_WORKERS`), which share the twins through the same
-sticky leases as separate `tandem worker` processes do (app.leases): a child learns on one
-core, so one child alone leaves the other cores to HTTP even when calibration falls behind.
+that doubled ingestion throughput while calibrating. `tandem serve` runs one such child, or
+several (`TANDEM_EMBEDDED_WORKERS`), which share the twins through the same sticky leases as
+separate `tandem worker` processes do (app.leases); docs/fleet.md measures when that helps.
 
 Nothing shared with the child can be left held by it when it dies: the parent stops it with
 SIGTERM (then SIGKILL), the child writes its heartbeat into a lock-free shared double, and the
@@ -39,19 +38,11 @@ log = logging.getLogger("tandem.worker")
 STOP_GRACE = 3.0  # seconds a stopping child gets to finish its twin and release its leases
 RESTART_DELAY = (0.5, 30.0)  # first and longest wait before restarting a dead child
 STABLE_AFTER = 60.0  # a child that lived this long restarts after the shortest wait again
-MOST_EMBEDDED = 4  # default children at most: one SQLite file has one writer at a time
 
 
 def embedded_count(settings: Settings) -> int:
-    """How many calibrator children `tandem serve` runs: the setting, or one per core this
-    process may use, at most MOST_EMBEDDED."""
-    if settings.embedded_workers is not None:
-        return settings.embedded_workers
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, MOST_EMBEDDED))
+    """How many calibrator children `tandem serve` runs (`TANDEM_EMBEDDED_WORKERS`)."""
+    return settings.embedded_workers
 
 
 def calibrator_config(settings: Settings) -> CalibratorConfig:

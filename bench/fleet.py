@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         "--workers",
         type=parse_sizes,
         help="worker processes: `tandem worker`s with --postgres (default 1,2), else the "
-        "embedded children of `tandem serve` (default: its own, one per usable core)",
+        "embedded children of `tandem serve` (default: its own, one)",
     )
     parser.add_argument(
         "--model",

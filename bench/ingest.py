@@ -101,13 +101,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tmp: Path, port: int, log, group_commit: str | None = None) -> subprocess.Popen:
+def start_server(
+    tmp: Path, port: int, log, group_commit: str | None = None, workers: int | None = None
+) -> subprocess.Popen:
     """`tandem serve` on a fresh SQLite file, default settings otherwise (worker on), with
-    `TANDEM_GROUP_COMMIT` set when `group_commit` is given."""
+    `TANDEM_GROUP_COMMIT` and `TANDEM_EMBEDDED_WORKERS` set where given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")}
     env["TANDEM_DATABASE_URL"] = f"sqlite:///{tmp / 'bench.db'}"
     if group_commit is not None:
         env["TANDEM_GROUP_COMMIT"] = "true" if group_commit == "on" else "false"
+    if workers is not None:
+        env["TANDEM_EMBEDDED_WORKERS"] = str(workers)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-c", "from app.cli import main; main()", "serve"]
     command += ["--port", str(port)]
@@ -272,6 +276,9 @@ def main(argv: list[str] | None = None) -> None:
         choices=("on", "off"),
         help="TANDEM_GROUP_COMMIT for the server (default: the service's, on for SQLite)",
     )
+    parser.add_argument(
+        "--embedded-workers", type=int, help="TANDEM_EMBEDDED_WORKERS for the server (default 1)"
+    )
     args = parser.parse_args(argv)
     n_batches, n_predict = (20, 50) if args.quick else (100, 200)
     bodies, raw_rows = workload(WARMUP_BATCHES + n_batches)
@@ -285,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
             ("sqlite", sqlite3.sqlite_version),
             ("load average", " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)"),
             ("group commit", args.group_commit or "default (on for SQLite)"),
+            ("embedded workers", str(args.embedded_workers or "default (1)")),
         ],
     )
     with tempfile.TemporaryDirectory(prefix="tandem-bench-") as tmp_name:
@@ -298,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         base = f"http://127.0.0.1:{port}"
         log_path = tmp / "server.log"
         with open(log_path, "wb") as log:
-            server = start_server(tmp, port, log, args.group_commit)
+            server = start_server(tmp, port, log, args.group_commit, args.embedded_workers)
         try:
             with httpx.Client(base_url=base, timeout=60.0) as client:
                 wait_ready(client, READY_TIMEOUT_S, server)

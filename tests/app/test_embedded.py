@@ -75,13 +75,12 @@ def test_leases_of_a_server_that_is_gone_are_released_at_start(client, make_twin
     assert held["worker"] == owners[4]
 
 
-def test_serve_runs_one_embedded_worker_per_usable_core_at_most_four_unless_told():
+def test_serve_runs_one_embedded_worker_unless_told():
     from pydantic import ValidationError
 
-    from app.embedded import MOST_EMBEDDED, embedded_count
+    from app.embedded import embedded_count
 
-    cores = len(os.sched_getaffinity(0))
-    assert embedded_count(Settings(database_url="sqlite://")) == min(cores, MOST_EMBEDDED)
+    assert embedded_count(Settings(database_url="sqlite://")) == 1
     assert embedded_count(Settings(database_url="sqlite://", embedded_workers=3)) == 3
     with pytest.raises(ValidationError):
         Settings(database_url="sqlite://", embedded_workers=0)
