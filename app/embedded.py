@@ -40,11 +40,6 @@ RESTART_DELAY = (0.5, 30.0)  # first and longest wait before restarting a dead c
 STABLE_AFTER = 60.0  # a child that lived this long restarts after the shortest wait again
 
 
-def embedded_count(settings: Settings) -> int:
-    """How many calibrator children `tandem serve` runs (`TANDEM_EMBEDDED_WORKERS`)."""
-    return settings.embedded_workers
-
-
 def calibrator_config(settings: Settings) -> CalibratorConfig:
     return CalibratorConfig(
         batch=settings.calibration_batch,
@@ -296,7 +291,7 @@ class EmbeddedWorkers:
         self._sessions = sessions
         self.children = [
             EmbeddedWorker(settings, sessions, on_restart, index)
-            for index in range(embedded_count(settings))
+            for index in range(settings.embedded_workers)
         ]
 
     @property
@@ -343,7 +338,6 @@ class EmbeddedWorkers:
 __all__ = [
     "EmbeddedWorker",
     "EmbeddedWorkers",
-    "embedded_count",
     "release_leases",
     "release_stale_leases",
     "run_worker",

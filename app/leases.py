@@ -52,10 +52,16 @@ class Leases:
     def claimable(self, now: float):
         """The SQL condition on twins this worker may lease now: its own, and while it has
         room, those nobody holds (no lease, or one that ran out)."""
-        mine = t.Twin.lease_owner == self.owner
         if self.room == 0:
-            return mine
-        return or_(mine, t.Twin.lease_owner.is_(None), t.Twin.lease_expires_at < now)
+            return t.Twin.lease_owner == self.owner
+        return self._mine_or_free(now)
+
+    def _mine_or_free(self, now: float):
+        return or_(
+            t.Twin.lease_owner == self.owner,
+            t.Twin.lease_owner.is_(None),
+            t.Twin.lease_expires_at < now,
+        )
 
     def scope(self, session: Session, now: float):
         """The SQL condition on twins this worker's housekeeping (app.retention) covers: those
@@ -102,27 +108,16 @@ class Leases:
         holds for at least two thirds of a lease time more is not written again: `refresh`
         renews it before then. In the steady state of sticky leases a claim then writes
         nothing, and on SQLite it takes no turn at the one writer."""
+        fresh = now + 2 * self.lease_seconds / 3
+        expires = expires or [None] * len(ids)
+        kept = {i for i, e in zip(ids, expires, strict=True) if e is not None and e >= fresh}
+        ids = [i for i in ids if i not in kept]
         if not ids:
-            return set()
-        if expires is not None:
-            fresh = now + 2 * self.lease_seconds / 3
-            kept = {i for i, e in zip(ids, expires, strict=True) if e is not None and e >= fresh}
-            ids = [i for i in ids if i not in kept]
-            if not ids:
-                return kept
-        else:
-            kept = set()
+            return kept
         taken = set(
             session.scalars(
                 update(t.Twin)
-                .where(
-                    t.Twin.id.in_(list(ids)),
-                    or_(
-                        t.Twin.lease_owner == self.owner,
-                        t.Twin.lease_owner.is_(None),
-                        t.Twin.lease_expires_at < now,
-                    ),
-                )
+                .where(t.Twin.id.in_(ids), self._mine_or_free(now))
                 .values(lease_owner=self.owner, lease_expires_at=now + self.lease_seconds)
                 .returning(t.Twin.id)
             )

@@ -249,7 +249,7 @@ async def post(
     is smaller than the posts that may wait at once), nor, with group commit on, while it
     writes (the committer's connection)."""
 
-    def first() -> tuple[P, Future | None]:
+    def first() -> tuple[P, Future | None, tuple[int, int]]:
         with sessions() as session:
             checked = check(session)
             if commits is None:
@@ -257,12 +257,11 @@ async def post(
                 session.commit()
                 done: Future = Future()
                 done.set_result(result)
-                return checked, done
-        rows, order = size(checked)
-        return checked, commits.alone(lambda session: store(session, checked), rows, order)
+                return checked, done, (0, 0)
+        sized = size(checked)
+        return checked, commits.alone(lambda session: store(session, checked), *sized), sized
 
-    checked, done = await run_in_threadpool(first)
+    checked, done, sized = await run_in_threadpool(first)
     if done is None:  # others write or wait: join the next group
-        rows, order = size(checked)
-        return checked, await commits.run(lambda session: store(session, checked), rows, order)
+        return checked, await commits.run(lambda session: store(session, checked), *sized)
     return checked, done.result()

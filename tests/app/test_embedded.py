@@ -78,9 +78,12 @@ def test_leases_of_a_server_that_is_gone_are_released_at_start(client, make_twin
 def test_serve_runs_one_embedded_worker_unless_told():
     from pydantic import ValidationError
 
-    from app.embedded import embedded_count
+    from app.embedded import EmbeddedWorkers
 
-    assert embedded_count(Settings(database_url="sqlite://")) == 1
-    assert embedded_count(Settings(database_url="sqlite://", embedded_workers=3)) == 3
+    def children(settings: Settings) -> int:  # built, not started
+        return len(EmbeddedWorkers(settings, sessions=None).children)
+
+    assert children(Settings(database_url="sqlite://")) == 1
+    assert children(Settings(database_url="sqlite://", embedded_workers=3)) == 3
     with pytest.raises(ValidationError):
         Settings(database_url="sqlite://", embedded_workers=0)
