@@ -2,6 +2,7 @@
 response to a step and to the drift alarm, older checkpoints, and its size limit."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from tests.twin.test_learners import (
 from twin.learners.kalman import MAX_PARAMS, RATES
 from twin.models.base import flat_parameters
 from twin.observations import Observations
+from twin.replica import Twin
 from twin.spec import LearnerSpec, ModelSpec, SpecError, TwinSpec
 
 NEW_STATE = ("offsets", "loglik", "info", "scales", "normalization")  # the bank's additions
@@ -159,3 +161,38 @@ def test_kalman_refuses_models_beyond_its_size_limit_at_spec_validation():
     with pytest.raises(SpecError, match=f"at most {MAX_PARAMS} parameters") as err:
         TwinSpec.from_dict({**spec, "model": {"kind": "mlp"}})
     assert err.value.field == "learner.method"
+
+
+def test_kalman_bank_stays_finite_on_a_channel_that_reads_exactly_zero():
+    """A light sensor reading exactly 0 (off) then 430 (on), beside a temperature: the lag of
+    the light channel is informed by no target while it reads 0 and the noise estimate of that
+    channel is 0, which made the fast filters' covariances overflow (occupancy, bench/tcpd.py).
+    Every filter's covariance stays finite and positive semi-definite, and the twin predicts."""
+    rng = np.random.default_rng(0)
+    n = 360
+    t = np.arange(n)
+    temp = 21 + np.cumsum(rng.normal(0, 0.05, n))
+    on = ((t >= 100) & (t < 200)) | (t >= 220)  # on for more than half the window at the end
+    light = np.where(on, 430.0 + rng.normal(0, 5, n), 0.0)
+    y = np.stack([temp, light], 1)
+    spec = {"inputs": [], "outputs": ["temp", "light"], "model": {"kind": "arx", "na": 1}}
+    twin = Twin.create(TwinSpec.from_dict({**spec, "learner": {"method": "kalman"}}))
+    seq = t + 1
+    predictions = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # overflow, invalid values
+        for s in range(0, n, 5):
+            obs = Observations(
+                seq[s : s + 5].astype(float), np.zeros((5, 0)), y[s : s + 5], seq[s : s + 5]
+            )
+            predictions.append(twin.step(obs).predictions)
+            P = twin.learner.covariances
+            assert np.isfinite(P).all()
+            assert np.diagonal(P, axis1=1, axis2=2).max() <= twin.learner.options["prior"] * (
+                1 + 1e-9
+            )
+            assert min(np.linalg.eigvalsh(p).min() for p in P) >= -1e-9
+            assert np.isfinite(twin.learner.noise).all() and (twin.learner.noise > 0).all()
+    late = np.concatenate(predictions)[-40:]
+    assert np.isfinite(late).all()
+    assert np.abs(late - y[-40:]).mean(axis=0)[1] < 50  # light on: tracked within 10 noise std

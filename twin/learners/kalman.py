@@ -31,7 +31,11 @@ down-weighted as Huber's loss would (its noise variance scaled by |nu| / huber; 
 1997, "Kalman filter with outliers and missing observations", Test 6(2)), and values far outside
 a channel's range are never learned (`twin.learners.guard`). An output a sensor did not report
 adds no measurement row: only the time update runs for it (the missing-observation case of the
-same paper), and it is left out of the noise estimates. Bounds are kept by projecting the
+same paper), and it is left out of the noise estimates. No filter's variance of a coordinate
+exceeds the prior's (a parameter no target informs has an information of 0, and the relative
+rates gave it a variance of 1e301 per target), and no noise variance is taken below NOISE_FLOOR
+of its channel's magnitude: both made the fast filters' covariances overflow on a channel that
+reads exactly 0 for a while (`_time_update`, `_noise_floor`). Bounds are kept by projecting the
 centers onto them. A drift alarm makes the REML estimate look only at the new regime; the bank
 follows the change itself (its fast filters gain the likelihood).
 """
@@ -71,6 +75,14 @@ RATES = tuple(10.0**e for e in range(-12, 2))
 LIKELIHOOD_DECAY = 0.99  # each filter's recent log-likelihood forgets with this factor per target
 INFO_MEMORY = 200  # targets in the running mean of each parameter's information, at most
 NOISE_MEMORY = 200  # targets in the running mean of each filter's scale, at most
+# The noise variance is never taken below (NOISE_FLOOR x the channel's magnitude)^2, the
+# magnitude the root mean square of the window's values (1 in the channel's units where they are
+# all 0, as the channel scaler's). A channel that reads exactly 0 for a while (a light sensor at
+# night) or that the model fits exactly gives an estimate of 0 or 1e-20; a measurement taken as
+# that exact pins its direction of P to rounding, P loses positive definiteness and the filter
+# diverges (occupancy of bench/tcpd.py: overflow within 30 targets). One part in a million is
+# finer than any sensor resolves (a 16-bit converter: 1.5e-5 of its range).
+NOISE_FLOOR = 1e-6
 
 UNUSED = ("smoothness", "boost", "boost_updates")  # common options a filter has no use for
 OPTIONS: dict[str, Option] = {
@@ -111,6 +123,7 @@ class KalmanLearner(Learner):
         n_out = model.n_outputs
         self.innovation_sq = np.zeros(n_out)  # running mean of winsorized squared innovations
         self.n_seen = 0  # targets folded into the noise estimate and the information
+        self.noise_floor = np.zeros(n_out)  # (n_out,) NOISE_FLOOR's variance, set per update
         # the model's channel scaler when the bank was last written (`_follow_scaler`)
         self.normalization: tuple[np.ndarray, ...] | None = None
 
@@ -150,10 +163,11 @@ class KalmanLearner(Learner):
         """(n_out,) measurement noise variance in the outputs' units: REML's, once the window
         has informed it, else the innovations' mean square (an overestimate while the
         parameters are uncertain, so the first targets are not over-fitted)."""
+        estimate = self.innovation_sq / WINSOR_BIAS
         reml = self.drift_rate.noise
-        if reml is not None:
-            return reml.numpy()
-        return self.innovation_sq / WINSOR_BIAS
+        if reml is not None:  # an output REML could not estimate keeps the innovations'
+            estimate = np.where(np.isfinite(reml.numpy()), reml.numpy(), estimate)
+        return np.maximum(estimate, self.noise_floor)
 
     def steps_with_lr(self) -> bool:
         return False
@@ -183,6 +197,7 @@ class KalmanLearner(Learner):
         if self.options["drift"] == "auto" and self.n_updates % self._rate_every == 0:
             self._estimate_rate()
         w = self.window
+        self.noise_floor = _noise_floor(w.outputs.numpy(), w.observed.numpy())
         complete = w.complete()
         observed = None if complete else w.observed[-tail:]
         outputs, excluded = screened(w.outputs[-tail:], L, observed)
@@ -301,9 +316,7 @@ class KalmanLearner(Learner):
                 Q = rates[:, None] / np.maximum(self.info, 1e-300)  # (K, P)
             else:
                 Q = np.full(Z.shape, rates[0])
-            idx = np.arange(Z.shape[1])
-            P = P.copy()
-            P[:, idx, idx] += Q
+            P = _time_update(P, Q, self.options["prior"])
             best = self.selected
             e_t, hph_t = np.zeros(y.shape[1]), np.zeros(y.shape[1])
             fit, fit_sq = np.zeros(len(Z)), np.zeros(len(Z))
@@ -426,6 +439,35 @@ def _normalization(model: TwinModel) -> tuple[np.ndarray, ...]:
         getattr(model, name).detach().numpy().copy()
         for name in ("y_mean", "y_std", "u_mean", "u_std")
     )
+
+
+def _time_update(P: np.ndarray, Q: np.ndarray, prior: float) -> np.ndarray:
+    """(K, P, P) covariances plus their random walk's variance Q (K, P) per target, no variance
+    above `prior`: what is known of a coordinate before any data bounds what a filter may
+    forget of it. A parameter no target informs (the lag of a channel that reads 0) has an
+    information of 0, so the fast filters' relative rate gave it a variance of 1e301 per target,
+    and the next measurement update overflowed; the cap scales the rows and columns of the
+    coordinates beyond it (D P D, which keeps P positive semi-definite)."""
+    idx = np.arange(P.shape[-1])
+    P = P.copy()
+    P[:, idx, idx] += np.minimum(Q, prior)
+    variance = P[:, idx, idx]
+    if (variance > prior).any():
+        shrink = np.sqrt(prior / np.maximum(variance, prior))  # (K, P), 1 within the cap
+        P *= shrink[:, :, None] * shrink[:, None, :]
+    return P
+
+
+def _noise_floor(outputs: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """(N, n_out) window values and which were measured -> (n_out,) the least noise variance:
+    (NOISE_FLOOR x the root mean square of each channel's measured finite values)^2, the
+    magnitude 1 where they are all 0 or none is."""
+    usable = observed & np.isfinite(outputs)
+    values = np.where(usable, outputs, 0.0)
+    with np.errstate(over="ignore"):
+        rms = np.sqrt((values * values).sum(axis=0) / np.maximum(usable.sum(axis=0), 1))
+    magnitude = np.where((rms > 0) & np.isfinite(rms), rms, 1.0)
+    return (NOISE_FLOOR * magnitude) ** 2
 
 
 def _array(state: dict, key: str, default: np.ndarray) -> np.ndarray:
