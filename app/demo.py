@@ -65,15 +65,24 @@ def run_demo(settings: Settings, host: str, port: int, rate: float, duration: fl
         time.sleep(0.5)
 
 
-def wait_ready(client: httpx.Client, timeout: float = 60.0, process=None) -> None:
-    """Poll `/readyz` until the service answers 200; raise RuntimeError after `timeout` s or
-    as soon as `process` (a `subprocess.Popen` running it, if any) has exited."""
+def wait_ready(
+    client: httpx.Client, timeout: float = 60.0, process=None, reporting: bool = False
+) -> None:
+    """Poll `/readyz` until the service answers 200, and with `reporting` until every embedded
+    calibration worker has reported too (past its imports: a child that is starting counts as
+    ready until its heartbeat limit, and its imports take a core for seconds); raise
+    RuntimeError after `timeout` s or as soon as `process` (a `subprocess.Popen` running it, if
+    any) has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}")
         try:
-            if client.get("/readyz").status_code == 200:
+            response = client.get("/readyz")
+            worker = response.json().get("worker") if response.status_code == 200 else None
+            if response.status_code == 200 and (
+                not reporting or worker is None or worker["reporting"]
+            ):
                 return
         except httpx.TransportError:
             pass

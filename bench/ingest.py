@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
             server = start_server(tmp, port, log, args.group_commit, args.embedded_workers)
         try:
             with httpx.Client(base_url=base, timeout=60.0) as client:
-                wait_ready(client, READY_TIMEOUT_S, server)
+                wait_ready(client, READY_TIMEOUT_S, server, reporting=True)
                 http_rate, rows = http_run(client, server.pid, base, bodies, n_predict)
         except BaseException:
             print("server log (tail):\n" + log_path.read_text(errors="replace")[-4000:])
