@@ -7,7 +7,6 @@ line on stderr and exit code 1; `--debug` shows its traceback.
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import sys
@@ -150,19 +149,15 @@ def serve(
     )
     app = create_app(settings)
     app.state.listen_host = host  # for the authentication rule (docs/security.md)
+    from twin.runtime import tune_garbage_collector
+
+    # the cycle collector off the ingestion path: a 1,000-row post allocates thousands of dicts,
+    # and with the default thresholds collections cost more than parsing it (twin.runtime)
     tune_garbage_collector()
     # SIGTERM: at most 3 s for open requests, then the worker's 3 s grace: down within 10 s
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=3)
 
 
-def tune_garbage_collector() -> None:
-    """Keep Python's cycle collector off the ingestion path: the modules and objects that live
-    as long as the process (torch, SQLAlchemy) are frozen out of its scans, and it runs after
-    50,000 new allocations rather than 700. A 1,000-row batch allocates thousands of dicts;
-    with the default settings, collections cost more than parsing it."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
 
 
 @cli.command()

@@ -60,10 +60,15 @@ def run_worker(
     heartbeat: Callable[[], None] | None = None,
 ) -> None:
     """A worker's life: calibrate until `stop` is set, then release its leases. torch gets the
-    worker's thread budget."""
+    worker's thread budget; malloc keeps a pass's tensors in its heap, and the cycle collector
+    leaves the imports alone and runs less often (`twin.runtime`)."""
     import torch
 
+    from twin.runtime import tune_allocator, tune_garbage_collector
+
     torch.set_num_threads(settings.torch_threads)
+    tune_allocator()
+    tune_garbage_collector()
     engine = make_engine(settings.database_url)
     calibrator = Calibrator(make_session_factory(engine), calibrator_config(settings), owner)
     calibrator.on_progress = heartbeat
