@@ -270,3 +270,35 @@ def test_the_walks_whitening_by_its_structure_is_the_cholesky_factors(n_out):
         assert torch.allclose(torch.from_numpy(white[r]), dense, rtol=0, atol=1e-11 * scale)
         dense_logdet = 2 * chol.diagonal(dim1=1, dim2=2).log().sum(dim=1)
         assert np.allclose(logdet[r], dense_logdet.numpy(), rtol=1e-11, atol=0)
+
+
+def test_the_walks_factor_by_its_blocks_is_the_dense_cholesky_factor():
+    """`RandomWalk`'s factor (`walk_factor`, O(n P^2) a row) equals the dense Cholesky factor
+    of the same covariance within rounding, on random windows, recency weights and rates, with
+    several outputs, unmeasured (zero) Jacobian rows and targets left out before a change; and
+    a window's factor is the same, bit for bit, alone or found with other windows."""
+    from twin.learners.walk import BLOCK, RandomWalk, _walk_cholesky, walk_factors
+
+    g = torch.Generator().manual_seed(5)
+    cases = []
+    for n, n_out, p in [(40, 1, 2), (2 * BLOCK + 17, 3, 3), (5 * BLOCK, 2, 12)]:
+        for q in (1e-8, 1e-4, 1e-2, 0.3):
+            jac = torch.randn(n, n_out, p, generator=g, dtype=torch.float64)
+            jac[5:9, 0] = 0.0  # targets of the first output that were not measured
+            jac[:, -1, -1] = 0.0  # a parameter the last output does not depend on
+            weights = torch.rand(n, generator=g, dtype=torch.float64) + 0.05
+            weights[:3] = 0.0  # before a detected change: left out
+            cases.append((jac, weights, q))
+    for jac, weights, q in cases:
+        keep = weights > 0
+        dense = _walk_cholesky(jac[keep], weights[keep], q)
+        walk = RandomWalk(jac, weights, q)
+        assert walk.chol.shape == dense.shape
+        err = (walk.chol - dense).abs().max() / dense.abs().max()
+        assert err < 1e-12, (jac.shape, q, float(err))
+        x = torch.randn(jac.shape[1], int(keep.sum()), 2, generator=g, dtype=torch.float64)
+        white = torch.linalg.solve_triangular(dense, x, upper=False)
+        assert torch.allclose(walk.whiten(x), white, rtol=0, atol=1e-9 * white.abs().max())
+    together = walk_factors(*(list(c) for c in zip(*cases, strict=True)))
+    for (jac, weights, q), chol in zip(cases, together, strict=True):
+        assert torch.equal(chol, RandomWalk(jac, weights, q).chol)

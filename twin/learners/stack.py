@@ -22,7 +22,7 @@ from torch import Tensor
 
 from twin.learners.guard import any_outlying
 from twin.learners.objective import Objective
-from twin.learners.walk import RandomWalk
+from twin.learners.walk import RandomWalk, walk_factors
 from twin.learners.window import (
     MAD_TO_STD,
     MIN_FRESH,
@@ -143,9 +143,18 @@ def _build(
         o.scale, o.low, o.high, o.theta_prev, o.z_prev, o.weights, o.s = v[5:12]
         o.y_scaled, o.residuals, o.y_rows, o.inv_s, o.w_mean, o._center = v[12:]
         o._jacobian, o.walk, o._center_loss = None, None, None
-        if r.drift and bool(torch.isfinite(o.jacobian()).all()):
-            o.walk = RandomWalk(o.jacobian(), o.weights, r.drift)
         out.append(o)
+    walking = [
+        (o, r.drift)
+        for o, r in zip(out, requests, strict=True)
+        if r.drift and bool(torch.isfinite(o.jacobian()).all())
+    ]
+    if walking:  # the random walks' factors, found together (`walk_factors`)
+        objectives, rates = zip(*walking, strict=True)
+        jacs, weights = [o.jacobian() for o in objectives], [o.weights for o in objectives]
+        factors = walk_factors(jacs, weights, list(rates))
+        for o, jac, q, chol in zip(objectives, jacs, rates, factors, strict=True):
+            o.walk = RandomWalk(jac, o.weights, q, chol)
     return out
 
 

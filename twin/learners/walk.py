@@ -16,6 +16,7 @@ from twin.models.base import DTYPE
 LOG_RATES = torch.arange(-8.0, -0.99, 0.5, dtype=DTYPE)
 MIN_TARGETS = 48  # targets a window needs (and 4 per parameter) before it informs the estimate
 MEMORY = 0.1  # weight of the newest window's deviance in the running one
+GROUP_ENTRIES = 1 << 21  # factor entries (64 MB) `walk_factors` computes in one pass
 
 
 def _walk_cholesky(jac: Tensor, weights: Tensor, q: float | Tensor) -> Tensor:
@@ -27,6 +28,63 @@ def _walk_cholesky(jac: Tensor, weights: Tensor, q: float | Tensor) -> Tensor:
     j = jac.permute(1, 0, 2)  # (n_out, n, P)
     cov = q * (j @ j.transpose(1, 2)) * shared + torch.diag(weights.max() / weights)
     return cholesky(cov)
+
+
+BLOCK = 64  # rows of `walk_factor`'s diagonal blocks
+
+
+def walk_factor(jac: Tensor, d: Tensor, q: Tensor) -> Tensor:
+    """Lower Cholesky factors L (..., n_out, n, n) of Sigma_o = diag(d) + q (J_o J_o^T) *
+    min(age_i, age_j), the covariance `_walk_cholesky` factors densely (rows oldest first, ages
+    n - 1 .. 0): jac (..., n_out, n, P), d (..., n), q (...,).
+
+    Below its diagonal Sigma is semiseparable of rank P (for i > j, Sigma_ij = u_i . J_j with
+    u_i = q a_i J_i; see `walk_whiten`), and so is L: its block (I, J) below the diagonal blocks
+    is U_I X_J^T. A pass over blocks of BLOCK rows finds them, carrying S = sum over earlier
+    blocks of X^T X (P x P): L_II = chol(Sigma_II - U_I S U_I^T), X_I = L_II^-1 (J_I - U_I S).
+    That is O(n BLOCK P + n BLOCK^2) where the dense factor costs O(n^3), and L is written out
+    in O(n^2 P). Leading axes (twins) are independent: products are elementwise with sums along
+    a twin's own last axis, the factors and solves per matrix, so a twin's factor is the same,
+    bit for bit, whatever others share the call. A diagonal block that rounding leaves not
+    quite positive definite gets jitter (`twin.learners.guard.cholesky`), as the dense factor
+    would."""
+    n, p = jac.shape[-2:]
+    lead = jac.shape[:-2]
+    age = torch.arange(n - 1, -1, -1, dtype=DTYPE)
+    u = (q[..., None, None] * age)[..., None] * jac  # (..., n_out, n, P)
+    x = torch.empty(lead + (n, p), dtype=DTYPE)
+    s = torch.zeros(lead + (p, p), dtype=DTYPE)
+    blocks = []
+    for start in range(0, n, BLOCK):
+        rows = slice(start, min(start + BLOCK, n))
+        ub, jb = u[..., rows, :], jac[..., rows, :]
+        lower = _outer(ub, jb)  # (..., b, b): Sigma_ij - d_i delta_ij for i >= j
+        sigma = lower.tril() + lower.tril(-1).mT
+        sigma.diagonal(dim1=-2, dim2=-1).add_(d[..., None, rows])
+        us = _outer(ub, s)  # U S (S is symmetric)
+        block = cholesky(sigma - _outer(us, ub))
+        xb = torch.linalg.solve_triangular(block, jb - us, upper=False)
+        x[..., rows, :] = xb
+        s = s + _outer(xb.mT, xb.mT)
+        blocks.append((rows, block))
+    chol = _outer(u, x)  # U_I X_J^T, kept below the diagonal blocks
+    index = torch.arange(n) // BLOCK
+    chol.masked_fill_(index[:, None] <= index[None, :], 0.0)
+    for rows, block in blocks:
+        chol[..., rows, rows] = block
+    return chol
+
+
+def _outer(a: Tensor, b: Tensor) -> Tensor:
+    """(..., m, k), (..., n, k) -> (..., m, n) a b^T, by elementwise products summed over k
+    (not a matmul: torch picks a matmul's kernel by the batch's shape): k outer products added
+    in turn where k is small, else products summed along the last axis."""
+    if a.shape[-1] > 8:
+        return (a[..., :, None, :] * b[..., None, :, :]).sum(dim=-1)
+    out = a[..., :, None, 0] * b[..., None, :, 0]
+    for i in range(1, a.shape[-1]):
+        out += a[..., :, None, i] * b[..., None, :, i]
+    return out
 
 
 def walk_whiten(
@@ -66,6 +124,30 @@ def walk_whiten(
         return z / np.sqrt(D)[..., None], np.log(D).sum(axis=-1)
 
 
+def walk_factors(jacs: list[Tensor], weights: list[Tensor], rates: list[float]) -> list[Tensor]:
+    """`RandomWalk`'s factors for many windows: (T, n_out, P) Jacobians, (T,) recency weights
+    and rates q -> (n_out, n, n) factors of their kept targets (n = the weights' nonzero tail).
+    Windows with the same shapes (and number kept) share `walk_factor` passes, a bounded number
+    of factor entries at a time; each is the same as it would be alone."""
+    out: list[Tensor | None] = [None] * len(jacs)
+    groups: dict[tuple, list[int]] = {}
+    kept = [w > 0 for w in weights]
+    for i, (jac, keep) in enumerate(zip(jacs, kept, strict=True)):
+        groups.setdefault((tuple(jac.shape), int(keep.sum())), []).append(i)
+    for (shape, n), members in groups.items():
+        size = max(GROUP_ENTRIES // (shape[1] * n * n), 1)  # twins per pass
+        for at in range(0, len(members), size):
+            part = members[at : at + size]
+            jac = torch.stack([jacs[i][kept[i]].permute(1, 0, 2) for i in part])
+            w = [weights[i][kept[i]] for i in part]
+            d = torch.stack([x.max() / x for x in w])
+            q = torch.tensor([float(rates[i]) for i in part], dtype=DTYPE)
+            chol = walk_factor(jac, d, q)
+            for k, i in enumerate(part):
+                out[i] = chol[k]
+    return out  # type: ignore[return-value]
+
+
 class RandomWalk:
     """If theta does a random walk with N(0, q I) steps per observation in scaled coordinates z,
     the residual of a target `age` observations old, measured against today's parameters, has
@@ -83,9 +165,13 @@ class RandomWalk:
     weight (before a detected change) are left out.
     """
 
-    def __init__(self, jac: Tensor, weights: Tensor, q: float):
+    def __init__(self, jac: Tensor, weights: Tensor, q: float, chol: Tensor | None = None):
+        """The factors come from `walk_factor` (O(n P^2) per row), or are given (`chol`, as
+        `walk_factors` finds them for many twins at once)."""
         self.keep = weights > 0  # a contiguous tail: the current regime
-        self.chol = _walk_cholesky(jac[self.keep], weights[self.keep], q)  # (n_out, n, n)
+        if chol is None:
+            [chol] = walk_factors([jac], [weights], [q])
+        self.chol = chol  # (n_out, n, n)
 
     def whiten(self, x: Tensor) -> Tensor:
         """(n_out, n, k) -> L^-1 x, output by output."""
