@@ -8,6 +8,7 @@ fleet's workload, bench/fleet.py); the table gives the time per twin and batch o
 
     python bench/together.py                          # K = 1, 8, 64 for four kinds
     python bench/together.py --kinds first_order --sizes 64,256 --batches 20
+    python bench/together.py --kinds arx:gradient,arx:kalman   # a kind with another learner
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ PLANTS = {
 
 
 def fleet(kind: str, k: int, length: int) -> tuple[list[Twin], list[Observations]]:
+    """K twins of `kind`, or of `kind:method` with that learner instead of the default."""
+    kind, _, method = kind.partition(":")
     twins, runs = [], []
     for i in range(k):
         plant = PLANTS[kind](i)
         spec = plant.spec_dict()
-        spec["learner"] = {"seed": i}
+        spec["learner"] = {"seed": i, **({"method": method} if method else {})}
         twins.append(Twin(TwinSpec.from_dict(spec)))
         runs.append(plant.simulate(length, seed=i).observations)
     return twins, runs
@@ -80,7 +83,11 @@ def measure(kind: str, k: int, batches: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kinds", default="first_order,thermal_rc,mass_spring_damper,arx")
+    parser.add_argument(
+        "--kinds",
+        default="first_order,thermal_rc,mass_spring_damper,arx,arx:gradient,arx:kalman",
+        help="kinds, each with its default learner or as kind:method",
+    )
     parser.add_argument("--sizes", default="1,8,64", help="group sizes K")
     parser.add_argument("--batches", type=int, default=10, help="timed batches per twin")
     args = parser.parse_args()

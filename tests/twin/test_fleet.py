@@ -273,3 +273,50 @@ def test_learners_of_other_methods_in_one_round_learn_as_alone(monkeypatch):
         assert a.to_bytes() == b.to_bytes()
     assert together[3].learner.n_updates > 10 and together[1].learner.n_updates > 10
     assert max(sizes) == 2
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_gradient_twins_learned_in_one_group_end_where_each_alone_ends(damaged, monkeypatch):
+    """`gradient` twins on the random-walk loss (their default on small models) step in wide
+    operations (`twin.learners.newton`), `arx` twins (whose objectives are built one by one)
+    and first-order ones (built together) alike, with values missing and outlying: each ends
+    where it ends alone, bit for bit, and the walk's factors and steps were made in groups."""
+    from twin.learners.gradient import GradientLearner
+
+    cases = [LinearPlant(a=0.8), LinearPlant(a=0.6, b=0.3), LinearPlant(a=0.9, b=0.2)]
+    cases += [FirstOrderPlant(K=1.5, tau=15.0), FirstOrderPlant(K=0.5, tau=8.0)]
+    together, runs = [], []
+    for i, plant in enumerate(cases):
+        spec = plant.spec_dict()
+        spec["learner"] = {"method": "gradient", "seed": i}
+        together.append(Twin(TwinSpec.from_dict(spec)))
+        obs = plant.simulate(2 * STEPS, seed=i).observations
+        if damaged:
+            rng = np.random.default_rng(i)
+            y = obs.outputs.copy()
+            y[rng.random(y.shape) < 0.05] = np.nan
+            y[rng.random(y.shape) < 0.01] = 1e9
+            obs = Observations(obs.ts, obs.inputs, y, obs.seq)
+        runs.append(obs)
+    alone = copy.deepcopy(together)
+    sizes, learn_together = [], GradientLearner.learn_together.__func__
+
+    def counted(cls, pending):
+        sizes.append(len(pending))
+        return learn_together(cls, pending)
+
+    monkeypatch.setattr(GradientLearner, "learn_together", classmethod(counted))
+    for start in range(0, 2 * STEPS, BATCH):
+        results = step_together(together, [obs[start : start + BATCH] for obs in runs])
+        for twin, obs, result in zip(alone, runs, results, strict=True):
+            expected = twin.step(obs[start : start + BATCH])
+            assert not isinstance(result, Exception), result
+            assert np.array_equal(result.predictions, expected.predictions, equal_nan=True)
+            assert [r.to_dict() for r in result.reports] == [r.to_dict() for r in expected.reports]
+    for a, b in zip(alone, together, strict=True):
+        assert_same(a, b)
+        assert a.to_bytes() == b.to_bytes()
+    assert all(t.learner.drift() > 0 for t in together)  # the walk was in use
+    # three parameters each and one window length: one group (damaged: windows of their own
+    # lengths after an outlier, smaller groups)
+    assert max(sizes) >= (2 if damaged else len(cases))

@@ -5,10 +5,13 @@ or damped Gauss-Newton steps.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import torch
 from torch import Tensor
 
-from twin.learners.base import Learner
+from twin.learners.base import Learner, Pending
+from twin.learners.newton import DAMPING, HALVINGS, gauss_newton_together
 from twin.learners.objective import Objective
 from twin.learners.optim import Adam
 from twin.learners.options import COMMON_OPTIONS, Option, positive
@@ -17,12 +20,6 @@ from twin.models.base import TwinModel
 ITERATIONS = 4
 LR = 0.005  # with 4-observation updates: a smaller step per update, less jitter at rest
 CLIP = 10.0
-# Levenberg-Marquardt damping, relative to the curvature's mean diagonal. Directions the window
-# pins down poorly (a few collinear targets after a detected change) then move over several
-# updates instead of jumping to a fit of the noise: 1e-3 let the linear step plant's twin
-# overshoot 30-fold after an alarm (seed 2), 0.1 does not and tracks the random walk as closely.
-DAMPING = 0.1
-HALVINGS = 4  # a Gauss-Newton step that raises the loss is halved up to this many times
 # Models with at most this many parameters (the physical kinds, small arx) default to the
 # random-walk drift model at an estimated rate with Gauss-Newton steps; larger ones (mlp) to
 # exponential forgetting with Adam: their Gauss-Newton system and likelihood grow as P^2.
@@ -69,7 +66,30 @@ class GradientLearner(Learner):
         super().on_drift(start_seq)
         self.optimizer.drop_momentum()
 
+    def walks(self, objective: Objective) -> bool:
+        """Whether this update takes Gauss-Newton steps on the random-walk loss (then it may
+        be learned with others', `twin.learners.newton`)."""
+        return self.options["optimizer"] == "gauss_newton" and objective.walk is not None
+
+    def batch_key(self, objective: Objective) -> Hashable | None:
+        """Gauss-Newton updates on the random-walk loss with the same number of parameters,
+        options and walk factor shape step together; others alone."""
+        if not self.walks(objective):
+            return None
+        n = self.model.parameter_scales().numel()
+        walk = objective.walk
+        return (n, tuple(sorted(self.options.items())), tuple(walk.chol.shape), walk.n)
+
+    @classmethod
+    def learn_together(cls, pending: list[Pending]) -> list[tuple[Tensor, float]]:
+        if not all(p.learner.walks(p.objective) for p in pending):  # type: ignore[attr-defined]
+            return super().learn_together(pending)
+        iterations = pending[0].learner.options["iterations"]
+        return gauss_newton_together([p.objective for p in pending], iterations)
+
     def _learn(self, objective: Objective, lr: float, boost: float) -> tuple[Tensor, float]:
+        if self.walks(objective):
+            return self.learn_together([Pending(self, objective, lr, boost, 0)])[0]
         if self.options["optimizer"] == "gauss_newton":
             return self._gauss_newton(objective)
         scale = objective.scale

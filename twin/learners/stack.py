@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -63,7 +63,28 @@ def objectives_together(requests: list[Request]) -> list[Objective]:
         built = _stacked([requests[i] for i in members])
         for i, objective in zip(members, built, strict=True):
             out[i] = objective
-    return [requests[i].alone() if o is None else o for i, o in enumerate(out)]
+    objectives = [
+        replace(r, drift=0.0).alone() if o is None else o
+        for r, o in zip(requests, out, strict=True)
+    ]
+    _walks(objectives, [r.drift for r in requests])
+    return objectives
+
+
+def _walks(objectives: list[Objective], rates: list[float]) -> None:
+    """Give each objective with a drift rate its random walk, as `Objective` would, their
+    factors found together (`walk_factors`)."""
+    walking = [
+        (o, q)
+        for o, q in zip(objectives, rates, strict=True)
+        if q and o.n_targets and bool(torch.isfinite(o.jacobian()).all())
+    ]
+    if walking:
+        chosen, qs = zip(*walking, strict=True)
+        jacs, weights = [o.jacobian() for o in chosen], [o.weights for o in chosen]
+        factors = walk_factors(jacs, weights, list(qs))
+        for o, jac, q, chol in zip(chosen, jacs, qs, factors, strict=True):
+            o.walk = RandomWalk(jac, o.weights, q, chol)
 
 
 def _stacked(requests: list[Request]) -> list[Objective | None]:
@@ -144,17 +165,6 @@ def _build(
         o.y_scaled, o.residuals, o.y_rows, o.inv_s, o.w_mean, o._center = v[12:]
         o._jacobian, o.walk, o._center_loss = None, None, None
         out.append(o)
-    walking = [
-        (o, r.drift)
-        for o, r in zip(out, requests, strict=True)
-        if r.drift and bool(torch.isfinite(o.jacobian()).all())
-    ]
-    if walking:  # the random walks' factors, found together (`walk_factors`)
-        objectives, rates = zip(*walking, strict=True)
-        jacs, weights = [o.jacobian() for o in objectives], [o.weights for o in objectives]
-        factors = walk_factors(jacs, weights, list(rates))
-        for o, jac, q, chol in zip(objectives, jacs, rates, factors, strict=True):
-            o.walk = RandomWalk(jac, o.weights, q, chol)
     return out
 
 

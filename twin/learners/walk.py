@@ -34,9 +34,10 @@ BLOCK = 64  # rows of `walk_factor`'s diagonal blocks
 
 
 def walk_factor(jac: Tensor, d: Tensor, q: Tensor) -> Tensor:
-    """Lower Cholesky factors L (..., n_out, n, n) of Sigma_o = diag(d) + q (J_o J_o^T) *
-    min(age_i, age_j), the covariance `_walk_cholesky` factors densely (rows oldest first, ages
-    n - 1 .. 0): jac (..., n_out, n, P), d (..., n), q (...,).
+    """Lower Cholesky factors L (..., n_out, m, m) of diag(Sigma_o, I), m = `padded(n)`, where
+    Sigma_o = diag(d) + q (J_o J_o^T) * min(age_i, age_j) is the covariance `_walk_cholesky`
+    factors densely (rows oldest first, ages n - 1 .. 0): jac (..., n_out, n, P), d (..., n),
+    q (...,). Its leading (n, n) block is Sigma_o's factor, the rest the identity.
 
     Below its diagonal Sigma is semiseparable of rank P (for i > j, Sigma_ij = u_i . J_j with
     u_i = q a_i J_i; see `walk_whiten`), and so is L: its block (I, J) below the diagonal blocks
@@ -44,14 +45,20 @@ def walk_factor(jac: Tensor, d: Tensor, q: Tensor) -> Tensor:
     blocks of X^T X (P x P): L_II = chol(Sigma_II - U_I S U_I^T), X_I = L_II^-1 (J_I - U_I S).
     That is O(n BLOCK P + n BLOCK^2) where the dense factor costs O(n^3), and L is written out
     in O(n^2 P). Leading axes (twins) are independent: products are elementwise with sums along
-    a twin's own last axis, the factors and solves per matrix, so a twin's factor is the same,
-    bit for bit, whatever others share the call. A diagonal block that rounding leaves not
-    quite positive definite gets jitter (`twin.learners.guard.cholesky`), as the dense factor
-    would."""
+    a twin's own last axis, the factors, solves and the final product per matrix on aligned
+    memory, so a twin's factor is the same, bit for bit, whatever others share the call. A
+    diagonal block that rounding leaves not quite positive definite gets jitter
+    (`twin.learners.guard.cholesky`), as the dense factor would."""
     n, p = jac.shape[-2:]
-    lead = jac.shape[:-2]
     age = torch.arange(n - 1, -1, -1, dtype=DTYPE)
     u = (q[..., None, None] * age)[..., None] * jac  # (..., n_out, n, P)
+    # Rows of zeros (and unit variance) appended up to a multiple of 8: the factor of
+    # diag(Sigma, I). Every matrix then starts 64-byte aligned, whichever twin of a batch it is,
+    # and the BLAS and LAPACK kernels (whose rounding depends on alignment) see one layout.
+    n = padded(n)
+    u, jac = pad_rows(u, n), pad_rows(jac, n)
+    d = torch.cat([d, torch.ones(d.shape[:-1] + (n - d.shape[-1],), dtype=DTYPE)], dim=-1)
+    lead = jac.shape[:-2]
     x = torch.empty(lead + (n, p), dtype=DTYPE)
     s = torch.zeros(lead + (p, p), dtype=DTYPE)
     blocks = []
@@ -67,7 +74,12 @@ def walk_factor(jac: Tensor, d: Tensor, q: Tensor) -> Tensor:
         x[..., rows, :] = xb
         s = s + _outer(xb.mT, xb.mT)
         blocks.append((rows, block))
-    chol = _outer(u, x)  # U_I X_J^T, kept below the diagonal blocks
+    # U_I X_J^T, kept below the diagonal blocks: a matrix product per twin, on the same shapes
+    # and (padded) alignment alone or in a batch, so its kernel rounds alike
+    chol = torch.empty(lead + (n, n), dtype=DTYPE)
+    for one, ui, xi in zip(chol.view(-1, *lead[-1:], n, n), u.view(-1, *lead[-1:], n, p),
+                           x.view(-1, *lead[-1:], n, p), strict=True):  # fmt: skip
+        torch.matmul(ui, xi.mT, out=one)
     index = torch.arange(n) // BLOCK
     chol.masked_fill_(index[:, None] <= index[None, :], 0.0)
     for rows, block in blocks:
@@ -75,11 +87,22 @@ def walk_factor(jac: Tensor, d: Tensor, q: Tensor) -> Tensor:
     return chol
 
 
+def padded(n: int) -> int:
+    """n rounded up to a multiple of 8 (see `walk_factor`)."""
+    return -(-n // 8) * 8
+
+
+def pad_rows(x: Tensor, n: int) -> Tensor:
+    """(..., m, k) -> (..., n, k) with zero rows appended (differentiable)."""
+    return torch.nn.functional.pad(x, (0, 0, 0, n - x.shape[-2]))
+
+
 def _outer(a: Tensor, b: Tensor) -> Tensor:
     """(..., m, k), (..., n, k) -> (..., m, n) a b^T, by elementwise products summed over k
     (not a matmul: torch picks a matmul's kernel by the batch's shape): k outer products added
     in turn where k is small, else products summed along the last axis."""
-    if a.shape[-1] > 8:
+    if a.shape[-1] > 8:  # contiguous rows: the sum then takes one path whatever the batch
+        a, b = a.contiguous(), b.contiguous()
         return (a[..., :, None, :] * b[..., None, :, :]).sum(dim=-1)
     out = a[..., :, None, 0] * b[..., None, :, 0]
     for i in range(1, a.shape[-1]):
@@ -126,7 +149,8 @@ def walk_whiten(
 
 def walk_factors(jacs: list[Tensor], weights: list[Tensor], rates: list[float]) -> list[Tensor]:
     """`RandomWalk`'s factors for many windows: (T, n_out, P) Jacobians, (T,) recency weights
-    and rates q -> (n_out, n, n) factors of their kept targets (n = the weights' nonzero tail).
+    and rates q -> (n_out, m, m) factors of their kept targets (n = the weights' nonzero tail,
+    padded to m rows: `walk_factor`).
     Windows with the same shapes (and number kept) share `walk_factor` passes, a bounded number
     of factor entries at a time; each is the same as it would be alone."""
     out: list[Tensor | None] = [None] * len(jacs)
@@ -135,7 +159,7 @@ def walk_factors(jacs: list[Tensor], weights: list[Tensor], rates: list[float]) 
     for i, (jac, keep) in enumerate(zip(jacs, kept, strict=True)):
         groups.setdefault((tuple(jac.shape), int(keep.sum())), []).append(i)
     for (shape, n), members in groups.items():
-        size = max(GROUP_ENTRIES // (shape[1] * n * n), 1)  # twins per pass
+        size = max(GROUP_ENTRIES // (shape[1] * padded(n) ** 2), 1)  # twins per pass
         for at in range(0, len(members), size):
             part = members[at : at + size]
             jac = torch.stack([jacs[i][kept[i]].permute(1, 0, 2) for i in part])
@@ -169,13 +193,17 @@ class RandomWalk:
         """The factors come from `walk_factor` (O(n P^2) per row), or are given (`chol`, as
         `walk_factors` finds them for many twins at once)."""
         self.keep = weights > 0  # a contiguous tail: the current regime
+        self.n = int(self.keep.sum())
         if chol is None:
             [chol] = walk_factors([jac], [weights], [q])
-        self.chol = chol  # (n_out, n, n)
+        self.chol = chol  # (n_out, m, m): `walk_factor`'s, padded to m rows
 
     def whiten(self, x: Tensor) -> Tensor:
         """(n_out, n, k) -> L^-1 x, output by output."""
-        return torch.linalg.solve_triangular(self.chol, x, upper=False)
+        white = torch.linalg.solve_triangular(
+            self.chol, pad_rows(x, self.chol.shape[-1]), upper=False
+        )
+        return white[..., : self.n, :]
 
     def loss(self, residuals: Tensor, delta: float) -> Tensor:
         """(..., T, n_out) standardized residuals -> (...) mean Huber loss of the whitened ones."""
