@@ -4,17 +4,17 @@ evaluation of change point detection algorithms") that river ships with their an
 at the paper's length (`river.drift.datasets`; its Apple and Brent series are the unsampled
 originals, so the paper's annotations do not index them).
 
-    python bench/tcpd.py [--margin 5]
+    python bench/tcpd.py [--margin 5] [--learner kalman] [--datasets run_log,occupancy]
 
 Each series is fed to a twin as the service would feed it, in posts of 5 observations: an
 autonomous `arx` twin (no inputs, one output per column of the series, `na: 1`, the default
-learner), whose predicted change points are the `start_seq` of its drift events. Beside it, in
-the same run: the paper's zero baseline (no change point at all) and river's ADWIN and
-Page-Hinkley at their defaults on the raw series (one detector per column; a change point where
-any fires). The score is the paper's F1 (its `metrics.f_measure`): the start of the series
-counts as a change point for every method, precision is against the union of the annotators,
-recall is averaged over annotators, a prediction within `margin` observations of an annotation
-matches it, each at most once.
+learner or `--learner`'s), whose predicted change points are the `start_seq` of its drift
+events. Beside it, in the same run: the paper's zero baseline (no change point at all) and
+river's ADWIN and Page-Hinkley at their defaults on the raw series (one detector per column; a
+change point where any fires). The score is the paper's F1 (its `metrics.f_measure`): the
+start of the series counts as a change point for every method, precision is against the union
+of the annotators, recall is averaged over annotators, a prediction within `margin`
+observations of an annotation matches it, each at most once.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from river import drift  # noqa: E402
 from river.drift import datasets  # noqa: E402
 
+from twin.learners import learner_method  # noqa: E402
 from twin.observations import Observations  # noqa: E402
 from twin.replica import Twin  # noqa: E402
 from twin.spec import TwinSpec  # noqa: E402
@@ -80,15 +81,20 @@ def f_measure(annotations: dict[str, list[int]], predictions, margin: int = 5) -
 
 
 # -- the methods ------------------------------------------------------------------------------
-def twin_spec(n_columns: int) -> TwinSpec:
+def twin_spec(n_columns: int, learner: str | None = None) -> TwinSpec:
+    """An autonomous `arx` twin of the series' columns, with its kind's default learner unless
+    `learner` names one."""
     outputs = [f"y{j}" for j in range(n_columns)]
-    return TwinSpec.from_dict({"inputs": [], "outputs": outputs, "model": {"kind": "arx", "na": 1}})
+    spec = {"inputs": [], "outputs": outputs, "model": {"kind": "arx", "na": 1}}
+    if learner:
+        spec["learner"] = {"method": learner}
+    return TwinSpec.from_dict(spec)
 
 
-def twin_change_points(series: np.ndarray) -> list[int]:
+def twin_change_points(series: np.ndarray, learner: str | None = None) -> list[int]:
     """0-based indices where the twin's drift events say a change began (seq = index + 1, as
     the service numbers observations)."""
-    twin = Twin.create(twin_spec(series.shape[1]))
+    twin = Twin.create(twin_spec(series.shape[1], learner))
     n = series.shape[0]
     seq = np.arange(1, n + 1)
     ts = seq.astype(np.float64)  # regular sampling: arx does not look at dt
@@ -123,16 +129,24 @@ METHODS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--margin", type=int, default=5)
+    parser.add_argument("--learner", help="the twin's learner method (default: arx's default)")
+    parser.add_argument("--datasets", help=f"comma-separated, among {', '.join(DATASETS)}")
     args = parser.parse_args()
-    scores = {m: [] for m in METHODS}
-    header = f"{'dataset':<20}" + "".join(f"{m:>14}" for m in METHODS) + "  twin's change points"
-    print(f"TCPD F1 (margin {args.margin}, start counted, all annotators)")
+    names = args.datasets.split(",") if args.datasets else list(DATASETS)
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        parser.error(f"unknown datasets {unknown}; known: {', '.join(DATASETS)}")
+    methods = {**METHODS, "twin": lambda series: twin_change_points(series, args.learner)}
+    scores = {m: [] for m in methods}
+    header = f"{'dataset':<20}" + "".join(f"{m:>14}" for m in methods) + "  twin's change points"
+    learner = args.learner or twin_spec(1).learner.method or learner_method(twin_spec(1))
+    print(f"TCPD F1 (margin {args.margin}, start counted, all annotators); twin: arx, {learner}")
     print(header)
     print("-" * len(header))
-    for name in DATASETS:
+    for name in names:
         series, annotations = load(name)
         row, points = [], []
-        for method, find in METHODS.items():
+        for method, find in methods.items():
             predicted = find(series)
             if method == "twin":
                 points = predicted
