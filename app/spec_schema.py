@@ -89,16 +89,22 @@ def kind_schema(info) -> dict[str, Any]:
             f"\n\nChannels, in this order: inputs [{', '.join(info.inputs)}], "
             f"outputs [{', '.join(info.outputs or ())}]."
         )
-    description += f" Default learner: `{info.default_learner}`."
-    return {
+    description += f" Default learner: `{info.default_learner}`"
+    beyond = info.default_learner_beyond
+    if beyond is not None:
+        description += f" (`{beyond[1]}` for models of more than {beyond[0]} parameters)"
+    out = {
         "title": f"{info.kind} model",
-        "description": description,
+        "description": description + ".",
         "type": "object",
         "required": ["kind"],
         "properties": properties,
         "additionalProperties": info.options is None,
         "x-default-learner": info.default_learner,
     }
+    if beyond is not None:  # the default for the larger models
+        out["x-default-learner-beyond"] = {"parameters": beyond[0], "method": beyond[1]}
+    return out
 
 
 def _params(info) -> dict[str, Any]:
@@ -225,10 +231,12 @@ def default_learner_schema(kinds: list, learners: dict) -> dict[str, Any]:
     """A learner without a method: the model kind's default, with that method's options (the
     union of the default methods' options; the spec check applies the right method's)."""
     defaults = {info.kind: info.default_learner for info in kinds}
+    beyond = {i.kind: i.default_learner_beyond for i in kinds if i.default_learner_beyond}
     properties: dict[str, Any] = {"method": {"type": "null"}, "seed": _seed()}
     choices: dict[str, list[dict[str, Any]]] = {}
     option_defaults: dict[str, dict[str, Any]] = {}
-    for method in sorted(set(defaults.values()) & set(learners)):
+    methods = set(defaults.values()) | {method for _, method in beyond.values()}
+    for method in sorted(methods & set(learners)):
         for name, option in learners[method].OPTIONS.items():
             known = choices.setdefault(name, [])
             known += [c for c in option_choices(option) if c not in known]
@@ -249,7 +257,10 @@ def default_learner_schema(kinds: list, learners: dict) -> dict[str, Any]:
         properties[name] = schema
     by_method: dict[str, list[str]] = {}
     for kind, method in defaults.items():
-        by_method.setdefault(method, []).append(kind)
+        limit = f" up to {beyond[kind][0]} parameters" if kind in beyond else ""
+        by_method.setdefault(method, []).append(kind + limit)
+    for kind, (limit, method) in beyond.items():
+        by_method.setdefault(method, []).append(f"{kind} beyond {limit} parameters")
     which = "; ".join(f"`{m}` for {', '.join(ks)}" for m, ks in sorted(by_method.items()))
     return {
         "title": "default learner",

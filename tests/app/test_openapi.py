@@ -111,7 +111,12 @@ def test_learner_is_a_union_by_method_or_the_kinds_default(schema):
     assert pgpe["window"]["anyOf"][0] == {"type": "integer", "minimum": 8, "maximum": 100000}
     default = components["DefaultLearner"]
     assert default["properties"]["method"] == {"type": "null"}
-    assert "`gradient` for arx, mlp" in default["description"]
+    assert "`gradient` for mlp, arx beyond 128 parameters" in default["description"]
+    assert "`kalman` for arx up to 128 parameters" in default["description"]
+    arx = components["ArxModel"]
+    assert arx["x-default-learner"] == "kalman"
+    assert arx["x-default-learner-beyond"] == {"parameters": 128, "method": "gradient"}
+    assert "x-default-learner-beyond" not in components["MlpModel"]
     learner = components["TwinCreate"]["properties"]["learner"]
     assert {"type": "null"} in learner["anyOf"]  # `learner: null` or left out: the default
 

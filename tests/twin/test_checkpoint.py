@@ -126,7 +126,9 @@ def test_a_twin_names_its_learner_and_a_checkpoint_that_did_not_loads_as_it_ran(
     assert twin.spec.learner.method == "pgpe"
     state = twin.state_dict()
     state["spec"]["learner"]["method"] = None  # as stored before
-    monkeypatch.setattr(FirstOrder, "default_learner", classmethod(lambda cls: "gradient"))
+    monkeypatch.setattr(
+        FirstOrder, "default_learner", classmethod(lambda cls, n_params=None: "gradient")
+    )
     assert Twin(TwinSpec.from_dict(FirstOrderPlant().spec_dict())).spec.learner.method == "gradient"
     restored = Twin.from_bytes(checkpoint.dumps(state))
     assert restored.spec.learner.method == "pgpe"

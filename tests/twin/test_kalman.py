@@ -18,7 +18,9 @@ from tests.twin.test_learners import (
     one_step_rmse,
     simulate,
 )
+from twin.learners import count_parameters, learner_method, make_learner, with_method
 from twin.learners.kalman import MAX_PARAMS, RATES
+from twin.models import model_class
 from twin.models.base import flat_parameters
 from twin.observations import Observations
 from twin.replica import Twin
@@ -163,6 +165,20 @@ def test_kalman_refuses_models_beyond_its_size_limit_at_spec_validation():
     assert err.value.field == "learner.method"
 
 
+def test_arx_defaults_to_kalman_up_to_its_size_limit_and_to_gradient_beyond():
+    def arx(n_outputs):  # na 1, no inputs: n_outputs^2 + n_outputs parameters
+        outputs = [f"y{i}" for i in range(n_outputs)]
+        return TwinSpec.from_dict({"inputs": [], "outputs": outputs, "model": {"kind": "arx"}})
+
+    assert MAX_PARAMS == 128 and count_parameters(arx(10)) == 110
+    assert count_parameters(arx(11)) == 132
+    assert learner_method(arx(10)) == "kalman" and learner_method(arx(11)) == "gradient"
+    assert with_method(arx(11)).learner.method == "gradient"  # valid: not refused by kalman
+    for n_outputs, method in ((1, "kalman"), (11, "gradient")):
+        spec = arx(n_outputs)
+        assert make_learner(spec, model_class("arx").from_spec(spec)).method == method
+
+
 def test_kalman_bank_stays_finite_on_a_channel_that_reads_exactly_zero():
     """A light sensor reading exactly 0 (off) then 430 (on), beside a temperature: the lag of
     the light channel is informed by no target while it reads 0 and the noise estimate of that
@@ -188,9 +204,9 @@ def test_kalman_bank_stays_finite_on_a_channel_that_reads_exactly_zero():
             predictions.append(twin.step(obs).predictions)
             P = twin.learner.covariances
             assert np.isfinite(P).all()
-            assert np.diagonal(P, axis1=1, axis2=2).max() <= twin.learner.options["prior"] * (
-                1 + 1e-9
-            )
+            options = twin.learner.options
+            cap = options["prior"] * options["window"]
+            assert np.diagonal(P, axis1=1, axis2=2).max() <= cap * (1 + 1e-9)
             assert min(np.linalg.eigvalsh(p).min() for p in P) >= -1e-9
             assert np.isfinite(twin.learner.noise).all() and (twin.learner.noise > 0).all()
     late = np.concatenate(predictions)[-40:]

@@ -310,7 +310,7 @@ def test_mlp_starts_as_persistence_and_uses_dt():
     load_flat(model, perturbed(model, 1)[0])
     assert not torch.allclose(model(y_ctx, u_ctx, u_now, dt), model(y_ctx, u_ctx, u_now, 2 * dt))
     assert model_class("mlp").default_learner() == "gradient"
-    assert model_class("arx").default_learner() == "gradient"
+    assert model_class("arx").default_learner() == "kalman"
 
 
 def test_mlp_init_is_seeded_and_leaves_the_global_rng_alone():

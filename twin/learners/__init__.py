@@ -27,15 +27,17 @@ KNOWN = ", ".join(LEARNERS)
 
 
 def learner_method(spec: TwinSpec) -> str:
-    """The spec's learner method, or its model kind's default."""
+    """The spec's learner method, or its model kind's default for the model's size."""
     if spec.learner.method is not None:
         return spec.learner.method
     from twin.models import model_class
 
     try:
-        return model_class(spec.model.kind).default_learner()
+        kind = model_class(spec.model.kind)
     except KeyError:
         raise SpecError("model.kind", f"unknown kind {spec.model.kind!r}") from None
+    sized = kind.default_learner_beyond() is not None  # else the size is not worth counting
+    return kind.default_learner(count_parameters(spec) if sized else None)
 
 
 def legacy_method(kind: str) -> str:
@@ -79,7 +81,8 @@ def count_parameters(spec: TwinSpec) -> int:
 
 def make_learner(spec: TwinSpec, model: TwinModel) -> Learner:
     """The learner a spec asks for, driving `model` (whose parameters are its center)."""
-    method = spec.learner.method or type(model).default_learner()
+    size = sum(p.numel() for p in model.parameters())
+    method = spec.learner.method or type(model).default_learner(size)
     if method not in LEARNERS:
         raise SpecError("learner.method", f"unknown method {method!r}; known: {KNOWN}")
     return LEARNERS[method](model, spec.learner.options, spec.learner.seed)

@@ -31,11 +31,12 @@ down-weighted as Huber's loss would (its noise variance scaled by |nu| / huber; 
 1997, "Kalman filter with outliers and missing observations", Test 6(2)), and values far outside
 a channel's range are never learned (`twin.learners.guard`). An output a sensor did not report
 adds no measurement row: only the time update runs for it (the missing-observation case of the
-same paper), and it is left out of the noise estimates. No filter's variance of a coordinate
-exceeds the prior's (a parameter no target informs has an information of 0, and the relative
-rates gave it a variance of 1e301 per target), and no noise variance is taken below NOISE_FLOOR
-of its channel's magnitude: both made the fast filters' covariances overflow on a channel that
-reads exactly 0 for a while (`_time_update`, `_noise_floor`). Bounds are kept by projecting the
+same paper), and it is left out of the noise estimates. No filter's random walk adds more than
+the prior's variance per target, nor its variance of a coordinate exceeds `window` times the
+prior's (a parameter no target informs has an information of 0, and the relative rates gave it
+a variance of 1e301 per target), and no noise variance is taken below NOISE_FLOOR of its
+channel's magnitude: both made the fast filters' covariances overflow on a channel that reads
+exactly 0 for a while (`_time_update`, `_noise_floor`). Bounds are kept by projecting the
 centers onto them. A drift alarm makes the REML estimate look only at the new regime; the bank
 follows the change itself (its fast filters gain the likelihood).
 """
@@ -316,7 +317,7 @@ class KalmanLearner(Learner):
                 Q = rates[:, None] / np.maximum(self.info, 1e-300)  # (K, P)
             else:
                 Q = np.full(Z.shape, rates[0])
-            P = _time_update(P, Q, self.options["prior"])
+            P = _time_update(P, Q, self.options["prior"], self.options["window"])
             best = self.selected
             e_t, hph_t = np.zeros(y.shape[1]), np.zeros(y.shape[1])
             fit, fit_sq = np.zeros(len(Z)), np.zeros(len(Z))
@@ -441,19 +442,22 @@ def _normalization(model: TwinModel) -> tuple[np.ndarray, ...]:
     )
 
 
-def _time_update(P: np.ndarray, Q: np.ndarray, prior: float) -> np.ndarray:
-    """(K, P, P) covariances plus their random walk's variance Q (K, P) per target, no variance
-    above `prior`: what is known of a coordinate before any data bounds what a filter may
-    forget of it. A parameter no target informs (the lag of a channel that reads 0) has an
-    information of 0, so the fast filters' relative rate gave it a variance of 1e301 per target,
-    and the next measurement update overflowed; the cap scales the rows and columns of the
-    coordinates beyond it (D P D, which keeps P positive semi-definite)."""
+def _time_update(P: np.ndarray, Q: np.ndarray, prior: float, window: int) -> np.ndarray:
+    """(K, P, P) covariances plus their random walk's variance Q (K, P) per target, at most
+    `prior` per target (what is known of a coordinate before any data bounds what a filter may
+    forget of it in one step), and no variance above `window` such steps (the most a filter can
+    forget over the window the noise is estimated on). A parameter no target informs (the lag
+    of a channel that reads 0) has an information of 0, so the fast filters' relative rate gave
+    it a variance of 1e301 per target, and the next measurement update overflowed. The cap on
+    the variance scales the rows and columns of the coordinates beyond it (D P D, which keeps P
+    positive semi-definite)."""
     idx = np.arange(P.shape[-1])
     P = P.copy()
     P[:, idx, idx] += np.minimum(Q, prior)
+    cap = prior * window
     variance = P[:, idx, idx]
-    if (variance > prior).any():
-        shrink = np.sqrt(prior / np.maximum(variance, prior))  # (K, P), 1 within the cap
+    if (variance > cap).any():
+        shrink = np.sqrt(cap / np.maximum(variance, cap))  # (K, P), 1 within the cap
         P *= shrink[:, :, None] * shrink[:, None, :]
     return P
 

@@ -85,11 +85,19 @@ class ARX(TwinModel):
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def default_learner(cls) -> str:
-        """`gradient`: on the generalization benchmark's linear plants it tracks 4x closer than
-        `pgpe` at the median (docs/benchmarks.md); linear in its coefficients, the model's
-        Gauss-Newton steps are exact least-squares steps."""
-        return "gradient"
+    def default_learner(cls, n_params: int | None = None) -> str:
+        """`kalman` up to its size limit, `gradient` beyond: on the generalization benchmark's
+        linear plants the filter bank tracks closest (docs/benchmarks.md, "Default learner of
+        `arx`"), exact for a model linear in its coefficients, but it takes at most 128
+        parameters; beyond, `gradient`'s Gauss-Newton or Adam steps."""
+        limit, method = cls.default_learner_beyond()
+        return method if n_params is not None and n_params > limit else "kalman"
+
+    @classmethod
+    def default_learner_beyond(cls) -> tuple[int, str]:
+        from twin.learners.kalman import MAX_PARAMS  # twin.learners imports the models
+
+        return MAX_PARAMS, "gradient"
 
     @classmethod
     def describe(cls) -> KindInfo:
@@ -100,6 +108,7 @@ class ARX(TwinModel):
             options=cls.OPTIONS,
             bounds=False,
             default_learner=cls.default_learner(),
+            default_learner_beyond=cls.default_learner_beyond(),
         )
 
     @classmethod

@@ -69,6 +69,8 @@ class KindInfo:
     options: dict[str, ModelOption] | None = None
     bounds: bool = True
     default_learner: str = "pgpe"
+    # (n, method): models of more than n parameters default to `method` instead
+    default_learner_beyond: tuple[int, str] | None = None
 
 
 class TwinModel(nn.Module):
@@ -115,13 +117,29 @@ class TwinModel(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def default_learner(cls) -> str:
+    def default_learner(cls, n_params: int | None = None) -> str:
+        """The learner a spec of this kind without `learner.method` gets, for a model of
+        `n_params` parameters (None: of a size within `default_learner_beyond`'s limit)."""
+        beyond = cls.default_learner_beyond()
+        if beyond is not None and n_params is not None and n_params > beyond[0]:
+            return beyond[1]
         return "pgpe"
+
+    @classmethod
+    def default_learner_beyond(cls) -> tuple[int, str] | None:
+        """(n, method) where models of this kind of more than n parameters default to
+        `method`; None where the default does not depend on the model's size."""
+        return None
 
     @classmethod
     def describe(cls) -> KindInfo:
         """What this kind takes; a kind that does not override it declares nothing exactly."""
-        return KindInfo(cls.kind, summary(cls), default_learner=cls.default_learner())
+        return KindInfo(
+            cls.kind,
+            summary(cls),
+            default_learner=cls.default_learner(),
+            default_learner_beyond=cls.default_learner_beyond(),
+        )
 
     # -- prediction ---------------------------------------------------------------------------
     @property

@@ -113,7 +113,7 @@ class MLP(TwinModel):
         reject_bounds(spec, cls.kind)
 
     @classmethod
-    def default_learner(cls) -> str:
+    def default_learner(cls, n_params: int | None = None) -> str:
         return "gradient"
 
     # -- prediction ---------------------------------------------------------------------------
