@@ -99,6 +99,7 @@ class Result:
     catch_up: float | None
     burst_rps: float  # the reference: requests/s of one batch to every twin at once
     burst_learned: float  # ... and batches/s learned until all were
+    load_learned: float  # batches/s learned during the load (posted minus what stayed pending)
     per_core: float  # twins at 1 obs/s one core holds: 10 x batches per CPU-second in the burst
     server_cores: float  # CPU seconds of the deployment per second of load
     client_cores: float
@@ -231,6 +232,21 @@ async def lags(client: httpx.AsyncClient, n: int) -> list[float]:
     return out
 
 
+async def pending_total(client: httpx.AsyncClient, n: int) -> int | None:
+    """The observations the fleet's twins have not learned yet, all together (None when the
+    service was too busy to say)."""
+    total = 0
+    for offset in range(0, n, 10_000):
+        response = await client.get(
+            "/twins", params={"prefix": PREFIX, "limit": 10_000, "offset": offset}
+        )
+        if response.status_code in (429, 503):
+            return None
+        response.raise_for_status()
+        total += sum(t["calibration_lag"]["observations"] for t in response.json())
+    return total
+
+
 async def pending(client: httpx.AsyncClient) -> int:
     """The most observations any fleet twin has not learned yet (-1: the service was too busy
     to say)."""
@@ -332,6 +348,8 @@ async def measure(base: str, run, n: int, args) -> Result:
         )
         elapsed = time.monotonic() - t0
         cpu, client_cpu = run.cpu_seconds() - cpu0, time.process_time() - client0
+        left = await pending_total(client, n)  # nothing was pending at the start
+        learned = (accepted - left) / BATCH / args.duration if left is not None else float("nan")
         catch_up = await wait_caught_up(client, args.catch_up_timeout)
         poster.close()
     p50, p95, peak = np.percentile(samples, [50, 95, 100]) if samples else (np.nan,) * 3
@@ -346,6 +364,7 @@ async def measure(base: str, run, n: int, args) -> Result:
         catch_up,
         n / posted,
         n / (posted + drained),
+        learned,
         PERIOD * n / max(burst_cpu, 1e-9),
         cpu / elapsed,
         client_cpu / elapsed,
@@ -361,12 +380,13 @@ def print_results(results: list[Result], duration: float, twins: str = "first_or
     head = (
         f"{'configuration':<30} {'twins':>6} {'accepted':>10} {'failed':>6} {'late':>5} "
         f"{'lag p50 / p95 / max (s)':>24} {'catch-up':>9} {'ref: API':>10} {'ref: learned':>13} "
-        f"{'ref: twins':>11} {'server':>7} {'client':>7}"
+        f"{'learned':>10} {'ref: twins':>11} {'server':>7} {'client':>7}"
     )
     print(head)
     print(
         f"{'':<24} {'':>6} {'obs/s':>10} {'posts':>6} {'posts':>5} {'':>24} {'s':>9} "
-        f"{'req/s':>10} {'batches/s':>13} {'per core':>11} {'cores':>7} {'cores':>7}"
+        f"{'req/s':>10} {'batches/s':>13} {'batches/s':>10} {'per core':>11} {'cores':>7} "
+        f"{'cores':>7}"
     )
     for r in results:
         lag = f"{r.lag[0]:.1f} / {r.lag[1]:.1f} / {r.lag[2]:.1f}"
@@ -374,14 +394,17 @@ def print_results(results: list[Result], duration: float, twins: str = "first_or
         print(
             f"{r.config:<30} {r.twins:>6,} {r.accepted_rate:>10,.0f} {r.failed:>6} {r.late:>5} "
             f"{lag:>24} {caught:>9} {r.burst_rps:>10,.0f} {r.burst_learned:>13,.0f} "
-            f"{r.per_core:>11,.0f} {r.server_cores:>7.2f} {r.client_cores:>7.2f}"
+            f"{r.load_learned:>10,.0f} {r.per_core:>11,.0f} {r.server_cores:>7.2f} "
+            f"{r.client_cores:>7.2f}"
         )
     print(
         "\nref: one batch posted to every twin at once (warm), API requests/s while posting and "
         "batches learned/s until all were; a twin at 1 obs/s needs 0.1 batches/s, so "
         "10 x batches/s is the fleet the calibrator could hold; per core: 10 x batches per "
         "CPU-second the service's processes spent on the burst (posting and learning), the "
-        "twins at 1 obs/s one core holds, whatever else the machine runs.\nlate: posts sent "
+        "twins at 1 obs/s one core holds, whatever else the machine runs.\nlearned: batches "
+        "learned a second during the load itself (posted minus what was still pending at its "
+        "end), against the N/10 a second posted.\nlate: posts sent "
         "more than one period after their slot (the client fell behind; see its cores)."
     )
     by_config: dict[str, list[Result]] = {}

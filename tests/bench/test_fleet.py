@@ -39,6 +39,8 @@ def _check(results, config: str, twins: int) -> None:
     assert r.samples >= 1 and r.lag[1] >= 0
     assert r.catch_up is not None  # everything posted was learned
     assert r.burst_rps > 0 and r.burst_learned > 0 and r.per_core > 0
+    # learned during the load: something, and no more than was posted
+    assert 0 < r.load_learned <= r.accepted_rate / BATCH * 1.01
 
 
 @pytest.mark.slow
