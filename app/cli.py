@@ -158,8 +158,6 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=3)
 
 
-
-
 @cli.command()
 def worker(
     database_url: DatabaseUrl = None,
