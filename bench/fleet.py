@@ -9,7 +9,10 @@ in all, N/10 requests/s), against a real `tandem serve` started here.
 For each configuration (the embedded default: SQLite and `tandem serve`'s embedded workers,
 its default number or k; or PostgreSQL: `tandem serve --no-worker` and k `tandem worker`
 processes) and fleet size, on a fresh database:
-create the twins, one warm-up batch each (learned before anything is timed), then the
+create the twins and post them warm-up batches, each learned before the next and before anything
+is timed (by default enough for the first guess a physical twin makes from its first
+`twin.replica.GUESS_AFTER` observations: a one-off that costs a few times a steady update, so a
+fleet timed in its first minute measures its start; `--warm-batches 1` does that), then the
 reference: one batch to every twin at once, timed until all are learned (the API's requests/s
 and the calibrator's batches/s at this fleet size, so the capacity is measured in the same run),
 then the staggered load for --duration seconds while every twin's `calibration_lag` is sampled
@@ -39,6 +42,7 @@ import orjson  # noqa: E402
 from bench.fleet_deploy import deployment  # noqa: E402
 from bench.report import print_targets  # noqa: E402
 from twin.plants import FirstOrderPlant  # noqa: E402
+from twin.replica import GUESS_AFTER  # noqa: E402
 
 BATCH = 10  # observations per post, one second apart
 PERIOD = 10.0  # seconds between a twin's posts
@@ -327,15 +331,16 @@ async def load(
 
 
 async def measure(base: str, run, n: int, args) -> Result:
-    length = BATCH * (3 + int(args.duration / PERIOD) + 2)
+    length = BATCH * (args.warm_batches + 2 + int(args.duration / PERIOD) + 2)
     work = Workload(n, length)
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
     async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT_S, limits=limits) as client:
         ids = await create_twins(client, n, twin_spec(args.model, args.learner))
         poster = Poster(base)
-        _, failed = await burst(poster, ids, work)  # warm-up: first guesses, caches
-        if failed or await wait_caught_up(client, args.catch_up_timeout) is None:
-            raise RuntimeError("the warm-up batch was not learned")
+        for _ in range(args.warm_batches):  # warm-up: first guesses, caches
+            _, failed = await burst(poster, ids, work)
+            if failed or await wait_caught_up(client, args.catch_up_timeout) is None:
+                raise RuntimeError("a warm-up batch was not learned")
         burst_cpu = run.cpu_seconds()
         posted, failed = await burst(poster, ids, work)  # the reference, timed
         drained = await wait_caught_up(client, args.catch_up_timeout)
@@ -458,6 +463,13 @@ def main(argv: list[str] | None = None) -> list[Result]:
         '(\'{"kind": "arx", "na": 2, "nb": 2}\'), on the same data (u in, y out)',
     )
     parser.add_argument("--learner", help="the twins' learner method instead of their default")
+    parser.add_argument(
+        "--warm-batches",
+        type=int,
+        default=GUESS_AFTER // BATCH + 1,
+        help="batches each twin learns before anything is timed (default: past a physical "
+        "twin's first guess; 1 times the fleet's first minutes)",
+    )
     args = parser.parse_args(argv)
     print(
         f"cores {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), python "
