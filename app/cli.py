@@ -111,7 +111,7 @@ def serve(
         int | None,
         typer.Option(
             envvar="TANDEM_EMBEDDED_WORKERS",
-            show_default="1",
+            show_default="one per core, at most 2",
             min=1,
             help="Calibrator processes beside the API (with --worker).",
         ),

@@ -75,7 +75,7 @@ def test_leases_of_a_server_that_is_gone_are_released_at_start(client, make_twin
     assert held["worker"] == owners[4]
 
 
-def test_serve_runs_one_embedded_worker_unless_told():
+def test_serve_runs_an_embedded_worker_per_core_up_to_two_unless_told(monkeypatch):
     from pydantic import ValidationError
 
     from app.embedded import EmbeddedWorkers
@@ -83,7 +83,9 @@ def test_serve_runs_one_embedded_worker_unless_told():
     def children(settings: Settings) -> int:  # built, not started
         return len(EmbeddedWorkers(settings, sessions=None).children)
 
-    assert children(Settings(database_url="sqlite://")) == 1
+    for cores, expected in ((1, 1), (2, 2), (16, 2)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert children(Settings(database_url="sqlite://")) == expected
     assert children(Settings(database_url="sqlite://", embedded_workers=3)) == 3
     with pytest.raises(ValidationError):
         Settings(database_url="sqlite://", embedded_workers=0)
