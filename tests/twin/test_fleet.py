@@ -255,20 +255,8 @@ def test_learners_of_other_methods_in_one_round_learn_as_alone(monkeypatch):
         together.append(Twin(TwinSpec.from_dict(spec)))
         runs.append(plant.simulate(STEPS, seed=i).observations)
     alone = copy.deepcopy(together)
-    sizes, learn_together = [], PGPELearner.learn_together.__func__
-
-    def counted(cls, pending):
-        sizes.append(len(pending))
-        return learn_together(cls, pending)
-
-    monkeypatch.setattr(PGPELearner, "learn_together", classmethod(counted))
-    for start in range(0, STEPS, 7):  # windows of odd lengths too
-        results = step_together(together, [obs[start : start + 7] for obs in runs])
-        for twin, obs, result in zip(alone, runs, results, strict=True):
-            expected = twin.step(obs[start : start + 7])
-            assert not isinstance(result, Exception), result
-            assert np.array_equal(result.predictions, expected.predictions, equal_nan=True)
-            assert [r.to_dict() for r in result.reports] == [r.to_dict() for r in expected.reports]
+    sizes = group_sizes(monkeypatch, PGPELearner)
+    step_both(together, alone, runs, STEPS, 7)  # windows of odd lengths too
     for a, b in zip(alone, together, strict=True):
         assert a.to_bytes() == b.to_bytes()
     assert together[3].learner.n_updates > 10 and together[1].learner.n_updates > 10
@@ -299,20 +287,8 @@ def test_gradient_twins_learned_in_one_group_end_where_each_alone_ends(damaged, 
             obs = Observations(obs.ts, obs.inputs, y, obs.seq)
         runs.append(obs)
     alone = copy.deepcopy(together)
-    sizes, learn_together = [], GradientLearner.learn_together.__func__
-
-    def counted(cls, pending):
-        sizes.append(len(pending))
-        return learn_together(cls, pending)
-
-    monkeypatch.setattr(GradientLearner, "learn_together", classmethod(counted))
-    for start in range(0, 2 * STEPS, BATCH):
-        results = step_together(together, [obs[start : start + BATCH] for obs in runs])
-        for twin, obs, result in zip(alone, runs, results, strict=True):
-            expected = twin.step(obs[start : start + BATCH])
-            assert not isinstance(result, Exception), result
-            assert np.array_equal(result.predictions, expected.predictions, equal_nan=True)
-            assert [r.to_dict() for r in result.reports] == [r.to_dict() for r in expected.reports]
+    sizes = group_sizes(monkeypatch, GradientLearner)
+    step_both(together, alone, runs, 2 * STEPS, BATCH)
     for a, b in zip(alone, together, strict=True):
         assert_same(a, b)
         assert a.to_bytes() == b.to_bytes()
@@ -320,3 +296,27 @@ def test_gradient_twins_learned_in_one_group_end_where_each_alone_ends(damaged, 
     # three parameters each and one window length: one group (damaged: windows of their own
     # lengths after an outlier, smaller groups)
     assert max(sizes) >= (2 if damaged else len(cases))
+
+
+def group_sizes(monkeypatch, learner_cls) -> list[int]:
+    """The sizes of the groups `learner_cls.learn_together` is called with, from now on."""
+    sizes, learn_together = [], learner_cls.learn_together.__func__
+
+    def counted(cls, pending):
+        sizes.append(len(pending))
+        return learn_together(cls, pending)
+
+    monkeypatch.setattr(learner_cls, "learn_together", classmethod(counted))
+    return sizes
+
+
+def step_both(together, alone, runs, steps: int, chunk: int) -> None:
+    """Step `together` with `step_together` and `alone` one by one, `chunk` observations at a
+    time; each chunk's predictions and reports must agree."""
+    for start in range(0, steps, chunk):
+        results = step_together(together, [obs[start : start + chunk] for obs in runs])
+        for twin, obs, result in zip(alone, runs, results, strict=True):
+            expected = twin.step(obs[start : start + chunk])
+            assert not isinstance(result, Exception), result
+            assert np.array_equal(result.predictions, expected.predictions, equal_nan=True)
+            assert [r.to_dict() for r in result.reports] == [r.to_dict() for r in expected.reports]
