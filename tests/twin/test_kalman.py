@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torch.func import jacfwd
 
 from tests.twin.test_learners import (
     NOISE,
@@ -19,9 +20,9 @@ from tests.twin.test_learners import (
     simulate,
 )
 from twin.learners import count_parameters, learner_method, make_learner, with_method
-from twin.learners.kalman import MAX_PARAMS, RATES
+from twin.learners.kalman import MAX_PARAMS, RATES, _linearize_each
 from twin.models import model_class
-from twin.models.base import flat_parameters
+from twin.models.base import flat_parameters, unflatten
 from twin.observations import Observations
 from twin.replica import Twin
 from twin.spec import LearnerSpec, ModelSpec, SpecError, TwinSpec
@@ -109,7 +110,8 @@ def test_kalman_drift_alarm_widens_the_covariance_and_re_converges_faster():
     jumped = simulate(64, K=3.0, seed=5, after=obs)
     errors = {}
     for told in (False, True):
-        model, learner = build(make_spec("kalman"))
+        model, learner = build(make_spec("kalman", drift=1e-6))  # a fixed rate: a lone filter
+        assert not learner.banked
         feed(learner, obs, chunk=8)
         before = learner.covariance.copy()
         if told:
@@ -212,3 +214,50 @@ def test_kalman_bank_stays_finite_on_a_channel_that_reads_exactly_zero():
     late = np.concatenate(predictions)[-40:]
     assert np.isfinite(late).all()
     assert np.abs(late - y[-40:]).mean(axis=0)[1] < 50  # light on: tracked within 10 noise std
+
+
+def test_kalman_linearizes_each_filter_of_a_physical_bank_at_its_own_center():
+    spec = TwinSpec(
+        inputs=("F",),
+        outputs=("x", "v"),
+        model=ModelSpec("mass_spring_damper"),
+        learner=LearnerSpec("kalman", {}, 0),
+    )
+    model, learner = build(spec)
+    assert learner.banked and learner.each and len(learner.rates) == len(RATES)
+    rng = np.random.default_rng(0)
+    args = (
+        torch.from_numpy(rng.normal(size=(6, 1, 2))),
+        torch.from_numpy(rng.normal(size=(6, 1, 1))),
+        torch.zeros(6, 1),
+        torch.from_numpy(rng.uniform(0.05, 0.2, 6)),
+    )
+
+    def predict(z):
+        return model.forward_with(unflatten(model, z), *args)
+
+    centers = rng.normal(scale=0.3, size=(4, 3))
+    yhat, jac = _linearize_each(predict, centers)
+    assert yhat.shape == (4, 6, 2) and jac.shape == (4, 6, 2, 3)
+    for k, center in enumerate(centers):
+        z = torch.from_numpy(center)
+        np.testing.assert_allclose(yhat[k], predict(z).numpy(), rtol=1e-12)
+        np.testing.assert_allclose(jac[k], jacfwd(predict)(z).numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_kalman_physical_twin_stored_with_one_filter_loads_into_the_bank():
+    obs = simulate(600)
+    model, learner = build(make_spec("kalman"))
+    feed(learner, obs[:400], chunk=8)
+    state = learner.state_dict()
+    one = slice(learner.selected, learner.selected + 1)  # a lone filter's state, (1, ...)
+    old = {**state, **{k: state[k][one].clone() for k in ("covariance", "loglik", "scales")}}
+    old["offsets"] = torch.zeros(1, state["offsets"].shape[1], dtype=torch.float64)
+    model2, restored = build(make_spec("kalman"))
+    restored.load_state_dict(old)
+    k = len(restored.rates)
+    assert restored.covariances.shape[0] == k and restored.offsets.shape[0] == k
+    assert torch.equal(flat_parameters(model2), flat_parameters(model))
+    feed(restored, obs[400:], chunk=8)
+    feed(learner, obs[400:], chunk=8)
+    assert one_step_rmse(model2, obs[500:]) < 1.2 * one_step_rmse(model, obs[500:])

@@ -10,7 +10,10 @@ then folds the targets in one by one, output by output, into every filter: the t
 the filter's random-walk variance, the measurement update is the Kalman gain's.
 
 The bank is for models linear in their parameters (`linear_in_parameters`: arx), where one
-linearization serves every filter exactly; on other models the filters drift apart beyond its
+linearization serves every filter exactly, and for models that take a population of parameter
+sets in one call (`broadcasts_parameters`: the physical kinds), each filter then linearized at
+its own center (central differences, one batched call), as the estimated-noise reference of
+bench/filters.py does. On other models (mlp) the filters drift apart beyond one linearization's
 reach, and they keep one filter at REML's rate (a drift alarm adds the prior to its P).
 
 Noise levels, estimated online with nothing fitted to a plant: with drift "auto" the bank's
@@ -84,6 +87,9 @@ NOISE_MEMORY = 200  # targets in the running mean of each filter's scale, at mos
 # diverges (occupancy of bench/tcpd.py: overflow within 30 targets). One part in a million is
 # finer than any sensor resolves (a 16-bit converter: 1.5e-5 of its range).
 NOISE_FLOOR = 1e-6
+# Central-difference step (scaled coordinates) of the Jacobians taken at each filter's center
+# (`_linearize_each`): truncation error ~1e-12 relative, rounding ~1e-10 in float64.
+DIFFERENCE = 1e-6
 
 UNUSED = ("smoothness", "boost", "boost_updates")  # common options a filter has no use for
 OPTIONS: dict[str, Option] = {
@@ -107,12 +113,17 @@ class KalmanLearner(Learner):
     def __init__(self, model: TwinModel, options: dict, seed: int):
         super().__init__(model, options, seed)
         # The bank linearizes every filter at the selected center: exact for a model linear in
-        # its parameters (arx); on others (mlp, physical) the filters' centers drift apart out
-        # of the linearization's reach (a Hammerstein plant's mlp: 20,900x the informed filter,
-        # against 7.38x for one filter), so those keep one filter at REML's rate.
-        self.banked = options.get("drift", "auto") == "auto" and bool(
-            getattr(model, "linear_in_parameters", False)
+        # its parameters (arx); on others the filters' centers drift apart out of the
+        # linearization's reach (a Hammerstein plant's mlp: 20,900x the informed filter, against
+        # 7.38x for one filter), so those keep one filter at REML's rate, unless each filter can
+        # be linearized at its own center in one batched call (the physical kinds).
+        linear = bool(getattr(model, "linear_in_parameters", False))
+        self.banked = options.get("drift", "auto") == "auto" and (
+            linear or model.broadcasts_parameters
         )
+        # A model that takes a population of parameter sets in one call (the physical kinds) is
+        # linearized at every filter's own center (`_linearize_each`), as the reference does.
+        self.each = self.banked and not linear
         n, k = self.model.parameter_scales().numel(), len(self.rates)
         self.offsets = np.zeros((k, n))  # (K, P) each filter's center less the selected one's
         self.covariances = np.tile(np.eye(n) * self.options["prior"], (k, 1, 1))  # (K, P, P) of z
@@ -218,22 +229,28 @@ class KalmanLearner(Learner):
                 unflatten(self.model, z * scale), y_ctx, u_ctx, u_now, dt
             )
 
-        with torch.no_grad():
-            yhat0 = predict(z0)
-        jac = jacfwd(predict)(z0).detach()  # (T, n_out, P)
-        yhat0, jac, y = yhat0.numpy(), jac.numpy(), y.numpy()
+        z_start = z0.numpy()
+        if self.each:  # (K, T, n_out) and (K, T, n_out, P), at each filter's center
+            linearized = np.clip(z_start + self.offsets, low, high)
+            yhat0, jac = _linearize_each(predict, linearized)
+        else:
+            with torch.no_grad():
+                yhat0 = predict(z0).numpy()
+            jac = jacfwd(predict)(z0).detach().numpy()  # (T, n_out, P)
+        y = y.numpy()
         if not (np.isfinite(yhat0).all() and np.isfinite(jac).all()):  # refused: center stays
             return UpdateReport(math.nan, math.nan, 0.0, None, math.nan, k, y.shape[0])
         first = keep & measured.all(axis=1)  # rows whole enough to start the noise estimate
         if self.n_seen == 0 and first.any():  # the first targets set its starting point
-            hph = np.einsum("top,pq,toq->to", jac[first], self.covariance, jac[first])
-            self._match_noise((y - yhat0)[first], hph)
-        z_start = z0.numpy()
+            j0, f0 = (jac[self.selected], yhat0[self.selected]) if self.each else (jac, yhat0)
+            hph = np.einsum("top,pq,toq->to", j0[first], self.covariance, j0[first])
+            self._match_noise((y - f0)[first], hph)
         if self.banked:
             self._follow_scaler(scale.numpy())
         centers = np.clip(z_start + self.offsets, low, high)  # (K, P)
+        origin = centers.copy() if self.each else z_start  # where yhat0 and jac were taken
         centers, loss_before, loss_after = self._fold(
-            z_start, centers, yhat0, jac, y, keep, measured
+            origin, centers, yhat0, jac, y, keep, measured
         )
         centers = np.clip(centers, low, high)
         self._keep_finite(centers, z_start)
@@ -301,7 +318,9 @@ class KalmanLearner(Learner):
     def _fold(self, z0, centers, yhat0, jac, y, keep, measured):
         """Fold the targets (T, n_out) in one at a time into every filter of the bank, those
         `measured` (T, n_out) only; return the centers (K, P) and the selected filter's mean
-        squared standardized innovation before and residual after (the update's losses)."""
+        squared standardized innovation before and residual after (the update's losses). The
+        predictions yhat0 (T, n_out) and Jacobian jac (T, n_out, P) are taken at z0 (P,), or
+        per filter (K, T, n_out), (K, T, n_out, P) at z0 (K, P)."""
         Z, P = centers.copy(), self.covariances
         auto = self.banked
         rates = np.asarray(self.rates)
@@ -312,7 +331,8 @@ class KalmanLearner(Learner):
             seen = measured[t]
             if auto:  # each parameter's information per target, in units of the noise
                 beta = max(1.0 / (self.n_seen + 1), 1.0 / INFO_MEMORY)
-                h2 = (jac[t, seen] ** 2 / np.maximum(noise[seen], 1e-300)[:, None]).sum(axis=0)
+                jt = jac[t] if jac.ndim == 3 else jac[self.selected, t]  # (n_out, P)
+                h2 = (jt[seen] ** 2 / np.maximum(noise[seen], 1e-300)[:, None]).sum(axis=0)
                 self.info = h2 if not self.info.any() else self.info + beta * (h2 - self.info)
                 Q = rates[:, None] / np.maximum(self.info, 1e-300)  # (K, P)
             else:
@@ -323,10 +343,10 @@ class KalmanLearner(Learner):
             fit, fit_sq = np.zeros(len(Z)), np.zeros(len(Z))
             for o in np.flatnonzero(seen):  # a missing output: no measurement row
                 r = noise[o]
-                h = jac[t, o]  # (P,) raw output units per scaled coordinate
-                e = y[t, o] - yhat0[t, o] - (Z - z0) @ h  # (K,)
-                Ph = P @ h  # (K, P)
-                hph = np.maximum(Ph @ h, 0.0)  # (K,) rounding can leave P short of PSD
+                h = jac[..., t, o, :]  # (P,) or (K, P) raw output units per scaled coordinate
+                e = y[t, o] - yhat0[..., t, o] - _dot(Z - z0, h)  # (K,)
+                Ph = P @ h if h.ndim == 1 else (P @ h[..., None])[..., 0]  # (K, P)
+                hph = np.maximum(_dot(Ph, h), 0.0)  # (K,) rounding can leave P short of PSD
                 s = hph + r
                 with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                     own = self.scales if auto else 1.0  # each filter's own scale (a bank)
@@ -342,7 +362,7 @@ class KalmanLearner(Learner):
                 P = 0.5 * (P + np.transpose(P, (0, 2, 1)))
                 e_t[o], hph_t[o] = e[best], hph[best]
                 before.append(e[best] ** 2 / s[best] if s[best] > 0 else math.nan)
-                res = y[t, o] - yhat0[t, o] - h @ (Z[best] - z0)
+                res = (y[t, o] - yhat0[..., t, o] - _dot(Z - z0, h))[..., best]
                 after.append(res**2 / r if r > 0 else math.nan)
             self.loglik = LIKELIHOOD_DECAY * self.loglik + fit
             if seen.any():
@@ -422,6 +442,8 @@ class KalmanLearner(Learner):
         k = len(self.rates)
         if covariance.ndim == 2:  # one filter's
             covariance = np.tile(covariance, (k, 1, 1))
+        elif covariance.shape[0] != k:  # a lone filter's, now a bank (a physical kind's)
+            covariance = np.tile(covariance[-1], (k, 1, 1))
         self.covariances = covariance.copy()
         n = covariance.shape[-1]
         self.offsets = _array(state, "offsets", np.zeros((k, n)))
@@ -475,7 +497,30 @@ def _noise_floor(outputs: np.ndarray, observed: np.ndarray) -> np.ndarray:
 
 
 def _array(state: dict, key: str, default: np.ndarray) -> np.ndarray:
-    return state[key].numpy().copy() if key in state else default
+    """The state's array, or the default where it has none of that shape (a lone filter's
+    state loaded into a bank)."""
+    if key not in state or tuple(state[key].shape) != default.shape:
+        return default
+    return state[key].numpy().copy()
+
+
+def _linearize_each(predict, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, P) centers -> each one's predictions (K, T, n_out) and their Jacobian (K, T, n_out,
+    P) by central differences (DIFFERENCE in the scaled coordinates), all in one call of
+    `predict` on a population (K (2P + 1), P) of parameter sets."""
+    k, n = centers.shape
+    steps = np.vstack([np.zeros(n), DIFFERENCE * np.eye(n), -DIFFERENCE * np.eye(n)])
+    points = (centers[:, None, :] + steps[None]).reshape(-1, n)
+    with torch.no_grad():
+        f = predict(torch.from_numpy(points)).numpy()  # (K (2P + 1), T, n_out)
+    f = f.reshape((k, 2 * n + 1) + f.shape[1:])
+    jac = (f[:, 1 : n + 1] - f[:, n + 1 :]) / (2 * DIFFERENCE)  # (K, P, T, n_out)
+    return f[:, 0], np.moveaxis(jac, 1, -1)
+
+
+def _dot(a: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """(K, P) rows dotted with h (P,), or row by row with h (K, P)."""
+    return a @ h if h.ndim == 1 else (a * h).sum(axis=-1)
 
 
 def _mean(values: list[float]) -> float:
