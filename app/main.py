@@ -20,6 +20,7 @@ from app.metrics import RequestMetrics, ServiceMetrics
 from app.openapi import install_openapi
 from app.purge import start_purger
 from app.routes import gateway, observations, ops, reads, twins
+from app.services.channels import ChannelCache
 from app.services.checkpoints import TwinCache
 from app.services.commits import GroupCommit
 
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.worker = None
     app.state.commits = None  # app.services.commits.GroupCommit when group commit is on
     app.state.twin_cache = TwinCache(settings.twin_cache_size)
+    app.state.channels = ChannelCache()  # a posting twin's name and channels
     app.state.metrics = ServiceMetrics(lambda: app.state.sessions)
     install_error_handlers(app)
     install_limits(app, settings)  # bodies read in full, bounded, inside access control

@@ -11,12 +11,11 @@ from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
 from app.deps import GroupCommitDep, MetricsDep, SessionDep, SettingsDep, TwinDep
-from app.errors import Invalid, TooLarge, error_responses
+from app.errors import DomainError, Invalid, NotFound, TooLarge, error_responses
 from app.limits import MAX_INT64, TwinId
 from app.schemas import History, IngestResult, ObservationIn
 from app.services import history, ingestion
 from app.services.commits import post as commits_post
-from app.services.twins import get_twin
 
 router = APIRouter(prefix="/twins/{twin_id}/observations", tags=["observations"])
 
@@ -95,20 +94,33 @@ async def post_observations(
     ingestion.media_kind(content_type)  # 415 before reading a body it would not take
     body = await read_body(request, settings.max_body_bytes)
 
-    def check(session: Session) -> tuple[str, list[ingestion.Row]]:
-        twin = get_twin(session, twin_id)
-        inputs, outputs = twin.spec["inputs"], twin.spec["outputs"]
-        raw = ingestion.parse_batch(body, content_type, settings.max_batch_rows, inputs, outputs)
-        window = ingestion.ts_window(settings.min_ts, settings.max_ts_ahead)
-        return twin.name, ingestion.check_rows(raw, inputs, outputs, window)
+    channels = request.app.state.channels
 
-    (name, _), result = await commits_post(
-        request.app.state.sessions,
-        commits,
-        check,
-        lambda session, checked: ingestion.store(session, twin_id, checked[1]),
-        lambda checked: (len(checked[1]), twin_id),
-    )
+    def check(session: Session) -> tuple[str, list[ingestion.Row]]:
+        cached = channels.cached(twin_id)
+        name, inputs, outputs = channels.get(session, twin_id)
+        try:
+            raw = ingestion.parse_batch(
+                body, content_type, settings.max_batch_rows, inputs, outputs
+            )
+            window = ingestion.ts_window(settings.min_ts, settings.max_ts_ahead)
+            return name, ingestion.check_rows(raw, inputs, outputs, window)
+        except DomainError:
+            if cached:  # a twin deleted since it was cached is not found, not a bad body
+                channels.load(session, twin_id)
+            raise
+
+    try:
+        (name, _), result = await commits_post(
+            request.app.state.sessions,
+            commits,
+            check,
+            lambda session, checked: ingestion.store(session, twin_id, checked[1]),
+            lambda checked: (len(checked[1]), twin_id),
+        )
+    except NotFound:  # deleted since its channels were cached
+        channels.forget(twin_id)
+        raise
     metrics.ingested(name, result.accepted, result.duplicates)
     return result
 
