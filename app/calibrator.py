@@ -253,14 +253,18 @@ class Calibrator:
         try:
             twin = self._load(session, claim)
             size = twin.update_size
-            rows = session.execute(
-                NEXT_OBSERVATIONS,
-                {
-                    "twin_id": claim.twin_id,
-                    "after": twin.watermark,
-                    "rows": max(self.config.batch // size, 1) * size,  # on an update boundary
-                },
-            ).all()
+            rows = (
+                session.connection()
+                .execute(  # Core: no ORM work per twin
+                    NEXT_OBSERVATIONS,
+                    {
+                        "twin_id": claim.twin_id,
+                        "after": twin.watermark,
+                        "rows": max(self.config.batch // size, 1) * size,  # on an update boundary
+                    },
+                )
+                .all()
+            )
         except Exception:
             session.rollback()
             raise

@@ -38,7 +38,8 @@ def page_twins(
     `id`, `name` and `last_ts` sort in the database; `lag` (pending observations, then id)
     needs every matching twin's status first."""
     assert sort in SORTS, f"unknown sort {sort!r}"
-    query = select(Twin).where(Twin.deleted_at.is_(None))  # marked deleted: being purged
+    # plain rows, not ORM objects (a page may hold 10,000); marked deleted: being purged
+    query = select(*Twin.__table__.columns).where(Twin.deleted_at.is_(None))
     if prefix:
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(Twin.name.like(f"{escaped}%", escape="\\"))
@@ -66,7 +67,7 @@ def page_twins(
         order = column.desc() if desc else column.asc()
         query = query.order_by(order.nulls_last() if sort == "last_ts" else order, Twin.id)
     query = query.offset(offset).limit(limit)
-    return twin_statuses(session, list(session.scalars(query))), total
+    return twin_statuses(session, session.execute(query).all()), total
 
 
 def latest_watermark():

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -108,25 +108,12 @@ def list_twins(session: Session) -> list[Twin]:
 
 
 def twin_statuses(session: Session, twins: Sequence[Twin]) -> list[TwinStatus]:
-    """Statuses of `twins` in three queries, whatever their number."""
+    """Statuses of `twins` (rows or ORM twins) in at most one query, whatever their number."""
     if not twins:
         return []
-    ids = [t.id for t in twins]
-    newest = (
-        select(Version.twin_id, func.max(Version.number).label("number"))
-        .where(Version.twin_id.in_(ids))
-        .group_by(Version.twin_id)
-        .subquery()
-    )
-    latest = {
-        twin_id: (number, watermark)
-        for twin_id, number, watermark in session.execute(
-            select(Version.twin_id, Version.number, Version.watermark).join(
-                newest,
-                (Version.twin_id == newest.c.twin_id) & (Version.number == newest.c.number),
-            )
-        )
-    }
+    # each twin row holds its newest version's number and watermark (written with it, see
+    # app.versions): no query of the versions table
+    latest = {t.id: (t.version, t.watermark) for t in twins}
     # the lag in seconds is the age of the oldest observation not yet learned (seq wm + 1)
     anchors = {}
     for t in twins:
