@@ -232,7 +232,7 @@ class Calibrator:
         cached = self._cache.get(claim.twin_id)
         if cached and cached[0] == claim.version:
             return cached[1]
-        blob = session.execute(
+        blob = session.connection().execute(
             select(t.Version.checkpoint).where(
                 t.Version.twin_id == claim.twin_id, t.Version.number == claim.version
             )

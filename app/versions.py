@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
+import orjson
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
@@ -54,7 +54,7 @@ class VersionRows:
     number: int
     health: dict  # the twin row's new version, watermark and calibration health
     version: dict
-    predictions: list[dict]
+    predictions: list[tuple]  # PREDICTION_COLUMNS
     events: list[dict]
 
 
@@ -106,7 +106,7 @@ def write_versions(session: Session, batch: list[VersionRows], rules: WriteRules
     session.execute(insert(t.Version.__table__), [item.version for item in batch])
     predictions = [row for item in batch for row in item.predictions]
     if predictions:
-        session.execute(insert(t.Prediction.__table__), predictions)
+        _insert_predictions(session, predictions)
     events = [row for item in batch for row in item.events]
     if events:
         session.execute(insert(t.DriftEvent.__table__), events)
@@ -138,26 +138,36 @@ def _version(item: Learned, now: float) -> dict:
     }
 
 
-def _predictions(item: Learned) -> list[dict]:
+def _predictions(item: Learned) -> list[tuple]:
+    """Prediction rows as the driver takes them (`PREDICTION_COLUMNS`), JSON encoded once by
+    orjson, which writes NaN and inf as null."""
     r = item.result
-    rows = zip(
-        r.seq.tolist(),
-        _json_rows(r.predictions),
-        _json_rows(r.residuals),
-        _json_rows(r.frozen_predictions),
-        strict=True,
-    )
+    dumps = orjson.dumps
     return [
-        {
-            "twin_id": item.twin_id,
-            "seq": s,
-            "version": item.number,
-            "prediction": p,
-            "residual": e,
-            "first_guess": f,
-        }
-        for s, p, e, f in rows
+        (item.twin_id, s, item.number, dumps(p).decode(), dumps(e).decode(), dumps(f).decode())
+        for s, p, e, f in zip(
+            r.seq.tolist(),
+            r.predictions.tolist(),
+            r.residuals.tolist(),
+            r.frozen_predictions.tolist(),
+            strict=True,
+        )
     ]
+
+
+PREDICTION_COLUMNS = ("twin_id", "seq", "version", "prediction", "residual", "first_guess")
+
+
+def _insert_predictions(session: Session, rows: list[tuple]) -> None:
+    """One executemany of plain tuples at the driver level: SQLAlchemy's per-row parameter
+    processing (three JSON columns) cost more than the database's own insert."""
+    conn = session.connection()
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    table = t.Prediction.__table__
+    assert all(c in table.c for c in PREDICTION_COLUMNS), "predictions table changed"
+    marks = ", ".join([mark] * len(PREDICTION_COLUMNS))
+    sql = f"INSERT INTO {table.name} ({', '.join(PREDICTION_COLUMNS)}) VALUES ({marks})"
+    conn.exec_driver_sql(sql, rows)
 
 
 PRUNE_WINDOW = 16  # version numbers below those kept that a commit prunes (it adds one)
@@ -187,12 +197,3 @@ def _prune(session: Session, batch: list[VersionRows], rules: WriteRules) -> Non
             delete(versions).where(window, number > 0),
             [{"b_id": i.twin_id, "b_upto": i.number - rules.version_retention} for i in batch],
         )
-
-
-def _json_rows(values: np.ndarray) -> list[list[float | None]]:
-    """(N, n_out) -> rows of floats, with NaN and inf as None."""
-    finite = np.isfinite(values).tolist()
-    return [
-        [v if ok else None for v, ok in zip(row, oks, strict=True)]
-        for row, oks in zip(values.tolist(), finite, strict=True)
-    ]

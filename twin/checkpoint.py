@@ -36,6 +36,7 @@ TORCH_TO_NUMPY = {
 }
 NUMPY_TO_TORCH = {np.dtype(v).str: k for k, v in TORCH_TO_NUMPY.items()}
 TORCH_DTYPES = {str(k): k for k in TORCH_TO_NUMPY}
+TORCH_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 PLAIN = frozenset((str, bytes, int, float, bool, type(None)))  # what pickle builds by itself
 SHALLOW = PLAIN | {list, tuple}
 
@@ -86,6 +87,8 @@ def _encode(x: Any) -> Any:
     """x with its tensors, arrays, numpy scalars and OrderedDicts as tagged dicts; lists and
     tuples of plain values (the bulk of a state) as they are: the pickler checks them."""
     kind = type(x)
+    if kind in PLAIN:  # most values of a state: nothing to do
+        return x
     if kind is dict or kind is OrderedDict:
         if TAG in x:
             raise Unsupported("a dict with the tag key")
@@ -108,10 +111,12 @@ def _encode(x: Any) -> Any:
 
 
 def _encode_tensor(t: torch.Tensor) -> dict:
-    if t.dtype not in TORCH_TO_NUMPY or t.layout != torch.strided or t.device.type != "cpu":
+    name = TORCH_NAMES.get(t.dtype)
+    if name is None or t.layout is not torch.strided or not t.is_cpu:
         raise Unsupported(f"tensor {t.dtype} {t.layout} {t.device}")
-    data = t.detach().contiguous().numpy().tobytes()
-    return {TAG: ["tensor", str(t.dtype), list(t.shape), data, t.requires_grad]}
+    grad = t.requires_grad
+    data = (t.detach() if grad else t).contiguous().numpy().tobytes()
+    return {TAG: ["tensor", name, list(t.shape), data, grad]}
 
 
 def _decode(x: Any) -> Any:
