@@ -232,11 +232,10 @@ class Calibrator:
         cached = self._cache.get(claim.twin_id)
         if cached and cached[0] == claim.version:
             return cached[1]
-        blob = session.connection().execute(
-            select(t.Version.checkpoint).where(
-                t.Version.twin_id == claim.twin_id, t.Version.number == claim.version
-            )
-        ).first()
+        newest = select(t.Version.checkpoint).where(
+            t.Version.twin_id == claim.twin_id, t.Version.number == claim.version
+        )
+        blob = session.connection().execute(newest).first()  # Core: no ORM work
         if blob is None:
             raise TwinGone(claim.twin_id)
         if blob[0] is None:
