@@ -348,7 +348,7 @@ def store(session: Session, twin_id: int, rows: list[Row], now: float | None = N
     _insert(session, twin_id, first, new, late, now)
     last = first + len(new) - 1
     newest = new[-1][0] if last_ts is None else max(last_ts, new[-1][0])
-    session.execute(
+    session.connection().execute(  # Core: no ORM work per post
         update(Twin.__table__)
         .where(Twin.id == twin_id)
         .values(
@@ -384,7 +384,7 @@ def _lock_twin(session: Session, twin_id: int) -> tuple[int, float | None, int]:
         columns = (twins.c.last_seq, twins.c.last_ts, twins.c.late_observations)
         stmt = select(*columns).where(twins.c.id == twin_id, twins.c.deleted_at.is_(None))
         stmt = stmt.with_for_update()
-    row = session.execute(stmt).first()
+    row = session.connection().execute(stmt).first()
     if row is None:
         raise NotFound(f"twin {twin_id} does not exist")
     return int(row[0]), row[1], int(row[2])
