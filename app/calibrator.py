@@ -216,7 +216,7 @@ class Calibrator:
             .with_for_update(of=t.Twin, skip_locked=True)
         )
         with self.sessions.begin() as session:
-            rows = session.execute(query).all()
+            rows = session.connection().execute(query).all()  # Core: no ORM work
             claimed = self.leases.admit(
                 [Claim(*map(int, row[:4])) for row in rows], [row[4] for row in rows]
             )

@@ -115,7 +115,7 @@ class Leases:
         if not ids:
             return kept
         taken = set(
-            session.scalars(
+            session.connection().scalars(
                 update(t.Twin)
                 .where(t.Twin.id.in_(ids), self._mine_or_free(now))
                 .values(lease_owner=self.owner, lease_expires_at=now + self.lease_seconds)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import orjson
 from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from app import tables as t
@@ -76,9 +77,10 @@ def write_versions(session: Session, batch: list[VersionRows], rules: WriteRules
     marked deleted meanwhile, for which nothing was written."""
     now = time.time()
     twins = t.Twin.__table__
+    conn = session.connection()  # Core: no ORM work per statement
     # The twins' rows first: on SQLite that takes the write lock before anything is read, and
     # on PostgreSQL it locks the rows a concurrent DELETE marks.
-    session.execute(
+    conn.execute(
         update(twins)
         .where(twins.c.id == bindparam("b_id"), twins.c.deleted_at.is_(None))
         .values(
@@ -95,22 +97,20 @@ def write_versions(session: Session, batch: list[VersionRows], rules: WriteRules
     )
     ids = [item.twin_id for item in batch]
     gone = set(
-        session.scalars(
-            select(twins.c.id).where(twins.c.id.in_(ids), twins.c.deleted_at.is_not(None))
-        )
+        conn.scalars(select(twins.c.id).where(twins.c.id.in_(ids), twins.c.deleted_at.is_not(None)))
     )
-    gone |= set(ids) - set(session.scalars(select(twins.c.id).where(twins.c.id.in_(ids))))
+    gone |= set(ids) - set(conn.scalars(select(twins.c.id).where(twins.c.id.in_(ids))))
     batch = [item for item in batch if item.twin_id not in gone]
     if not batch:
         return gone
-    session.execute(insert(t.Version.__table__), [item.version for item in batch])
+    conn.execute(insert(t.Version.__table__), [item.version for item in batch])
     predictions = [row for item in batch for row in item.predictions]
     if predictions:
-        _insert_predictions(session, predictions)
+        _insert_predictions(conn, predictions)
     events = [row for item in batch for row in item.events]
     if events:
-        session.execute(insert(t.DriftEvent.__table__), events)
-    _prune(session, batch, rules)
+        conn.execute(insert(t.DriftEvent.__table__), events)
+    _prune(conn, batch, rules)
     return gone
 
 
@@ -158,10 +158,9 @@ def _predictions(item: Learned) -> list[tuple]:
 PREDICTION_COLUMNS = ("twin_id", "seq", "version", "prediction", "residual", "first_guess")
 
 
-def _insert_predictions(session: Session, rows: list[tuple]) -> None:
+def _insert_predictions(conn: Connection, rows: list[tuple]) -> None:
     """One executemany of plain tuples at the driver level: SQLAlchemy's per-row parameter
     processing (three JSON columns) cost more than the database's own insert."""
-    conn = session.connection()
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     table = t.Prediction.__table__
     assert all(c in table.c for c in PREDICTION_COLUMNS), "predictions table changed"
@@ -173,7 +172,7 @@ def _insert_predictions(session: Session, rows: list[tuple]) -> None:
 PRUNE_WINDOW = 16  # version numbers below those kept that a commit prunes (it adds one)
 
 
-def _prune(session: Session, batch: list[VersionRows], rules: WriteRules) -> None:
+def _prune(conn: Connection, batch: list[VersionRows], rules: WriteRules) -> None:
     """Drop full learner state from the version that left the newest `keep_checkpoints`, and
     delete the one that left the newest `version_retention` (never version 0). Each commit adds
     one version per twin, so the few numbers just below those kept hold all there is to do:
@@ -188,12 +187,12 @@ def _prune(session: Session, batch: list[VersionRows], rules: WriteRules) -> Non
         & (number <= bindparam("b_upto"))
     )
     keep = rules.keep_checkpoints
-    session.execute(
+    conn.execute(
         update(versions).where(window, versions.c.checkpoint.is_not(None)).values(checkpoint=None),
         [{"b_id": item.twin_id, "b_upto": item.number - keep} for item in batch],
     )
     if rules.version_retention:
-        session.execute(
+        conn.execute(
             delete(versions).where(window, number > 0),
             [{"b_id": i.twin_id, "b_upto": i.number - rules.version_retention} for i in batch],
         )
