@@ -440,6 +440,13 @@ def twin_spec(model: str | None, learner: str | None) -> dict:
     return spec
 
 
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--setting {text!r}: expected NAME=VALUE")
+    return "TANDEM_" + name.upper().removeprefix("TANDEM_"), value
+
+
 def parse_sizes(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()]
 
@@ -470,7 +477,16 @@ def main(argv: list[str] | None = None) -> list[Result]:
         help="batches each twin learns before anything is timed (default: past a physical "
         "twin's first guess; 1 times the fleet's first minutes)",
     )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a service setting for every process of the deployment, as its TANDEM_ variable "
+        "without the prefix (CALIBRATION_TWINS=256); repeatable",
+    )
     args = parser.parse_args(argv)
+    settings = dict(_setting(text) for text in args.setting)
     print(
         f"cores {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), python "
         f"{platform.python_version()}, load average "
@@ -486,7 +502,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         for n in args.twins:
             with (
                 tempfile.TemporaryDirectory(prefix="tandem-fleet-") as tmp,
-                deployment(Path(tmp), postgres, workers) as run,
+                deployment(Path(tmp), postgres, workers, settings) as run,
             ):
                 results.append(asyncio.run(measure(run.base, run, n, args)))
             r = results[-1]

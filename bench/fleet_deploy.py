@@ -80,17 +80,22 @@ def postgres_database(admin_url: str):
 class Deployment:
     """Processes started for one measurement; `pids` are the ones whose CPU time counts."""
 
-    def __init__(self, tmp: Path, postgres: str | None, workers: int):
+    def __init__(
+        self, tmp: Path, postgres: str | None, workers: int, settings: dict[str, str] | None = None
+    ):
         self.tmp, self.postgres, self.workers = tmp, postgres, workers
+        self.settings = settings or {}  # TANDEM_* variables for every process
         self.processes: list[subprocess.Popen] = []
         self.logs: list[Path] = []
         self.base = ""
 
     @property
     def label(self) -> str:
+        extra = "".join(f", {k.removeprefix('TANDEM_')}={v}" for k, v in self.settings.items())
         if self.postgres is None:
-            return "embedded (SQLite)" + (f", {self.workers} workers" if self.workers else "")
-        return f"PostgreSQL, {self.workers} worker{'s' if self.workers > 1 else ''}"
+            workers = f", {self.workers} workers" if self.workers else ""
+            return "embedded (SQLite)" + workers + extra
+        return f"PostgreSQL, {self.workers} worker{'s' if self.workers > 1 else ''}" + extra
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
         log_path = self.tmp / f"{name}.log"
@@ -103,7 +108,7 @@ class Deployment:
         return process
 
     def start(self, database_url: str) -> None:
-        env = _env(database_url)
+        env = {**_env(database_url), **self.settings}
         if self.postgres is None and self.workers:
             env["TANDEM_EMBEDDED_WORKERS"] = str(self.workers)
         port = free_port()
@@ -157,9 +162,11 @@ def _children(pid: int) -> list[int]:
 
 
 @contextmanager
-def deployment(tmp: Path, postgres: str | None, workers: int):
+def deployment(
+    tmp: Path, postgres: str | None, workers: int, settings: dict[str, str] | None = None
+):
     """A started deployment on a fresh database, stopped (and the database dropped) after."""
-    run = Deployment(tmp, postgres, workers)
+    run = Deployment(tmp, postgres, workers, settings)
     try:
         if postgres is None:
             run.start(f"sqlite:///{tmp / 'fleet.db'}")

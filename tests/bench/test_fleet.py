@@ -6,7 +6,8 @@ import os
 import orjson
 import pytest
 
-from bench.fleet import BATCH, PERIOD, Workload, main, twin_spec
+from bench.fleet import BATCH, PERIOD, Workload, _setting, main, twin_spec
+from bench.fleet_deploy import Deployment
 
 POSTGRES_URL = os.environ.get("TANDEM_TEST_POSTGRES_URL")
 
@@ -29,6 +30,15 @@ def test_the_fleet_can_be_of_another_model_and_learner_on_the_same_channels():
     assert arx["learner"] == {"method": "kalman"}
     assert (arx["inputs"], arx["outputs"]) == (default["inputs"], default["outputs"])
     assert twin_spec("arx", None)["model"] == {"kind": "arx"}
+
+
+def test_a_setting_reaches_the_deployment_as_its_tandem_variable_and_names_the_row(tmp_path):
+    assert _setting("calibration_twins=256") == ("TANDEM_CALIBRATION_TWINS", "256")
+    assert _setting("TANDEM_LEASE_SECONDS=10") == ("TANDEM_LEASE_SECONDS", "10")
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        _setting("calibration_twins")
+    run = Deployment(tmp_path, None, 2, dict([_setting("calibration_twins=256")]))
+    assert run.label == "embedded (SQLite), 2 workers, CALIBRATION_TWINS=256"
 
 
 def _check(results, config: str, twins: int) -> None:
