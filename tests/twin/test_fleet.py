@@ -263,6 +263,26 @@ def test_learners_of_other_methods_in_one_round_learn_as_alone(monkeypatch):
     assert max(sizes) == 2
 
 
+def test_a_group_larger_than_group_twins_learns_in_parts_as_alone(monkeypatch):
+    """Compatible twins beyond GROUP_TWINS are learned in several groups, none larger, and each
+    twin still ends where it ends alone."""
+    from twin.learners import together as together_module
+
+    monkeypatch.setattr(together_module, "GROUP_TWINS", 2)
+    plants = [FirstOrderPlant(K=1.0 + 0.3 * i, tau=10.0 + 4 * i) for i in range(5)]
+    together = [
+        Twin(TwinSpec.from_dict({**p.spec_dict(), "learner": {"seed": i}}))
+        for i, p in enumerate(plants)
+    ]
+    runs = [p.simulate(STEPS, seed=i).observations for i, p in enumerate(plants)]
+    alone = copy.deepcopy(together)
+    sizes = group_sizes(monkeypatch, PGPELearner)
+    step_both(together, alone, runs, STEPS, BATCH)
+    for a, b in zip(alone, together, strict=True):
+        assert a.to_bytes() == b.to_bytes()
+    assert sizes and max(sizes) == 2 and 1 in sizes  # 5 twins: groups of 2, 2 and 1
+
+
 @pytest.mark.parametrize("damaged", [False, True])
 def test_gradient_twins_learned_in_one_group_end_where_each_alone_ends(damaged, monkeypatch):
     """`gradient` twins on the random-walk loss (their default on small models) step in wide

@@ -22,6 +22,11 @@ from twin.learners.stack import Request, objectives_together
 from twin.models.base import unflatten
 from twin.observations import Observations
 
+# Twins one batched step takes at most: its tensors grow with the group (a `gradient` group's
+# Jacobians are twins x window x parameters), so a pass of more twins learns in several groups.
+# Each twin's result is the same in any group.
+GROUP_TWINS = 64
+
 
 def update_together(
     learners: list[Learner], chunks: list[Observations]
@@ -58,7 +63,9 @@ def update_together(
         learner = learners[i]
         key = learner.batch_key(pending.objective)
         groups[(type(learner), key) if key is not None else ("alone", i)].append(i)
-    for members in groups.values():
+    for members in (
+        g[k : k + GROUP_TWINS] for g in groups.values() for k in range(0, len(g), GROUP_TWINS)
+    ):
         batch = [prepared[i] for i in members]
         learned: list = []
         try:
