@@ -166,6 +166,14 @@ class KalmanLearner(Learner):
         return int(np.argmax(np.where(np.isfinite(self.loglik), self.loglik, -np.inf)))
 
     @property
+    def weights(self) -> np.ndarray:
+        """(K,) each filter's posterior weight: its forgotten likelihood normalized over the
+        bank (dynamic model averaging, Raftery, Karny & Ettler 2010, Technometrics 52(1))."""
+        finite = np.where(np.isfinite(self.loglik), self.loglik, -np.inf)
+        w = np.exp(finite - finite.max())
+        return w / w.sum()
+
+    @property
     def covariance(self) -> np.ndarray:
         """(P, P) the selected filter's covariance of z."""
         return self.covariances[self.selected]
@@ -254,7 +262,7 @@ class KalmanLearner(Learner):
         )
         centers = np.clip(centers, low, high)
         self._keep_finite(centers, z_start)
-        z = centers[self.selected]
+        z = self._center(centers)
         self.offsets = centers - z
         load_flat(self.model, torch.from_numpy(z) * scale)
         self.normalization = _normalization(self.model)
@@ -294,6 +302,13 @@ class KalmanLearner(Learner):
         self.covariances = M @ self.covariances @ M.T
         d = np.abs(np.diagonal(M))
         self.info = np.where(d > 0, self.info / np.maximum(d, 1e-300) ** 2, self.info)
+
+    def _center(self, centers: np.ndarray) -> np.ndarray:
+        """The model's center: the bank's centers averaged by their weights on a bank (the
+        predictions of a model linear in its parameters averaged likewise), else the one."""
+        if not self.banked:
+            return centers[self.selected]
+        return self.weights @ centers
 
     def _keep_finite(self, centers: np.ndarray, z_start: np.ndarray) -> None:
         """A filter gone non-finite restarts from the best finite one's state, its likelihood
