@@ -145,6 +145,28 @@ def test_kalman_loads_the_state_of_the_single_filter_before_the_bank(banked):
     assert restored.state_dict()["covariance"].shape == (k, n, n)
 
 
+def test_kalman_loads_a_bank_of_another_grid_from_its_most_likely_filter():
+    obs = simulate(600)
+    model, learner = build(arx_spec())
+    feed(learner, obs[:400], chunk=8)
+    state = learner.state_dict()
+    k, n = len(learner.rates), state["covariance"].shape[-1]
+    wider = {**state}  # the grid of 14 rates (1e-12 to 10) before it stopped at 0.1
+    wider["covariance"] = torch.cat([state["covariance"], state["covariance"][:2] * 3.0])
+    wider["offsets"] = torch.cat([state["offsets"], torch.ones(2, n, dtype=torch.float64)])
+    wider["loglik"] = torch.cat([state["loglik"], torch.tensor([-1e9, 1e9])])  # the last likeliest
+    wider["scales"] = torch.cat([state["scales"], torch.ones(2, dtype=torch.float64)])
+    model2, restored = build(arx_spec())
+    restored.load_state_dict(wider)
+    assert restored.covariances.shape == (k, n, n)
+    for cov in restored.covariances:
+        np.testing.assert_array_equal(cov, wider["covariance"][-1].numpy())
+    assert not restored.offsets.any() and not restored.loglik.any()
+    feed(restored, obs[400:], chunk=8)
+    feed(learner, obs[400:], chunk=8)
+    assert one_step_rmse(model2, obs[500:]) < 1.2 * one_step_rmse(model, obs[500:])
+
+
 def test_kalman_runs_are_deterministic_and_its_state_round_trips():
     obs = simulate(400)
     one, two = build(make_spec("kalman")), build(make_spec("kalman"))

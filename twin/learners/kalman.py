@@ -1,13 +1,15 @@
 """Kalman learner: a bank of extended Kalman filters over the model's parameters (Jazwinski 1970,
 "Stochastic processes and filtering theory", ch. 8), the parameters taken to random-walk, each
-filter at its own rate, the most likely one selected (multiple-model estimation, Magill 1965,
-"Optimal adaptive estimation of sampled stochastic processes", IEEE TAC 10(4)).
+filter at its own rate (multiple-model estimation, Magill 1965, "Optimal adaptive estimation of
+sampled stochastic processes", IEEE TAC 10(4)); on a linear model their centers averaged by
+their recent likelihoods (dynamic model averaging, Raftery, Karny & Ettler 2010, Technometrics
+52(1)), else the most likely one selected.
 
-State: per filter its center z = theta / parameter_scales (kept as an offset from the selected
-one, which is the model's parameters) and covariance P. Each update linearizes the model once at
-the model's center over the new targets (Jacobians in forward mode, as `Objective.jacobian`),
-then folds the targets in one by one, output by output, into every filter: the time update adds
-the filter's random-walk variance, the measurement update is the Kalman gain's.
+State: per filter its center z = theta / parameter_scales (kept as an offset from the model's
+parameters: the average or the selected center) and covariance P. Each update linearizes the model
+once at the model's center over the new targets (Jacobians in forward mode, as
+`Objective.jacobian`), then folds the targets in one by one, output by output, into every filter:
+the time update adds the filter's random-walk variance, the measurement update is the Kalman gain's.
 
 The bank is for models linear in their parameters (`linear_in_parameters`: arx), where one
 linearization serves every filter exactly, and for models that take a population of parameter
@@ -16,18 +18,22 @@ its own center (central differences, one batched call), as the estimated-noise r
 bench/filters.py does. On other models (mlp) the filters drift apart beyond one linearization's
 reach, and they keep one filter at REML's rate (a drift alarm adds the prior to its P).
 
-Noise levels, estimated online with nothing fitted to a plant: with drift "auto" the bank's
-rates are RATES, a log grid over decades relative to what one target tells of each parameter
-(its running mean squared Jacobian over the noise variance), as bench/filters.py's
+Noise levels, estimated online with nothing fitted to a plant: with drift "auto" the bank's rates
+are LINEAR_RATES (arx) or RATES, a log grid over decades relative to what one target tells of each
+parameter (its running mean squared Jacobian over the noise variance), as bench/filters.py's
 estimated-noise reference. Each filter scores its one-step innovations by their log-likelihood,
-forgotten by LIKELIHOOD_DECAY per target, under its own scale on the predicted variance (the
-running mean of its squared standardized innovations); the best filter is selected. The noise
-variance r of each output is REML's over the window (`DriftRate`, as `drift: "auto"` does for
-the other learners; Durbin & Koopman 2012, "Time series analysis by state space methods",
-ch. 7); before the window informs it, the innovations' mean square (winsorized at 3 predicted
-standard deviations): an overestimate while the parameters are uncertain, so the first targets
-are not over-fitted. When the twin's channel scaler moves, the model re-expresses the selected
-center; the bank takes the other offsets and the covariances through the same (affine) map.
+forgotten by LINEAR_DECAY or LIKELIHOOD_DECAY per target, under its own scale on the predicted
+variance (the running mean of its squared standardized innovations). On the linear bank the model's
+center is the filters' centers weighted by their likelihoods (exp of the forgotten log-likelihood,
+normalized), the same average of their predictions; on the others the likeliest filter's. A soft
+weighting follows a slow or seasonal drift between two rates of the grid where selecting one
+switches back and forth (linear tuning seeds: median / worst 1.56 / 11.9 -> 1.36 / 5.26). The noise
+variance r of each output is REML's over the window (`DriftRate`, as `drift: "auto"` does for the
+other learners; Durbin & Koopman 2012, "Time series analysis by state space methods", ch. 7); before
+the window informs it, the innovations' mean square (winsorized at 3 predicted standard deviations):
+an overestimate while the parameters are uncertain, so the first targets are not over-fitted. When
+the twin's channel scaler moves, the model re-expresses its center; the bank takes the other offsets
+and the covariances through the same (affine) map.
 
 Outliers: an innovation beyond `huber` of the filter's predicted standard deviations is
 down-weighted as Huber's loss would (its noise variance scaled by |nu| / huber; Cipra & Romera
@@ -76,9 +82,17 @@ WINSOR_BIAS = (
 # of a parameter (its mean squared Jacobian over the noise variance): a log grid over decades, as
 # bench/filters.py's estimated-noise reference, so no rate is fitted to a plant
 RATES = tuple(10.0**e for e in range(-12, 2))
-LIKELIHOOD_DECAY = 0.99  # each filter's recent log-likelihood forgets with this factor per target
+# The linear bank's (arx): a filter of relative rate q remembers about 1/sqrt(q) targets (its
+# steady-state gain); the grid stops at 0.1, about 3 targets, as many as the smallest ARX with an
+# input has parameters: a faster filter fits each target exactly along the directions it informs
+# and lets the centers wander along those slow inputs leave unexcited (tuning seed 69: 5.26x the
+# informed filter with rates up to 10, 2.30x).
+LINEAR_RATES = tuple(q for q in RATES if q <= 0.1)
 INFO_MEMORY = 200  # targets in the running mean of each parameter's information, at most
 NOISE_MEMORY = 200  # targets in the running mean of each filter's scale, at most
+LIKELIHOOD_DECAY = 0.99  # each filter's recent log-likelihood forgets with this factor per target
+# The linear bank's: it remembers as long as the scale it is scored under (NOISE_MEMORY targets)
+LINEAR_DECAY = 1.0 - 1.0 / NOISE_MEMORY
 # The noise variance is never taken below (NOISE_FLOOR x the channel's magnitude)^2, the
 # magnitude the root mean square of the window's values (1 in the channel's units where they are
 # all 0, as the channel scaler's). A channel that reads exactly 0 for a while (a light sensor at
@@ -112,7 +126,7 @@ class KalmanLearner(Learner):
 
     def __init__(self, model: TwinModel, options: dict, seed: int):
         super().__init__(model, options, seed)
-        # The bank linearizes every filter at the selected center: exact for a model linear in
+        # The bank linearizes every filter at the model's center: exact for a model linear in
         # its parameters (arx); on others the filters' centers drift apart out of the
         # linearization's reach (a Hammerstein plant's mlp: 20,900x the informed filter, against
         # 7.38x for one filter), so those keep one filter at REML's rate, unless each filter can
@@ -125,7 +139,7 @@ class KalmanLearner(Learner):
         # linearized at every filter's own center (`_linearize_each`), as the reference does.
         self.each = self.banked and not linear
         n, k = self.model.parameter_scales().numel(), len(self.rates)
-        self.offsets = np.zeros((k, n))  # (K, P) each filter's center less the selected one's
+        self.offsets = np.zeros((k, n))  # (K, P) each filter's center less the model's
         self.covariances = np.tile(np.eye(n) * self.options["prior"], (k, 1, 1))  # (K, P, P) of z
         self.loglik = np.zeros(k)  # (K,) each filter's recent predictive log-likelihood
         # (K,) each filter's own scale on its innovations' predicted variance h P h' + r: the
@@ -152,17 +166,18 @@ class KalmanLearner(Learner):
 
     @property
     def rates(self) -> tuple[float, ...]:
-        """The bank's random-walk rates: RATES (relative) for a banked filter, else the one
-        rate in use (per observation in scaled coordinates: REML's with drift "auto")."""
+        """The bank's random-walk rates: LINEAR_RATES (relative) for the linear bank, RATES for
+        one linearized at each center, else the one rate in use (per observation in scaled
+        coordinates: REML's with drift "auto")."""
         if self.banked:
-            return RATES
+            return RATES if self.each else LINEAR_RATES
         if self.options["drift"] == "auto":
             return (self.drift_rate.q or 0.0,)
         return (float(self.options["drift"]),)
 
     @property
     def selected(self) -> int:
-        """The filter of the highest recent likelihood, whose center is the model's."""
+        """The filter of the highest recent likelihood (its rate is the one reported)."""
         return int(np.argmax(np.where(np.isfinite(self.loglik), self.loglik, -np.inf)))
 
     @property
@@ -273,7 +288,7 @@ class KalmanLearner(Learner):
 
     def _follow_scaler(self, scale: np.ndarray) -> None:
         """Re-express the bank where the channel scaler moved since it was written: the twin
-        re-expressed the model's (the selected filter's) parameters, an affine map theta ->
+        re-expressed the model's (the bank's average) parameters, an affine map theta ->
         M theta + b (exact for the kinds that standardize: `TwinModel._reexpress`); the other
         filters' offsets go through M, the covariances to M C M', the information to its
         diagonal's image."""
@@ -304,9 +319,9 @@ class KalmanLearner(Learner):
         self.info = np.where(d > 0, self.info / np.maximum(d, 1e-300) ** 2, self.info)
 
     def _center(self, centers: np.ndarray) -> np.ndarray:
-        """The model's center: the bank's centers averaged by their weights on a bank (the
-        predictions of a model linear in its parameters averaged likewise), else the one."""
-        if not self.banked:
+        """The model's center: on the linear bank its centers averaged by their weights (their
+        predictions averaged likewise, the model being linear in them), else the selected one."""
+        if not self.banked or self.each:
             return centers[self.selected]
         return self.weights @ centers
 
@@ -379,7 +394,8 @@ class KalmanLearner(Learner):
                 before.append(e[best] ** 2 / s[best] if s[best] > 0 else math.nan)
                 res = (y[t, o] - yhat0[..., t, o] - _dot(Z - z0, h))[..., best]
                 after.append(res**2 / r if r > 0 else math.nan)
-            self.loglik = LIKELIHOOD_DECAY * self.loglik + fit
+            decay = LIKELIHOOD_DECAY if self.each else LINEAR_DECAY
+            self.loglik = decay * self.loglik + fit
             if seen.any():
                 beta = max(1.0 / (self.n_seen + 1), 1.0 / NOISE_MEMORY)
                 self.scales += beta * (fit_sq / seen.sum() - self.scales)
@@ -451,16 +467,25 @@ class KalmanLearner(Learner):
 
     def load_state_dict(self, state: dict) -> None:
         """Also reads the state of the single filter before the bank: its covariance (P, P)
-        starts every filter of the bank, at its center."""
+        starts every filter of the bank, at its center; and a bank of another size (before the
+        rate grid stopped at 0.1): its most likely filter, whose center was the model's, starts
+        every filter likewise."""
         super().load_state_dict(state)
         covariance = state["covariance"].numpy()
         k = len(self.rates)
+        n = covariance.shape[-1]
+        if covariance.ndim == 3 and covariance.shape[0] != k:  # a lone filter, another grid
+            loglik = state["loglik"].numpy() if "loglik" in state else np.zeros(len(covariance))
+            best = int(np.argmax(np.where(np.isfinite(loglik), loglik, -np.inf)))
+            covariance = covariance[best]
+            state = {
+                key: value
+                for key, value in state.items()
+                if key not in ("offsets", "loglik", "scales")
+            }
         if covariance.ndim == 2:  # one filter's
             covariance = np.tile(covariance, (k, 1, 1))
-        elif covariance.shape[0] != k:  # a lone filter's, now a bank (a physical kind's)
-            covariance = np.tile(covariance[-1], (k, 1, 1))
         self.covariances = covariance.copy()
-        n = covariance.shape[-1]
         self.offsets = _array(state, "offsets", np.zeros((k, n)))
         self.loglik = _array(state, "loglik", np.zeros(k))
         self.info = _array(state, "info", np.zeros(n))
