@@ -288,7 +288,7 @@ class KalmanLearner(Learner):
 
     def _follow_scaler(self, scale: np.ndarray) -> None:
         """Re-express the bank where the channel scaler moved since it was written: the twin
-        re-expressed the model's (the bank's average) parameters, an affine map theta ->
+        re-expressed the model's parameters (the bank's center), an affine map theta ->
         M theta + b (exact for the kinds that standardize: `TwinModel._reexpress`); the other
         filters' offsets go through M, the covariances to M C M', the information to its
         diagonal's image."""
@@ -475,7 +475,9 @@ class KalmanLearner(Learner):
         k = len(self.rates)
         n = covariance.shape[-1]
         if covariance.ndim == 3 and covariance.shape[0] != k:  # a lone filter, another grid
-            loglik = state["loglik"].numpy() if "loglik" in state else np.zeros(len(covariance))
+            loglik = state["loglik"].numpy() if "loglik" in state else np.zeros(0)
+            if loglik.shape != covariance.shape[:1]:
+                loglik = np.zeros(len(covariance))
             best = int(np.argmax(np.where(np.isfinite(loglik), loglik, -np.inf)))
             covariance = covariance[best]
             state = {
