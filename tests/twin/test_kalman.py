@@ -20,7 +20,7 @@ from tests.twin.test_learners import (
     simulate,
 )
 from twin.learners import count_parameters, learner_method, make_learner, with_method
-from twin.learners.kalman import MAX_PARAMS, RATES, _linearize_each
+from twin.learners.kalman import LINEAR_RATES, MAX_PARAMS, RATES, _linearize_each
 from twin.models import model_class
 from twin.models.base import flat_parameters, unflatten
 from twin.observations import Observations
@@ -82,7 +82,7 @@ def test_kalman_bank_switches_to_a_fast_filter_at_a_step():
     obs = simulate(512)
     jumped = simulate(96, K=3.0, seed=5, after=obs)
     model, learner = build(arx_spec())
-    assert learner.banked and len(learner.rates) == len(RATES)
+    assert learner.banked and learner.rates == LINEAR_RATES
     feed(learner, obs, chunk=1)
     settled, before = learner.drift(), one_step_rmse(model, obs[-64:])
     stale = one_step_rmse(model, jumped[32:])  # the model of before the step, after it
