@@ -252,18 +252,12 @@ class Calibrator:
         try:
             twin = self._load(session, claim)
             size = twin.update_size
-            rows = (
-                session.connection()
-                .execute(  # Core: no ORM work per twin
-                    NEXT_OBSERVATIONS,
-                    {
-                        "twin_id": claim.twin_id,
-                        "after": twin.watermark,
-                        "rows": max(self.config.batch // size, 1) * size,  # on an update boundary
-                    },
-                )
-                .all()
-            )
+            bounds = {
+                "twin_id": claim.twin_id,
+                "after": twin.watermark,
+                "rows": max(self.config.batch // size, 1) * size,  # on an update boundary
+            }
+            rows = session.connection().execute(NEXT_OBSERVATIONS, bounds).all()  # Core, no ORM
         except Exception:
             session.rollback()
             raise

@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -157,3 +157,15 @@ def _run(target: str | Engine, fn: Callable[[Config], None]) -> None:
     finally:
         if isinstance(target, str):
             engine.dispose()
+
+
+def insert_rows(
+    conn: Connection, table: Table, columns: tuple[str, ...], rows: list[tuple]
+) -> None:
+    """One executemany of plain tuples (values in `columns` order, JSON already encoded) at the
+    driver level: SQLAlchemy's per-row parameter processing cost more than the database's own
+    insert on the hot paths (a post's observations, a pass's predictions)."""
+    assert all(c in table.c for c in columns), f"{table.name} changed"
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    marks = ", ".join([mark] * len(columns))
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})", rows)

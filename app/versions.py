@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from app import tables as t
+from app.db import insert_rows
 from app.isolation import describe
 from twin.replica import StepResult, Twin
 
@@ -106,7 +107,7 @@ def write_versions(session: Session, batch: list[VersionRows], rules: WriteRules
     conn.execute(insert(t.Version.__table__), [item.version for item in batch])
     predictions = [row for item in batch for row in item.predictions]
     if predictions:
-        _insert_predictions(conn, predictions)
+        insert_rows(conn, t.Prediction.__table__, PREDICTION_COLUMNS, predictions)
     events = [row for item in batch for row in item.events]
     if events:
         conn.execute(insert(t.DriftEvent.__table__), events)
@@ -139,8 +140,8 @@ def _version(item: Learned, now: float) -> dict:
 
 
 def _predictions(item: Learned) -> list[tuple]:
-    """Prediction rows as the driver takes them (`PREDICTION_COLUMNS`), JSON encoded once by
-    orjson, which writes NaN and inf as null."""
+    """Prediction rows as the driver takes them (`PREDICTION_COLUMNS`, `app.db.insert_rows`),
+    JSON encoded once by orjson, which writes NaN and inf as null."""
     r = item.result
     dumps = orjson.dumps
     return [
@@ -156,17 +157,6 @@ def _predictions(item: Learned) -> list[tuple]:
 
 
 PREDICTION_COLUMNS = ("twin_id", "seq", "version", "prediction", "residual", "first_guess")
-
-
-def _insert_predictions(conn: Connection, rows: list[tuple]) -> None:
-    """One executemany of plain tuples at the driver level: SQLAlchemy's per-row parameter
-    processing (three JSON columns) cost more than the database's own insert."""
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    table = t.Prediction.__table__
-    assert all(c in table.c for c in PREDICTION_COLUMNS), "predictions table changed"
-    marks = ", ".join([mark] * len(PREDICTION_COLUMNS))
-    sql = f"INSERT INTO {table.name} ({', '.join(PREDICTION_COLUMNS)}) VALUES ({marks})"
-    conn.exec_driver_sql(sql, rows)
 
 
 PRUNE_WINDOW = 16  # version numbers below those kept that a commit prunes (it adds one)

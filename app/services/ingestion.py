@@ -24,6 +24,7 @@ import orjson
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.db import insert_rows
 from app.errors import Invalid, NotFound, TooLarge, UnsupportedMedia
 from app.schemas import IngestResult
 from app.tables import INPUTS_HELD, LATE, Observation, Twin
@@ -288,21 +289,19 @@ def _json_type(v: Any) -> str:
     return "null" if v is None else names.get(type(v), type(v).__name__)
 
 
+OBSERVATION_COLUMNS = ("twin_id", "seq", "ts", "inputs", "outputs", "received_at", "flags")
+
+
 def _insert(
     session: Session, twin_id: int, first: int, rows: list[Row], late: set[int], now: float
 ) -> None:
-    """Bulk insert at the driver level: one executemany of plain tuples, JSON encoded once by
-    orjson. SQLAlchemy's per-row parameter processing cost more than SQLite's own insert.
-    `late`: the batch indexes of the rows to flag as late."""
-    conn = session.connection()
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    table = Observation.__table__
-    columns = ("twin_id", "seq", "ts", "inputs", "outputs", "received_at", "flags")
-    assert all(c in table.c for c in columns), "observations table changed"
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * 7)})"
+    """Bulk insert at the driver level (`insert_rows`), JSON encoded once by orjson. `late`: the
+    batch indexes of the rows to flag as late."""
     dumps = orjson.dumps
-    conn.exec_driver_sql(
-        sql,
+    insert_rows(
+        session.connection(),
+        Observation.__table__,
+        OBSERVATION_COLUMNS,
         [
             (
                 twin_id,
