@@ -20,7 +20,8 @@ from tests.twin.test_learners import (
     simulate,
 )
 from twin.learners import count_parameters, learner_method, make_learner, with_method
-from twin.learners.kalman import LINEAR_RATES, MAX_PARAMS, RATES, _linearize_each
+from twin.learners.kalman import LINEAR_RATES, MAX_PARAMS, RATES
+from twin.learners.kalman_each import EACH_UPDATE, linearize_each
 from twin.models import model_class
 from twin.models.base import flat_parameters, unflatten
 from twin.observations import Observations
@@ -259,12 +260,28 @@ def test_kalman_linearizes_each_filter_of_a_physical_bank_at_its_own_center():
         return model.forward_with(unflatten(model, z), *args)
 
     centers = rng.normal(scale=0.3, size=(4, 3))
-    yhat, jac = _linearize_each(predict, centers)
+    yhat, jac = linearize_each(predict, centers)
     assert yhat.shape == (4, 6, 2) and jac.shape == (4, 6, 2, 3)
     for k, center in enumerate(centers):
         z = torch.from_numpy(center)
         np.testing.assert_allclose(yhat[k], predict(z).numpy(), rtol=1e-12)
         np.testing.assert_allclose(jac[k], jacfwd(predict)(z).numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_kalman_physical_bank_averages_its_filters_and_learns_five_observations_an_update():
+    """The model's center is the filters' centers averaged by their likelihoods (not the most
+    likely one), and a physical twin learns EACH_UPDATE observations an update unless its spec
+    names update_size; the linear bank learns every one."""
+    model, learner = build(make_spec("kalman"))
+    feed(learner, simulate(400), chunk=EACH_UPDATE)
+    assert learner.each and learner.options["update_size"] == EACH_UPDATE
+    w = learner.weights
+    assert w.max() < 0.999  # more than one filter carries weight
+    np.testing.assert_allclose(w @ learner.offsets, 0.0, atol=1e-9)  # the center: their mean
+    assert np.abs(learner.offsets).max() > 1e-6  # yet the filters lie apart
+    assert Twin(make_spec("kalman")).update_size == EACH_UPDATE
+    assert Twin(make_spec("kalman", update_size=1)).update_size == 1
+    assert Twin(arx_spec()).update_size == 1
 
 
 def test_kalman_physical_twin_stored_with_one_filter_loads_into_the_bank():

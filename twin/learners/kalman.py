@@ -1,9 +1,8 @@
 """Kalman learner: a bank of extended Kalman filters over the model's parameters (Jazwinski 1970,
 "Stochastic processes and filtering theory", ch. 8), the parameters taken to random-walk, each
 filter at its own rate (multiple-model estimation, Magill 1965, "Optimal adaptive estimation of
-sampled stochastic processes", IEEE TAC 10(4)); on a linear model their centers averaged by
-their recent likelihoods (dynamic model averaging, Raftery, Karny & Ettler 2010, Technometrics
-52(1)), else the most likely one selected.
+sampled stochastic processes", IEEE TAC 10(4)), their centers averaged by their recent
+likelihoods (dynamic model averaging, Raftery, Karny & Ettler 2010, Technometrics 52(1)).
 
 State: per filter its center z = theta / parameter_scales (kept as an offset from the model's
 parameters: the average or the selected center) and covariance P. Each update linearizes the model
@@ -23,11 +22,13 @@ are LINEAR_RATES (arx) or RATES, a log grid over decades relative to what one ta
 parameter (its running mean squared Jacobian over the noise variance), as bench/filters.py's
 estimated-noise reference. Each filter scores its one-step innovations by their log-likelihood,
 forgotten by LINEAR_DECAY or LIKELIHOOD_DECAY per target, under its own scale on the predicted
-variance (the running mean of its squared standardized innovations). On the linear bank the model's
-center is the filters' centers weighted by their likelihoods (exp of the forgotten log-likelihood,
-normalized), the same average of their predictions; on the others the likeliest filter's. A soft
-weighting follows a slow or seasonal drift between two rates of the grid where selecting one
-switches back and forth (linear tuning seeds: median / worst 1.56 / 11.9 -> 1.36 / 5.26). The noise
+variance (the running mean of its squared standardized innovations). The model's center is the
+filters' centers weighted by their likelihoods (exp of the forgotten log-likelihood, normalized):
+on the linear bank the same average of their predictions. A soft weighting follows a slow or
+seasonal drift between two rates of the grid where selecting one switches back and forth (linear
+tuning seeds: median / worst 1.56 / 11.9 -> 1.36 / 5.26), and on the bank linearized per filter
+does not jump between filters of nearly equal likelihood whose time constants differ thirtyfold
+(physical tuning seeds: 2.02 / 139 -> 2.04 / 63.3). The noise
 variance r of each output is REML's over the window (`DriftRate`, as `drift: "auto"` does for the
 other learners; Durbin & Koopman 2012, "Time series analysis by state space methods", ch. 7); before
 the window informs it, the innovations' mean square (winsorized at 3 predicted standard deviations):
@@ -59,6 +60,7 @@ import torch
 from torch.func import jacfwd
 
 from twin.learners.base import DRIFT_EVERY, Learner, UpdateReport
+from twin.learners.kalman_each import EACH_UPDATE, linearize_each
 from twin.learners.objective import Objective, screened, target_mask
 from twin.learners.options import COMMON_OPTIONS, Option, positive
 from twin.models.base import DTYPE, TwinModel, flat_parameters, load_flat, unflatten
@@ -101,9 +103,6 @@ LINEAR_DECAY = 1.0 - 1.0 / NOISE_MEMORY
 # diverges (occupancy of bench/tcpd.py: overflow within 30 targets). One part in a million is
 # finer than any sensor resolves (a 16-bit converter: 1.5e-5 of its range).
 NOISE_FLOOR = 1e-6
-# Central-difference step (scaled coordinates) of the Jacobians taken at each filter's center
-# (`_linearize_each`): truncation error ~1e-12 relative, rounding ~1e-10 in float64.
-DIFFERENCE = 1e-6
 
 UNUSED = ("smoothness", "boost", "boost_updates")  # common options a filter has no use for
 OPTIONS: dict[str, Option] = {
@@ -114,6 +113,8 @@ OPTIONS: dict[str, Option] = {
     # A filter folds targets in one by one at O(P^2) each, so it can learn every observation
     # before predicting the next: with 4, a chunk is predicted from parameters up to 4 targets
     # old (tuning seeds 0, 3, 9, 57: 1.36-2.26x the informed filter with 1, 2.16-3.80x with 4).
+    # A bank linearized per filter (the physical kinds) takes EACH_UPDATE where the spec names
+    # none (twin.learners.kalman_each).
     "update_size": Option("int", 1, 1, 100_000),
 }
 
@@ -136,8 +137,10 @@ class KalmanLearner(Learner):
             linear or model.broadcasts_parameters
         )
         # A model that takes a population of parameter sets in one call (the physical kinds) is
-        # linearized at every filter's own center (`_linearize_each`), as the reference does.
+        # linearized at every filter's own center (`linearize_each`), as the reference does.
         self.each = self.banked and not linear
+        if self.each and "update_size" not in options:
+            self.options["update_size"] = EACH_UPDATE
         n, k = self.model.parameter_scales().numel(), len(self.rates)
         self.offsets = np.zeros((k, n))  # (K, P) each filter's center less the model's
         self.covariances = np.tile(np.eye(n) * self.options["prior"], (k, 1, 1))  # (K, P, P) of z
@@ -255,7 +258,7 @@ class KalmanLearner(Learner):
         z_start = z0.numpy()
         if self.each:  # (K, T, n_out) and (K, T, n_out, P), at each filter's center
             linearized = np.clip(z_start + self.offsets, low, high)
-            yhat0, jac = _linearize_each(predict, linearized)
+            yhat0, jac = linearize_each(predict, linearized)
         else:
             with torch.no_grad():
                 yhat0 = predict(z0).numpy()
@@ -277,7 +280,7 @@ class KalmanLearner(Learner):
         )
         centers = np.clip(centers, low, high)
         self._keep_finite(centers, z_start)
-        z = self._center(centers)
+        z = np.clip(self._center(centers), low, high)  # an average rounds past a bound
         self.offsets = centers - z
         load_flat(self.model, torch.from_numpy(z) * scale)
         self.normalization = _normalization(self.model)
@@ -319,9 +322,9 @@ class KalmanLearner(Learner):
         self.info = np.where(d > 0, self.info / np.maximum(d, 1e-300) ** 2, self.info)
 
     def _center(self, centers: np.ndarray) -> np.ndarray:
-        """The model's center: on the linear bank its centers averaged by their weights (their
-        predictions averaged likewise, the model being linear in them), else the selected one."""
-        if not self.banked or self.each:
+        """The model's center: the bank's centers averaged by their weights (on the linear bank
+        their predictions averaged likewise, the model being linear in them); a lone filter's."""
+        if not self.banked:
             return centers[self.selected]
         return self.weights @ centers
 
@@ -544,20 +547,6 @@ def _array(state: dict, key: str, default: np.ndarray) -> np.ndarray:
     if key not in state or tuple(state[key].shape) != default.shape:
         return default
     return state[key].numpy().copy()
-
-
-def _linearize_each(predict, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(K, P) centers -> each one's predictions (K, T, n_out) and their Jacobian (K, T, n_out,
-    P) by central differences (DIFFERENCE in the scaled coordinates), all in one call of
-    `predict` on a population (K (2P + 1), P) of parameter sets."""
-    k, n = centers.shape
-    steps = np.vstack([np.zeros(n), DIFFERENCE * np.eye(n), -DIFFERENCE * np.eye(n)])
-    points = (centers[:, None, :] + steps[None]).reshape(-1, n)
-    with torch.no_grad():
-        f = predict(torch.from_numpy(points)).numpy()  # (K (2P + 1), T, n_out)
-    f = f.reshape((k, 2 * n + 1) + f.shape[1:])
-    jac = (f[:, 1 : n + 1] - f[:, n + 1 :]) / (2 * DIFFERENCE)  # (K, P, T, n_out)
-    return f[:, 0], np.moveaxis(jac, 1, -1)
 
 
 def _dot(a: np.ndarray, h: np.ndarray) -> np.ndarray:
