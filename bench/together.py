@@ -3,8 +3,9 @@
 For each kind (default learner) and group size K: K twins of K different plants and seeds,
 past their first guess and with a full window, take batches of 10 one-second observations (the
 fleet's workload, bench/fleet.py); the table gives the time per twin and batch of
-`twin.fleet.step_together` over the K twins and of `Twin.step` on copies of them one by one
-(the reference), and checks that both end with the same parameters, bit for bit.
+`twin.fleet.step_together` over the K twins (wall clock, and this process's CPU time, which a
+loaded machine inflates less) and of `Twin.step` on copies of them one by one (the reference),
+and checks that both end with the same parameters, bit for bit.
 
     python bench/together.py                          # K = 1, 8, 64 for four kinds
     python bench/together.py --kinds first_order --sizes 64,256 --batches 20
@@ -64,12 +65,13 @@ def measure(kind: str, k: int, batches: int) -> dict:
         step_together(twins, [obs[start : start + BATCH] for obs in runs])
         for twin, obs in zip(alone, runs, strict=True):
             twin.step(obs[start : start + BATCH])
-    t_together = t_alone = 0.0
+    t_together = t_alone = cpu_together = 0.0
     for start in range(WARM, WARM + batches * BATCH, BATCH):
         chunks = [obs[start : start + BATCH] for obs in runs]
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         results = step_together(twins, chunks)
         t_together += time.perf_counter() - began
+        cpu_together += time.process_time() - cpu
         assert not any(isinstance(r, Exception) for r in results), results
         began = time.perf_counter()
         for twin, chunk in zip(alone, chunks, strict=True):
@@ -78,7 +80,12 @@ def measure(kind: str, k: int, batches: int) -> dict:
     pairs = zip(alone, twins, strict=True)
     same = all(a.model.named_values() == b.model.named_values() for a, b in pairs)
     per = 1000 / (k * batches)
-    return {"together": t_together * per, "alone": t_alone * per, "same": same}
+    return {
+        "together": t_together * per,
+        "cpu": cpu_together * per,
+        "alone": t_alone * per,
+        "same": same,
+    }
 
 
 def main() -> None:
@@ -92,13 +99,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=10, help="timed batches per twin")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as a worker runs
-    print("| kind | K | together: ms per twin and batch | alone (reference) | speed-up | same |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| kind | K | together: ms per twin and batch | together: CPU ms | alone (reference) "
+        "| speed-up | same |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for kind in args.kinds.split(","):
         for k in map(int, args.sizes.split(",")):
             r = measure(kind, k, args.batches)
             print(
-                f"| {kind} | {k} | {r['together']:.2f} | {r['alone']:.2f} | "
+                f"| {kind} | {k} | {r['together']:.2f} | {r['cpu']:.2f} | {r['alone']:.2f} | "
                 f"{r['alone'] / r['together']:.2f}x | {'yes' if r['same'] else 'NO'} |",
                 flush=True,
             )
