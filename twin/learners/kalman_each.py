@@ -11,8 +11,8 @@ An update of such a bank costs what its preparation costs (the window's targets,
 the model call), not the fold, so it learns a chunk of EACH_UPDATE observations per update where
 the linear bank learns every one (docs/benchmarks.md, "Physical kinds: the `kalman` bank
 averaged, five observations an update"): physical tuning seeds 2.04 / 63.3 (median / worst
-excess-MSE ratio to the informed filter) with 1, 2.17 / 67.3 with 5, at a third of the cost, which
-puts the bank level with `pgpe`'s cost in a fleet's group of twins.
+excess-MSE ratio to the informed filter) with 1, 2.17 / 67.3 with 5, at a third of the cost: level
+with `pgpe`'s in a fleet's group of twins with full windows, about 1.5x in their first batches.
 """
 
 from __future__ import annotations
