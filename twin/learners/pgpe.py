@@ -25,6 +25,7 @@ from twin.learners.base import Learner, Pending
 from twin.learners.objective import Objective
 from twin.learners.optim import Adam, ClipUp, stack_optimizers
 from twin.learners.options import COMMON_OPTIONS, Option, positive
+from twin.learners.posterior import Posterior, fresh_targets, newton_together
 from twin.learners.together import StackedObjective, stack_key
 from twin.models.base import DTYPE, TwinModel
 from twin.spec import SpecError
@@ -54,7 +55,10 @@ OPTIONS: dict[str, Option] = {
     "sigma_min": positive(SIGMA_MIN, 10.0),
     "sigma_max": positive(SIGMA_MAX, 10.0),
     "lr_sigma": Option("float", LR_SIGMA, 0.0, 10.0),
-    "optimizer": Option("choice", "adam", choices=("adam", "clipup")),
+    # "newton": the search distribution as a posterior (twin.learners.posterior). None: "newton"
+    # for a model linear in its parameters (arx), whose loss the samples' second differences
+    # give exactly, else "adam"
+    "optimizer": Option("choice", None, choices=("adam", "clipup", "newton")),
     "max_speed": positive(None, 100.0),  # None: 2 * lr
 }
 
@@ -70,9 +74,13 @@ class PGPELearner(Learner):
         super().__init__(model, options, seed)
         n = self.model.parameter_scales().numel()
         o = self.options
+        if o["optimizer"] is None:
+            linear = bool(getattr(model, "linear_in_parameters", False))
+            o["optimizer"] = "newton" if linear else "adam"
         self.sigma = torch.full((n,), o["sigma"], dtype=DTYPE)
         self.optimizer = ClipUp(n) if o["optimizer"] == "clipup" else Adam(n)
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.posterior = Posterior(n)  # the "newton" optimizer's filters
 
     @classmethod
     def derive_method_defaults(cls, options: dict, n_params: int | None) -> dict:
@@ -105,7 +113,10 @@ class PGPELearner(Learner):
     def batch_key(self, objective: Objective) -> Hashable:
         """Twins with the same number of parameters and options step in lockstep; their losses
         share one model call where `stack_key` agrees too."""
-        return (self.sigma.numel(), tuple(sorted(self.options.items())), stack_key(objective))
+        key = (self.sigma.numel(), tuple(sorted(self.options.items())), stack_key(objective))
+        if self.options["optimizer"] == "newton":  # scored on the newest targets alone
+            return (*key, fresh_targets(self, objective))
+        return key
 
     @classmethod
     def learn_together(cls, pending: list[Pending]) -> list[tuple[Tensor, float]]:
@@ -115,6 +126,8 @@ class PGPELearner(Learner):
         there, as it would alone, while the others go on."""
         learners: list[PGPELearner] = [p.learner for p in pending]  # type: ignore[misc]
         o = learners[0].options
+        if o["optimizer"] == "newton":
+            return newton_together(pending)
         n, P, iterations = o["popsize"], learners[0].sigma.numel(), o["iterations"]
         stacked = StackedObjective([p.objective for p in pending])
         scale, theta = stacked.scale, stacked.theta_prev  # (K, P)
@@ -164,6 +177,9 @@ class PGPELearner(Learner):
             out.append((theta[k].clone(), float(loss_after[k])))
         return out
 
+    def steps_with_lr(self) -> bool:
+        return self.options["optimizer"] != "newton"  # its steps are Newton's
+
     def _sigma_summary(self) -> float:
         return float(self.sigma.mean())
 
@@ -173,6 +189,7 @@ class PGPELearner(Learner):
             "sigma": self.sigma.clone(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "posterior": self.posterior.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -180,6 +197,9 @@ class PGPELearner(Learner):
         self.sigma = state["sigma"].clone().to(DTYPE)
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].clone())
+        self.posterior = Posterior(self.sigma.numel())  # a checkpoint from before: the prior
+        if "posterior" in state:
+            self.posterior.load_state_dict(state["posterior"])
 
 
 def _directions(learners: list[PGPELearner], iterations: int) -> tuple[Tensor, Tensor, Tensor]:
