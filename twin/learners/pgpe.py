@@ -25,6 +25,7 @@ from twin.learners.base import Learner, Pending
 from twin.learners.objective import Objective
 from twin.learners.optim import Adam, ClipUp, stack_optimizers
 from twin.learners.options import COMMON_OPTIONS, Option, positive
+from twin.learners.posterior import MAX_PARAMS as NEWTON_MAX_PARAMS
 from twin.learners.posterior import Posterior, fresh_targets, newton_together
 from twin.learners.together import StackedObjective, stack_key
 from twin.models.base import DTYPE, TwinModel
@@ -56,8 +57,8 @@ OPTIONS: dict[str, Option] = {
     "sigma_max": positive(SIGMA_MAX, 10.0),
     "lr_sigma": Option("float", LR_SIGMA, 0.0, 10.0),
     # "newton": the search distribution as a posterior (twin.learners.posterior). None: "newton"
-    # for a model linear in its parameters (arx), whose loss the samples' second differences
-    # give exactly, else "adam"
+    # for a model linear in its parameters (arx) of at most 16, whose loss the samples' second
+    # differences give exactly, else "adam"
     "optimizer": Option("choice", None, choices=("adam", "clipup", "newton")),
     "max_speed": positive(None, 100.0),  # None: 2 * lr
 }
@@ -76,7 +77,16 @@ class PGPELearner(Learner):
         o = self.options
         if o["optimizer"] is None:
             linear = bool(getattr(model, "linear_in_parameters", False))
-            o["optimizer"] = "newton" if linear else "adam"
+            o["optimizer"] = "newton" if linear and n <= NEWTON_MAX_PARAMS else "adam"
+        elif o["optimizer"] == "newton" and n > NEWTON_MAX_PARAMS:
+            raise SpecError(
+                "learner.optimizer",
+                f"newton takes models of at most {NEWTON_MAX_PARAMS} parameters; this one has {n}",
+            )
+        if self.newton and "update_size" not in options:
+            # a filter folds each target in as it comes, so the next is predicted from all
+            # before it (tuning seeds, 4 hard linear plants: 2.26x -> 1.77x, geometric mean)
+            o["update_size"] = 1
         self.sigma = torch.full((n,), o["sigma"], dtype=DTYPE)
         self.optimizer = ClipUp(n) if o["optimizer"] == "clipup" else Adam(n)
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -177,8 +187,12 @@ class PGPELearner(Learner):
             out.append((theta[k].clone(), float(loss_after[k])))
         return out
 
+    @property
+    def newton(self) -> bool:
+        return self.options["optimizer"] == "newton"
+
     def steps_with_lr(self) -> bool:
-        return self.options["optimizer"] != "newton"  # its steps are Newton's
+        return not self.newton  # its steps are Newton's
 
     def _sigma_summary(self) -> float:
         return float(self.sigma.mean())
@@ -189,7 +203,7 @@ class PGPELearner(Learner):
             "sigma": self.sigma.clone(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
-            "posterior": self.posterior.state_dict(),
+            "posterior": self.posterior.state_dict() if self.newton else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -197,8 +211,10 @@ class PGPELearner(Learner):
         self.sigma = state["sigma"].clone().to(DTYPE)
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].clone())
-        self.posterior = Posterior(self.sigma.numel())  # a checkpoint from before: the prior
-        if "posterior" in state:
+        # A checkpoint without a bank (written by Adam, or before there was one: an arx pgpe
+        # twin's, which runs newton now) starts it from the prior about its center.
+        self.posterior = Posterior(self.sigma.numel())
+        if self.newton and state.get("posterior") is not None:
             self.posterior.load_state_dict(state["posterior"])
 
 

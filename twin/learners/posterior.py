@@ -54,6 +54,12 @@ RATES = tuple(10.0**e for e in range(-12, 0))
 PRIOR = 1.0  # prior variance of each scaled coordinate: they are O(1) by construction
 DECAY = 1.0 - 1.0 / 200  # each filter's recent log-likelihood forgets by this per target
 INFO_MEMORY = 200  # targets in the running mean of the information, at most
+NOISE_MEMORY = 200  # residuals in the running mean of each filter's noise factor, at most
+LAM_FLOOR = 1e-12  # no filter's noise variance below this fraction of the first fold's
+# The curvature's P (P + 1) / 2 unknowns are fitted by least squares over about as many pairs:
+# O(P^4) per update, 152 pairs at 16 parameters; beyond that "newton" is refused (and not the
+# default): Adam's steps cost O(P) per sample.
+MAX_PARAMS = 16
 PROBE = 0.1  # samples move a target's standardized residual by at most this much of huber
 MAX_VARIANCE = 1e6  # no filter's variance of a coordinate grows beyond PRIOR times this
 
@@ -75,6 +81,12 @@ class Posterior:
         self.loglik = np.zeros(r)
         self.info = np.zeros(n_params)  # running mean of diag(H) per target
         self.n_seen = 0
+        # Each filter's noise variance is lam_k * scale^2: `scale` (n_out,) the residuals' robust
+        # scale at the first fold, lam_k the running mean of its standardized innovations' square
+        # (maximum likelihood; Mehra 1972), so the gain never follows the window's scale.
+        self.scale: np.ndarray | None = None
+        self.lam = np.ones(r)
+        self.n_residuals = 0
         self.last_seq: int | None = None  # the newest target folded in
         self.normalization: tuple[np.ndarray, ...] | None = None  # the scaler when written
 
@@ -87,7 +99,8 @@ class Posterior:
     def walk(self, n: int) -> np.ndarray:
         """(R, P) each filter's random-walk variance over n targets (at most the prior's)."""
         f = np.maximum(self.info, 1e-300)
-        q = np.asarray(RATES)[:, None] / f[None, :] if self.n_seen else np.zeros((len(RATES), 1))
+        rates = np.asarray(RATES) * self.lam  # relative to each filter's noise variance
+        q = rates[:, None] / f[None, :] if self.n_seen else np.zeros((len(RATES), 1))
         return np.minimum(n * q, PRIOR) * np.ones_like(self.offsets)
 
     def predictive(self, n: int) -> np.ndarray:
@@ -112,26 +125,32 @@ class Posterior:
         limit = (PROBE * huber) ** 2
         return min(1.0, limit / spread) if spread > 0 else 1.0
 
-    def fold(self, loss0: float, g: np.ndarray, H: np.ndarray, n: int) -> np.ndarray:
+    def fold(self, loss0: float, g: np.ndarray, H: np.ndarray, n: int, m: int) -> np.ndarray:
         """Fold n new targets of loss `loss0`, gradient g and curvature H at the center into
-        every filter; return the new center's offset from the old (P,)."""
+        every filter (m residuals in all), in units of `scale`; return the new center's offset
+        from the old (P,)."""
         diag = np.clip(np.diagonal(H), 0.0, None) / n
-        m = min(self.n_seen + n, INFO_MEMORY)
-        share = n / m if m else 1.0
-        self.info = self.info + min(share, 1.0) * (diag - self.info)
+        memory = min(self.n_seen + n, INFO_MEMORY)
+        self.info = self.info + min(n / memory, 1.0) * (diag - self.info)
         s_pred = self.predictive(n)  # before n_seen moves: the first targets add no walk
         self.n_seen += n
-        d = self.offsets
-        g_k = g[None, :] + d @ H  # (R, P), H symmetric
-        l_k = loss0 + d @ g + 0.5 * np.einsum("rp,pq,rq->r", d, H, d)
+        d, lam = self.offsets, self.lam[:, None]
+        g_k = (g[None, :] + d @ H) / lam  # (R, P), H symmetric
+        l_k = (loss0 + d @ g + 0.5 * np.einsum("rp,pq,rq->r", d, H, d)) / self.lam
+        h_k = H[None] / lam[:, :, None]
         eye = np.eye(H.shape[0])
-        m_mat = eye[None] + H[None] @ s_pred  # I + H S, (R, P, P)
+        m_mat = eye[None] + h_k @ s_pred  # I + H S, (R, P, P)
         s_new = s_pred @ np.linalg.inv(m_mat)  # (S^-1 + H)^-1
         s_new = 0.5 * (s_new + s_new.transpose(0, 2, 1))
         step = np.einsum("rpq,rq->rp", s_new, g_k)
         _, logdet = np.linalg.slogdet(m_mat)
-        loglik = -0.5 * (logdet + 2 * l_k - np.einsum("rp,rp->r", g_k, step))
+        quad = 2 * l_k - np.einsum("rp,rp->r", g_k, step)  # e' (J S J' + lam)^-1 e
+        loglik = -0.5 * (logdet + m * np.log(self.lam) + quad)
         self.loglik = DECAY**n * self.loglik + np.where(np.isfinite(loglik), loglik, -np.inf)
+        seen = min(self.n_residuals + m, NOISE_MEMORY)
+        self.n_residuals += m
+        matched = np.where(np.isfinite(quad), self.lam * quad / max(m, 1), self.lam)
+        self.lam = np.maximum(self.lam + min(m / seen, 1.0) * (matched - self.lam), LAM_FLOOR)
         centers = d - step
         self.covariances = s_new
         shift = self.weights @ centers
@@ -145,6 +164,9 @@ class Posterior:
             "loglik": torch.from_numpy(self.loglik.copy()),
             "info": torch.from_numpy(self.info.copy()),
             "n_seen": self.n_seen,
+            "scale": None if self.scale is None else torch.from_numpy(self.scale.copy()),
+            "lam": torch.from_numpy(self.lam.copy()),
+            "n_residuals": self.n_residuals,
             "last_seq": self.last_seq,
             "normalization": None
             if self.normalization is None
@@ -157,6 +179,9 @@ class Posterior:
         self.loglik = state["loglik"].numpy().copy()
         self.info = state["info"].numpy().copy()
         self.n_seen = int(state["n_seen"])
+        self.scale = None if state["scale"] is None else state["scale"].numpy().copy()
+        self.lam = state["lam"].numpy().copy()
+        self.n_residuals = int(state["n_residuals"])
         self.last_seq = None if state["last_seq"] is None else int(state["last_seq"])
         norm = state["normalization"]
         self.normalization = None if norm is None else tuple(a.numpy().copy() for a in norm)
@@ -173,13 +198,17 @@ def fresh_targets(learner, objective: Objective) -> int:
     return int((seq > last).sum())
 
 
-def newest(objective: Objective, n: int) -> Objective:
-    """The objective of its newest n targets alone, each weighted 1 (0 where screened out), no
-    walk and no smoothness: a shallow copy that `StackedObjective` scores like any other."""
+def newest(objective: Objective, n: int, scale: np.ndarray | None) -> Objective:
+    """The objective of its newest n targets alone, each weighted 1 (0 where screened out),
+    standardized by `scale` (n_out,) where given, no walk and no smoothness: a shallow copy that
+    `StackedObjective` scores like any other."""
     part = copy.copy(objective)
     part.args = tuple(a[-n:] for a in objective.args)
     part.y = objective.y[-n:]
-    part.y_scaled = objective.y_scaled[-n:]
+    if scale is not None:
+        part.s = torch.from_numpy(scale)
+        part.inv_s = 1 / part.s
+    part.y_scaled = part.y / part.s
     part.y_rows = part.y_scaled.T.contiguous()
     part.mask = None if objective.mask is None else objective.mask[-n:]
     part.w_mean = (objective.weights[-n:] > 0).to(DTYPE)
@@ -195,7 +224,10 @@ def newton_together(pending: list[Pending]) -> list[tuple[Tensor, float]]:
     counts = [fresh_targets(lr, p.objective) for lr, p in zip(learners, pending, strict=True)]
     for learner in learners:
         follow_scaler(learner.posterior, learner.model)
-    parts = [newest(p.objective, max(n, 1)) for p, n in zip(pending, counts, strict=True)]
+    parts = [
+        newest(p.objective, max(n, 1), lr.posterior.scale)
+        for lr, p, n in zip(learners, pending, counts, strict=True)
+    ]
     stacked = StackedObjective(parts)
     scale = stacked.scale  # (K, P)
     z = stacked.theta_prev / scale
@@ -221,7 +253,10 @@ def newton_together(pending: list[Pending]) -> list[tuple[Tensor, float]]:
             out.append((theta.clone(), float(l0)))
             continue
         g, H = _derivatives(zeta[k].numpy(), lp, lm, l0, *roots[k])
-        shift = post.fold(float(l0), g, H, n)
+        if post.scale is None:  # the first fold: the window's residual scale is the unit
+            post.scale = p.objective.s.numpy().copy()
+        measured = n * parts[k].y.shape[1] if parts[k].mask is None else int(parts[k].mask.sum())
+        shift = post.fold(float(l0), g, H, n, measured)
         post.last_seq = int(learner.window.seq[-1])
         z_new = torch.from_numpy(z[k].numpy() + shift)
         theta_new = p.objective.clamp(z_new * scale[k])
