@@ -5,28 +5,32 @@ from the same antithetic samples, under a bank of random-walk rates averaged by 
 
 The search distribution is N(m, C) over the scaled parameters z = theta / parameter_scales.
 Each update scores the center and `N` antithetic pairs m +- L zeta (L L' = C, zeta standard
-normal) by the loss of the targets that arrived since the last update, Huber's loss of their
-standardized residuals summed with unit weights (half their squared standardized residuals
-within `huber`: a Gaussian log-likelihood of noise variance s^2). No model gradients are taken:
-the antithetic differences (l+ - l-) / 2 = (L'g)' zeta and second differences l+ + l- - 2 l0 =
-zeta' (L'HL) zeta hold exactly for a quadratic loss, so least squares over the pairs gives its
-gradient g and curvature H (Gaussian smoothing's along the sampled directions otherwise;
-Nesterov & Spokoiny 2017). The curvature is kept positive semi-definite.
+normal) by the loss of the targets that arrived since the last update: half their squared
+residuals over the noise unit s (the first fold's robust residual scale), summed, a Gaussian
+log-likelihood (least squares, not Huber's loss: a kink within the samples' reach blends its
+two pieces; outlying values are screened out as for every learner). No model gradients are
+taken: the antithetic differences (l+ - l-) / 2 = (L'g)' zeta and second differences
+l+ + l- - 2 l0 = zeta' (L'HL) zeta hold exactly for a quadratic loss, so least squares over
+the pairs gives its gradient g and curvature H (Gaussian smoothing's along the sampled
+directions otherwise; Nesterov & Spokoiny 2017), H kept positive semi-definite. The samples
+are drawn from the mixture's covariance below, narrowed so that none moves a target's
+standardized residual by more than PROBE of `huber` on the typical coordinate.
 
 Between updates the parameters are taken to random-walk; the walk's variance is not fixed but
 averaged over a bank of rates (multiple-model estimation, Magill 1965), as the `kalman` learner
-does: filter k keeps its own center m_k and covariance S_k; its time update adds n Q_k (n new
-targets, Q_k = q_k / f per coordinate, f the running mean information of one target, so q_k is
-relative to what one target tells), its Newton step under the curvature is
-    S_k <- (S_k^-1 + H)^-1,   m_k <- m_k - S_k (g + H (m_k - m)),
+does: filter k keeps its own center m_k, covariance S_k and noise variance lam_k s^2 (lam_k
+the running mean of its standardized innovations' square: maximum likelihood, so the gain does
+not follow the window's scale); its time update adds n Q_k (n new targets, Q_k = q_k lam_k / f
+per coordinate, f the running mean information of one target, so q_k is relative to what one
+target tells), and with H_k = H / lam_k its Newton step under the curvature is
+    S_k <- (S_k^-1 + H_k)^-1,   m_k <- m_k - S_k (g + H (m_k - m)) / lam_k,
 the Kalman filter's measurement update when the model is linear in its parameters and the noise
 Gaussian. Each filter scores the new targets by their predictive log-likelihood, which the same
-three numbers give (loss, g, H at m, moved to m_k along the quadratic):
-    -1/2 [log det(I + S_k H) + 2 l_k - g_k' (S_k^-1 + H)^-1 g_k],
-forgotten by DECAY per target; the search distribution's center is the filters' centers
-averaged by their weights (dynamic model averaging, Raftery, Karny & Ettler 2010), its
-covariance the mixture's, so the next samples spread as widely as the posterior (within
-[sigma_min, sigma_max] per direction).
+three numbers give (loss, g, H at m, moved to m_k along the quadratic; M residuals):
+    -1/2 [log det(I + S_k H_k) + M log lam_k + 2 l_k - g_k' (S_k^-1 + H_k)^-1 g_k],
+forgotten by DECAY per target; the model's center is the filters' centers averaged by their
+weights (dynamic model averaging, Raftery, Karny & Ettler 2010). The first fold waits for
+MIN_FRESH targets and takes in all the window holds, from the prior N(center, PRIOR I).
 
 Every twin keeps its own generator and bank; the model calls of a group are made together
 (`StackedObjective`) and the small P x P algebra twin by twin, so a twin's numbers do not depend
@@ -60,6 +64,7 @@ LAM_FLOOR = 1e-12  # no filter's noise variance below this fraction of the first
 # O(P^4) per update, 152 pairs at 16 parameters; beyond that "newton" is refused (and not the
 # default): Adam's steps cost O(P) per sample.
 MAX_PARAMS = 16
+RESCALE = 0.01  # the bank follows the channel scaler once it has moved by this share of a std
 PROBE = 0.1  # samples move a target's standardized residual by at most this much of huber
 MAX_VARIANCE = 1e6  # no filter's variance of a coordinate grows beyond PRIOR times this
 
@@ -261,7 +266,8 @@ def newton_together(pending: list[Pending]) -> list[tuple[Tensor, float]]:
         z_new = torch.from_numpy(z[k].numpy() + shift)
         theta_new = p.objective.clamp(z_new * scale[k])
         post.offsets = post.offsets + (z_new - theta_new / scale[k]).numpy()  # clamped: kept
-        post.normalization = _normalization(learner.model)
+        if post.normalization is None:  # the scaler the bank is expressed in
+            post.normalization = _normalization(learner.model)
         learner.sigma = torch.from_numpy(np.sqrt(np.diagonal(post.sampling(1)).copy()))
         out.append((theta_new, math.nan))
     # the window's loss before and after, every twin's in one call
@@ -311,15 +317,29 @@ def _normalization(model: TwinModel) -> tuple[np.ndarray, ...] | None:
     )
 
 
+def _moved(old: tuple[np.ndarray, ...], new: tuple[np.ndarray, ...]) -> bool:
+    """Whether a channel's mean or standard deviation moved by more than RESCALE of its
+    standard deviation (y_mean, y_std, u_mean, u_std)."""
+    y_std, u_std = np.abs(old[1]) + 1e-300, np.abs(old[3]) + 1e-300
+    scales = (y_std, y_std, u_std, u_std)
+    return any(
+        bool((np.abs(b - a) > RESCALE * s).any()) for a, b, s in zip(old, new, scales, strict=True)
+    )
+
+
 def follow_scaler(post: Posterior, model: TwinModel) -> None:
-    """Where the twin's channel scaler moved since the bank was written, the model re-expressed
-    its parameters by an affine map theta -> M theta + b (`TwinModel._reexpress`); take the
-    filters' offsets and covariances through it (in the scaled coordinates)."""
+    """Where the twin's channel scaler moved since the bank was expressed in it, the model
+    re-expressed its parameters by an affine map theta -> M theta + b (`TwinModel._reexpress`);
+    take the filters' offsets and covariances through it (in the scaled coordinates). The scaler
+    moves a little with every observation and the map takes P + 1 re-expressions, so the bank
+    follows once the scaler has moved by RESCALE of a standard deviation, the map then from the
+    scaler it was expressed in (the re-expressions compose: exact for the kinds that
+    standardize); until then its offsets are off by at most that share."""
     old = post.normalization
     if old is None or type(model)._reexpress is TwinModel._reexpress:
         return
     new = _normalization(model)
-    if new is None or all(np.array_equal(a, b) for a, b in zip(old, new, strict=True)):
+    if new is None or not _moved(old, new):
         return
     theta = flat_parameters(model).to(DTYPE)
     n = theta.numel()
