@@ -107,7 +107,9 @@ def test_learner_is_a_union_by_method_or_the_kinds_default(schema):
     assert set(union["discriminator"]["mapping"]) == set(LEARNERS)
     pgpe = components["PgpeLearner"]["properties"]
     assert set(pgpe) == {"method", "seed", *LEARNERS["pgpe"].OPTIONS}
-    assert pgpe["optimizer"]["enum"] == ["adam", "clipup"]
+    # null or left out: newton for a model linear in its parameters (arx), else adam
+    assert pgpe["optimizer"]["anyOf"][0] == {"type": "string", "enum": ["adam", "clipup", "newton"]}
+    assert pgpe["optimizer"]["anyOf"][1] == {"type": "null"}
     assert pgpe["window"]["anyOf"][0] == {"type": "integer", "minimum": 8, "maximum": 100000}
     default = components["DefaultLearner"]
     assert default["properties"]["method"] == {"type": "null"}
