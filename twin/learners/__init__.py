@@ -12,6 +12,7 @@ from dataclasses import replace
 import torch
 
 from twin.learners.base import Learner, UpdateReport
+from twin.learners.decoupled import DecoupledKalmanLearner
 from twin.learners.gradient import GradientLearner
 from twin.learners.kalman import KalmanLearner
 from twin.learners.pgpe import PGPELearner
@@ -22,6 +23,7 @@ LEARNERS: dict[str, type[Learner]] = {
     "pgpe": PGPELearner,
     "gradient": GradientLearner,
     "kalman": KalmanLearner,
+    "dekf": DecoupledKalmanLearner,
 }
 KNOWN = ", ".join(LEARNERS)
 

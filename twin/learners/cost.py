@@ -59,6 +59,7 @@ class ModelSize:
     parameters: int
     work: int
     intermediates: int
+    blocks: int = 0  # sum of the squares of its parameter groups' sizes (0: one group)
 
 
 def model_size(spec: TwinSpec) -> ModelSize:
@@ -74,8 +75,10 @@ def model_size(spec: TwinSpec) -> ModelSize:
         nb = o.get("nb", 2) if n_in else 0
         hidden, layers = o.get("hidden", 32), o.get("layers", 2)
         widths = [o.get("na", 2) * n_out + (nb + 1) * n_in + 1] + [hidden] * layers + [n_out]
-        p = sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
-        return ModelSize(p, p, 2 * sum(widths[1:]))
+        pairs = list(zip(widths[:-1], widths[1:], strict=True))
+        p = sum(a * b + b for a, b in pairs)
+        blocks = sum(b * (a + 1) ** 2 for a, b in pairs)  # a group per neuron (`dekf`)
+        return ModelSize(p, p, 2 * sum(widths[1:]), blocks)
     from twin.models import model_class
     from twin.models.base import flat_parameters
 
@@ -95,7 +98,8 @@ def estimate(spec: TwinSpec) -> UpdateCost:
     iterations = o.get("iterations", 1)
     eval_work = T * (F + LOSS_WORK * O)  # one parameter set over the window
     work, values = 0.0, T * channels * 4.0  # the window, its tensors and the supervised arrays
-    walk = o.get("drift", 0) != 0
+    filters = method == "dekf"  # no window loss: the targets are folded in one by one
+    walk = o.get("drift", 0) != 0 and not filters
     newton = o.get("optimizer") == "gauss_newton"
     if walk or newton:  # (T, O, P) by forward mode: P tangents through the model at once
         work += P * eval_work * 2
@@ -103,7 +107,8 @@ def estimate(spec: TwinSpec) -> UpdateCost:
     if walk:  # per-output (T, T) covariance, its Cholesky factor and the whitened Jacobian
         work += O * T * T * P + O * T**3 / 3 + O * T * T * P
         values += O * T * T * 3 + O * T * P
-    if o.get("drift") == "auto":  # every few updates, the rate's likelihood on a grid of rates
+    # every few updates, the rate's likelihood on a grid of rates
+    if o.get("drift") == "auto" and not filters:
         per_rate = 2 * O * T * T * P + O * T**3 / 3 + O * T * P * P + O * P**3
         work += DRIFT_RATE_GRID * per_rate
         values += O * T * T * 3 + O * T * P * 2 + O * P * P
@@ -123,6 +128,14 @@ def estimate(spec: TwinSpec) -> UpdateCost:
     elif newton:
         work += T * O * P * P + P**3 / 3 + iterations * 5 * 3 * eval_work
         values += P * P * 3 + T * (O * 4 + H) * 3
+    elif method == "dekf":  # decoupled filters: each filter's Jacobian, its blocks' algebra
+        from twin.learners.decoupled import RATES
+
+        k = o["update_size"] + 1
+        bank = len(RATES) if o.get("drift") == "auto" else 1
+        blocks = size.blocks or P * P
+        work += bank * (k * O * (F + LOSS_WORK * O) * 3 + k * O * blocks * 4 + k * P * 2)
+        values += bank * (blocks * 3 + k * O * P * 2 + k * H)
     elif method != "gradient":  # filters over theta: the new targets' Jacobian, P x P algebra
         from twin.learners.kalman import RATES
 

@@ -10,7 +10,16 @@ from torch import Tensor, nn
 
 from twin.models import register
 from twin.models.arx import MAX_LAG, check_options, int_option, reject_bounds
-from twin.models.base import DTYPE, KindInfo, ModelOption, TwinModel, summary
+from twin.models.base import (
+    DTYPE,
+    KindInfo,
+    ModelOption,
+    TwinModel,
+    flat_parameters,
+    load_flat,
+    summary,
+    unflatten,
+)
 from twin.spec import SpecError, TwinSpec
 
 
@@ -136,14 +145,24 @@ class MLP(TwinModel):
     def _reexpress(self, y_mean, y_std, u_mean, u_std) -> None:
         """Exact: the first affine layer absorbs the change in the features' standardization,
         the last one the change in the output scale (the hidden layers see the same values)."""
-        first, last = self.net[0], self.net[-1]
-        mean_old, std_old = self._feature_scaler(y_mean, y_std, u_mean, u_std)  # (F,), (F,)
+        flat = flat_parameters(self).to(DTYPE)[None]
+        load_flat(self, self.reexpressed(flat, (y_mean, y_std, u_mean, u_std))[0])
+
+    @torch.no_grad()
+    def reexpressed(self, flat: Tensor, old: tuple[Tensor, ...]) -> Tensor:
+        """(S, P) flat parameter sets fitted under the channel scaler `old` (y_mean, y_std,
+        u_mean, u_std) -> (S, P) the same functions under the model's current scaler."""
+        named = [name for name, _ in self.named_parameters()]
+        first_w, first_b, last_w, last_b = named[0], named[1], named[-2], named[-1]
+        p = {k: v.clone() for k, v in unflatten(self, flat).items()}
+        mean_old, std_old = self._feature_scaler(*old)  # (F,), (F,)
         mean_new, std_new = self._feature_scaler(self.y_mean, self.y_std, self.u_mean, self.u_std)
-        first.bias.add_(first.weight @ ((mean_new - mean_old) / std_old))
-        first.weight.mul_(std_new / std_old)
-        ratio = (y_std / self.y_std)[:, None]  # (n_out, 1)
-        last.weight.mul_(ratio)
-        last.bias.mul_(ratio[:, 0])
+        p[first_b] = p[first_b] + p[first_w] @ ((mean_new - mean_old) / std_old)
+        p[first_w] = p[first_w] * (std_new / std_old)
+        ratio = old[1] / self.y_std  # (n_out,)
+        p[last_w] = p[last_w] * ratio[:, None]
+        p[last_b] = p[last_b] * ratio
+        return torch.cat([p[name].reshape(flat.shape[0], -1) for name in named], dim=1)
 
     def _feature_scaler(self, y_mean, y_std, u_mean, u_std) -> tuple[Tensor, Tensor]:
         """(F,) mean and std the features are standardized with, in `forward`'s order (dt is
@@ -153,6 +172,21 @@ class MLP(TwinModel):
         mean = torch.cat([y_mean.repeat(self.na), u_mean.repeat(n_u), 0 * one])
         std = torch.cat([y_std.repeat(self.na), u_std.repeat(n_u), one])
         return mean, std
+
+    def parameter_groups(self) -> list[list[int]]:
+        """Flat parameter indices per neuron: the weights into it and its bias (the blocks of a
+        node-decoupled Kalman filter, `twin.learners.decoupled`). The channel scaler's
+        re-expression acts within each group."""
+        groups, start = [], 0
+        for layer in self.net:
+            if not isinstance(layer, nn.Linear):
+                continue
+            fan_out, fan_in = layer.weight.shape
+            bias = start + fan_out * fan_in
+            for i in range(fan_out):
+                groups.append([*range(start + i * fan_in, start + (i + 1) * fan_in), bias + i])
+            start = bias + fan_out
+        return groups
 
     @torch.no_grad()
     def named_values(self) -> dict[str, float]:
