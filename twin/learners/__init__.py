@@ -1,8 +1,9 @@
 """Learners: what recalibrates a twin's parameters online from its recent observations.
 
 `pgpe` (policy gradients with parameter-based exploration, black-box), `gradient`
-(backpropagation with Adam or Gauss-Newton steps) and `kalman` (an extended Kalman filter over
-the parameters) share one contract (`Learner`) and one robust loss.
+(backpropagation with Adam or Gauss-Newton steps), `kalman` (an extended Kalman filter over
+the parameters) and `dekf` (decoupled extended Kalman filters over a network's weights) share
+one contract (`Learner`) and one robust loss.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def make_learner(spec: TwinSpec, model: TwinModel) -> Learner:
 
 __all__ = [
     "LEARNERS",
+    "DecoupledKalmanLearner",
     "GradientLearner",
     "KalmanLearner",
     "Learner",

@@ -136,6 +136,7 @@ def estimate(spec: TwinSpec) -> UpdateCost:
         blocks = size.blocks or P * P
         work += bank * (k * O * (F + LOSS_WORK * O) * 3 + k * O * blocks * 4 + k * P * 2)
         values += bank * (blocks * 3 + k * O * P * 2 + k * H)
+        work += bank * SECONDS_PER_ITERATION / SECONDS_PER_WORK  # each filter's calls
     elif method != "gradient":  # filters over theta: the new targets' Jacobian, P x P algebra
         from twin.learners.kalman import RATES
 
