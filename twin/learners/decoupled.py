@@ -13,11 +13,14 @@ Self-tuning, nothing fitted to a plant: the bank's random-walk rates are a log g
 (RATES, per target in the model's scaled coordinates, which are O(1) by construction), so the
 drift rate is estimated by the filters' recent predictive likelihoods (forgotten by
 LIKELIHOOD_DECAY per target), a step or a fast drift handled by the fast filters gaining the
-likelihood. The noise variance is estimated by each filter from its own residuals after the
-update: r = E[eps^2] + h P+ h' holds exactly for a filter at its own optimum (eps = y - h z+;
-Akhlaghi, Zhou & Huang 2017, "Adaptive adjustment of noise covariance in Kalman filter for
-dynamic state estimation", IEEE PESGM), always positive, averaged over the last NOISE_MEMORY
-targets and floored as the kalman learner's (`_noise_floor`). Each filter is linearized at its
+likelihood. The noise variance is REML's over the window (`DriftRate`, every DRIFT_EVERY
+updates, as the kalman learner's), at the model's center over all coordinates where the window
+holds 4 targets per parameter, else over the output layer's (the model is linear in them: an
+mlp's hidden width plus one per output); until the window informs it, each filter's own
+covariance matching (Mehra 1972, "Approaches to adaptive filtering", IEEE TAC 17(5)): the running
+mean of e^2 - h P h' over the last NOISE_MEMORY targets, not below the squared residual after
+the update, its first value the first innovation's square. Every estimate is floored as the
+kalman learner's (`_noise_floor`). Each filter is linearized at its
 own center (reverse mode, every filter in one vmapped call), so filters that drifted apart stay
 within their linearization's reach.
 
@@ -52,7 +55,7 @@ PRIOR = 1.0  # prior variance of each scaled coordinate, and the most any may re
 RATES = tuple(10.0**e for e in range(-8, -1))
 LIKELIHOOD_DECAY = 0.99  # each filter's recent log-likelihood forgets with this factor per target
 NOISE_MEMORY = 200  # targets in each filter's running noise estimate, at most
-WINSOR = 3.0
+WINSOR = 3.0  # innovations clipped at this many predicted std in the noise matching
 
 UNUSED = ("smoothness", "boost", "boost_updates")  # common options a filter has no use for
 OPTIONS: dict[str, Option] = {
