@@ -146,22 +146,30 @@ def test_kalman_loads_the_state_of_the_single_filter_before_the_bank(banked):
     assert restored.state_dict()["covariance"].shape == (k, n, n)
 
 
-def test_kalman_loads_a_bank_of_another_grid_from_its_most_likely_filter():
+@pytest.mark.parametrize("grid", ["wider", "to 0.1"])
+def test_kalman_loads_a_bank_of_another_grid_from_its_most_likely_filter(grid):
     obs = simulate(600)
     model, learner = build(arx_spec())
     feed(learner, obs[:400], chunk=8)
     state = learner.state_dict()
     k, n = len(learner.rates), state["covariance"].shape[-1]
-    wider = {**state}  # the grid of 14 rates (1e-12 to 10) before it stopped at 0.1
-    wider["covariance"] = torch.cat([state["covariance"], state["covariance"][:2] * 3.0])
-    wider["offsets"] = torch.cat([state["offsets"], torch.ones(2, n, dtype=torch.float64)])
-    wider["loglik"] = torch.cat([state["loglik"], torch.tensor([-1e9, 1e9])])  # the last likeliest
-    wider["scales"] = torch.cat([state["scales"], torch.ones(2, dtype=torch.float64)])
+    other = {**state}
+    if grid == "wider":  # two more filters than the bank has
+        other["covariance"] = torch.cat([state["covariance"], state["covariance"][:2] * 3.0])
+        other["offsets"] = torch.cat([state["offsets"], torch.ones(2, n, dtype=torch.float64)])
+        other["loglik"] = torch.cat([state["loglik"], torch.tensor([-1e9, 1e9])])
+        other["scales"] = torch.cat([state["scales"], torch.ones(2, dtype=torch.float64)])
+    else:  # the 12 rates 1e-12..0.1 of the bank before the interaction, its last likeliest
+        assert k == 14 and LINEAR_RATES[11] == pytest.approx(0.1)
+        other["covariance"] = state["covariance"][:12] * 2.0
+        other["offsets"] = state["offsets"][:12]
+        other["loglik"] = torch.cat([torch.full((11,), -50.0, dtype=torch.float64), torch.zeros(1)])
+        other["scales"] = state["scales"][:12]
     model2, restored = build(arx_spec())
-    restored.load_state_dict(wider)
+    restored.load_state_dict(other)
     assert restored.covariances.shape == (k, n, n)
     for cov in restored.covariances:
-        np.testing.assert_array_equal(cov, wider["covariance"][-1].numpy())
+        np.testing.assert_array_equal(cov, other["covariance"][-1].numpy())
     assert not restored.offsets.any() and not restored.loglik.any()
     feed(restored, obs[400:], chunk=8)
     feed(learner, obs[400:], chunk=8)

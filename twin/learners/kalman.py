@@ -1,7 +1,8 @@
 """Kalman learner: a bank of extended Kalman filters over the model's parameters (Jazwinski 1970,
 "Stochastic processes and filtering theory", ch. 8), the parameters taken to random-walk, each
 filter at its own rate (multiple-model estimation, Magill 1965, "Optimal adaptive estimation of
-sampled stochastic processes", IEEE TAC 10(4)), their centers averaged by their recent
+sampled stochastic processes", IEEE TAC 10(4)), their centers averaged by their probabilities:
+on a linear model the filters interact (IMM, `twin.learners.mixing`), else their recent
 likelihoods (dynamic model averaging, Raftery, Karny & Ettler 2010, Technometrics 52(1)).
 
 State: per filter its center z = theta / parameter_scales (kept as an offset from the model's
@@ -20,15 +21,19 @@ reach, and they keep one filter at REML's rate (a drift alarm adds the prior to 
 Noise levels, estimated online with nothing fitted to a plant: with drift "auto" the bank's rates
 are LINEAR_RATES (arx) or RATES, a log grid over decades relative to what one target tells of each
 parameter (its running mean squared Jacobian over the noise variance), as bench/filters.py's
-estimated-noise reference. Each filter scores its one-step innovations by their log-likelihood,
-forgotten by LINEAR_DECAY or LIKELIHOOD_DECAY per target, under its own scale on the predicted
-variance (the running mean of its squared standardized innovations). The model's center is the
-filters' centers weighted by their likelihoods (exp of the forgotten log-likelihood, normalized):
-on the linear bank the same average of their predictions. A soft weighting follows a slow or
-seasonal drift between two rates of the grid where selecting one switches back and forth (linear
-tuning seeds: median / worst 1.56 / 11.9 -> 1.36 / 5.26), and on the bank linearized per filter
-does not jump between filters of nearly equal likelihood whose time constants differ thirtyfold
-(physical tuning seeds: 2.02 / 139 -> 2.04 / 63.3). The noise
+estimated-noise reference. Each filter scores its one-step innovations by their log-likelihood
+under its own scale on the predicted variance (the running mean of its squared standardized
+innovations). On the linear bank these update the filters' probabilities of an interacting
+multiple model (Blom & Bar-Shalom 1988; `twin.learners.mixing`: before each target every filter
+is re-centered on the mixture it came from, the rate switching with probability SWITCH per
+target); on the bank linearized per filter the log-likelihood is forgotten by LIKELIHOOD_DECAY
+per target. The model's center is the filters' centers weighted by those probabilities (exp of
+the log probability or forgotten log-likelihood, normalized): on the linear bank the same
+average of their predictions. A soft weighting follows a slow or seasonal drift between two
+rates of the grid where selecting one switches back and forth (linear tuning seeds: median /
+worst 1.56 / 11.9 -> 1.36 / 5.26), and on the bank linearized per filter does not jump between
+filters of nearly equal likelihood whose time constants differ thirtyfold (physical tuning
+seeds: 2.02 / 139 -> 2.04 / 63.3). The noise
 variance r of each output is REML's over the window (`DriftRate`, as `drift: "auto"` does for the
 other learners; Durbin & Koopman 2012, "Time series analysis by state space methods", ch. 7); before
 the window informs it, the innovations' mean square (winsorized at 3 predicted standard deviations):
@@ -61,6 +66,7 @@ from torch.func import jacfwd
 
 from twin.learners.base import DRIFT_EVERY, Learner, UpdateReport
 from twin.learners.kalman_each import EACH_UPDATE, linearize_each
+from twin.learners.mixing import mix, transitions
 from twin.learners.objective import Objective, screened, target_mask
 from twin.learners.options import COMMON_OPTIONS, Option, positive
 from twin.models.base import DTYPE, TwinModel, flat_parameters, load_flat, unflatten
@@ -85,16 +91,17 @@ WINSOR_BIAS = (
 # bench/filters.py's estimated-noise reference, so no rate is fitted to a plant
 RATES = tuple(10.0**e for e in range(-12, 2))
 # The linear bank's (arx): a filter of relative rate q remembers about 1/sqrt(q) targets (its
-# steady-state gain); the grid stops at 0.1, about 3 targets, as many as the smallest ARX with an
-# input has parameters: a faster filter fits each target exactly along the directions it informs
-# and lets the centers wander along those slow inputs leave unexcited (tuning seed 69: 5.26x the
-# informed filter with rates up to 10, 2.30x).
-LINEAR_RATES = tuple(q for q in RATES if q <= 0.1)
+# steady-state gain). Averaged alone, the filters above 0.1 (under 3 targets) fitted each target
+# exactly along the directions it informs and let their centers wander along those slow inputs
+# leave unexcited (tuning seed 69: 5.26x the informed filter with rates up to 10, 2.30x to 0.1);
+# interacting, an unlikely fast filter is re-centered on the likely ones each target, and the
+# nearly noiseless steps that want it keep it (docs/benchmarks.md).
+LINEAR_RATES = RATES
 INFO_MEMORY = 200  # targets in the running mean of each parameter's information, at most
 NOISE_MEMORY = 200  # targets in the running mean of each filter's scale, at most
-LIKELIHOOD_DECAY = 0.99  # each filter's recent log-likelihood forgets with this factor per target
-# The linear bank's: it remembers as long as the scale it is scored under (NOISE_MEMORY targets)
-LINEAR_DECAY = 1.0 - 1.0 / NOISE_MEMORY
+# each filter's recent log-likelihood forgets with this factor per target (not the linear bank's:
+# its filters' probabilities are those of the interacting multiple model)
+LIKELIHOOD_DECAY = 0.99
 # The noise variance is never taken below (NOISE_FLOOR x the channel's magnitude)^2, the
 # magnitude the root mean square of the window's values (1 in the channel's units where they are
 # all 0, as the channel scaler's). A channel that reads exactly 0 for a while (a light sensor at
@@ -185,8 +192,8 @@ class KalmanLearner(Learner):
 
     @property
     def weights(self) -> np.ndarray:
-        """(K,) each filter's posterior weight: its forgotten likelihood normalized over the
-        bank (dynamic model averaging, Raftery, Karny & Ettler 2010, Technometrics 52(1))."""
+        """(K,) each filter's posterior weight: exp of its log probability (the linear bank's, of
+        the interacting multiple model) or forgotten log-likelihood, normalized over the bank."""
         finite = np.where(np.isfinite(self.loglik), self.loglik, -np.inf)
         w = np.exp(finite - finite.max())
         return w / w.sum()
@@ -359,7 +366,11 @@ class KalmanLearner(Learner):
         rates = np.asarray(self.rates)
         delta = self.options["huber"]
         before, after = [], []
+        imm = auto and not self.each  # the linear bank interacts (`twin.learners.mixing`)
+        switching = transitions(len(Z)) if imm else None
         for t in np.flatnonzero(keep):
+            if imm:  # re-center each filter on the mixture it came from; predicted log probs
+                Z, P, self.loglik = mix(Z, P, self.loglik, switching)
             noise = self.noise
             seen = measured[t]
             if auto:  # each parameter's information per target, in units of the noise
@@ -397,8 +408,9 @@ class KalmanLearner(Learner):
                 before.append(e[best] ** 2 / s[best] if s[best] > 0 else math.nan)
                 res = (y[t, o] - yhat0[..., t, o] - _dot(Z - z0, h))[..., best]
                 after.append(res**2 / r if r > 0 else math.nan)
-            decay = LIKELIHOOD_DECAY if self.each else LINEAR_DECAY
-            self.loglik = decay * self.loglik + fit
+            # the linear bank's: its log probabilities (the chain's prediction plus the
+            # target's log-likelihood); the others' forget their log-likelihood
+            self.loglik = (self.loglik if imm else LIKELIHOOD_DECAY * self.loglik) + fit
             if seen.any():
                 beta = max(1.0 / (self.n_seen + 1), 1.0 / NOISE_MEMORY)
                 self.scales += beta * (fit_sq / seen.sum() - self.scales)
