@@ -23,7 +23,7 @@ STEPS, BATCH = 100, 10
 def fleet(damaged: bool = False) -> tuple[list[Twin], list[Observations]]:
     """Eleven twins: first-order ones of different plants, seeds and update sizes (some learned
     in one group), and other kinds and learners beside them (groups of their own; the physical
-    `kalman` bank's, five observations an update, twin by twin)."""
+    `kalman` bank's, twin by twin)."""
     cases = [
         (FirstOrderPlant(K=1.5, tau=15.0), {"seed": 1}),
         (FirstOrderPlant(K=2.5, tau=30.0), {"seed": 2}),

@@ -21,7 +21,7 @@ from tests.twin.test_learners import (
 )
 from twin.learners import count_parameters, learner_method, make_learner, with_method
 from twin.learners.kalman import LINEAR_RATES, MAX_PARAMS, RATES
-from twin.learners.kalman_each import EACH_UPDATE, linearize_each
+from twin.learners.kalman_each import linearize_each
 from twin.models import model_class
 from twin.models.base import flat_parameters, unflatten
 from twin.observations import Observations
@@ -276,19 +276,19 @@ def test_kalman_linearizes_each_filter_of_a_physical_bank_at_its_own_center():
         np.testing.assert_allclose(jac[k], jacfwd(predict)(z).numpy(), rtol=1e-6, atol=1e-9)
 
 
-def test_kalman_physical_bank_averages_its_filters_and_learns_five_observations_an_update():
+def test_kalman_physical_bank_averages_its_filters_and_learns_every_observation():
     """The model's center is the filters' centers averaged by their likelihoods (not the most
-    likely one), and a physical twin learns EACH_UPDATE observations an update unless its spec
-    names update_size; the linear bank learns every one."""
+    likely one), and a physical twin learns every observation, as the linear bank does, unless
+    its spec names update_size."""
     model, learner = build(make_spec("kalman"))
-    feed(learner, simulate(400), chunk=EACH_UPDATE)
-    assert learner.each and learner.options["update_size"] == EACH_UPDATE
+    feed(learner, simulate(400), chunk=5)
+    assert learner.each and learner.options["update_size"] == 1
     w = learner.weights
     assert w.max() < 0.999  # more than one filter carries weight
     np.testing.assert_allclose(w @ learner.offsets, 0.0, atol=1e-9)  # the center: their mean
     assert np.abs(learner.offsets).max() > 1e-6  # yet the filters lie apart
-    assert Twin(make_spec("kalman")).update_size == EACH_UPDATE
-    assert Twin(make_spec("kalman", update_size=1)).update_size == 1
+    assert Twin(make_spec("kalman")).update_size == 1
+    assert Twin(make_spec("kalman", update_size=5)).update_size == 5
     assert Twin(arx_spec()).update_size == 1
 
 

@@ -65,7 +65,7 @@ import torch
 from torch.func import jacfwd
 
 from twin.learners.base import DRIFT_EVERY, Learner, UpdateReport
-from twin.learners.kalman_each import EACH_UPDATE, linearize_each
+from twin.learners.kalman_each import linearize_each
 from twin.learners.mixing import mix, transitions
 from twin.learners.objective import Objective, screened, target_mask
 from twin.learners.options import COMMON_OPTIONS, Option, positive
@@ -120,8 +120,7 @@ OPTIONS: dict[str, Option] = {
     # A filter folds targets in one by one at O(P^2) each, so it can learn every observation
     # before predicting the next: with 4, a chunk is predicted from parameters up to 4 targets
     # old (tuning seeds 0, 3, 9, 57: 1.36-2.26x the informed filter with 1, 2.16-3.80x with 4).
-    # A bank linearized per filter (the physical kinds) takes EACH_UPDATE where the spec names
-    # none (twin.learners.kalman_each).
+    # So does a bank linearized per filter (the physical kinds; twin.learners.kalman_each).
     "update_size": Option("int", 1, 1, 100_000),
 }
 
@@ -146,8 +145,6 @@ class KalmanLearner(Learner):
         # A model that takes a population of parameter sets in one call (the physical kinds) is
         # linearized at every filter's own center (`linearize_each`), as the reference does.
         self.each = self.banked and not linear
-        if self.each and "update_size" not in options:
-            self.options["update_size"] = EACH_UPDATE
         n, k = self.model.parameter_scales().numel(), len(self.rates)
         self.offsets = np.zeros((k, n))  # (K, P) each filter's center less the model's
         self.covariances = np.tile(np.eye(n) * self.options["prior"], (k, 1, 1))  # (K, P, P) of z

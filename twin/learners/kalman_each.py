@@ -7,12 +7,13 @@ filter is linearized at its own center by central differences, all filters in on
 K (2P + 1) parameter sets (`linearize_each`), as the estimated-noise reference of
 bench/filters.py does.
 
-An update of such a bank costs what its preparation costs (the window's targets, the noise floor,
-the model call), not the fold, so it learns a chunk of EACH_UPDATE observations per update where
-the linear bank learns every one (docs/benchmarks.md, "Physical kinds: the `kalman` bank
-averaged, five observations an update"): physical tuning seeds 2.04 / 63.3 (median / worst
-excess-MSE ratio to the informed filter) with 1, 2.17 / 67.3 with 5, at a third of the cost: level
-with `pgpe`'s in a fleet's group of twins with full windows, about 1.5x in their first batches.
+It learns every observation (`update_size` 1), as the linear bank does. Learning five an update
+costs a third as much (an update costs its preparation: the window's targets, the noise floor,
+the model call) but tracks worse: physical tuning seeds 2.17 / 67.3 (median / worst excess-MSE
+ratio to the informed filter) against 2.04 / 63.3, report seeds 2.13 / 215 against 1.77 / 15.2
+(docs/benchmarks.md, "Physical kinds: the `kalman` bank averaged, five observations an update"
+and the section after it). It was for the bank as the physical kinds' default, which it is not;
+a spec may still name `update_size`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ import torch
 # Central-difference step (scaled coordinates) of the Jacobians taken at each filter's center:
 # truncation error ~1e-12 relative, rounding ~1e-10 in float64.
 DIFFERENCE = 1e-6
-# Observations per update where the spec gives no `update_size` (see the module docstring).
-EACH_UPDATE = 5
 
 
 def linearize_each(
