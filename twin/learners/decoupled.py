@@ -45,6 +45,7 @@ from twin.learners.base import DRIFT_EVERY, Learner, UpdateReport
 from twin.learners.kalman import _noise_floor
 from twin.learners.objective import screened, target_mask
 from twin.learners.options import COMMON_OPTIONS, WALK_WINDOW, Option, positive
+from twin.learners.scaler import normalization, reexpress_images, standardizes
 from twin.learners.window import regime_weights, robust_scale
 from twin.models.base import DTYPE, TwinModel, flat_parameters, load_flat, unflatten
 from twin.observations import Observations, supervised
@@ -203,7 +204,7 @@ class DecoupledKalmanLearner(Learner):
         z = new[self.selected]
         self.offsets = new - z
         load_flat(self.model, torch.from_numpy(z) * scale)
-        self.normalization = _normalization(self.model)
+        self.normalization = normalization(self.model)
         self.n_updates += 1
         n_targets = int((keep & measured.any(axis=1)).sum())
         return UpdateReport(before, after, float(np.linalg.norm(z - z_start)), None, math.nan, k,
@@ -336,9 +337,9 @@ class DecoupledKalmanLearner(Learner):
         M theta + b acting within each group; its blocks are found by probing the model with
         one unit vector per position in a group (all groups at once)."""
         old, model = self.normalization, self.model
-        if old is None or type(model)._reexpress is TwinModel._reexpress:
+        if old is None or not standardizes(model):
             return
-        new = _normalization(model)
+        new = normalization(model)
         if all(np.array_equal(a, b) for a, b in zip(old, new, strict=True)):
             return
         theta = flat_parameters(model).to(DTYPE)
@@ -347,7 +348,7 @@ class DecoupledKalmanLearner(Learner):
         for ix in self.blocks.index:
             for j in range(ix.shape[1]):
                 probes[j + 1, ix[:, j]] = 1.0
-        images = _images(model, probes, old, new)
+        images = reexpress_images(model, probes, old, new)
         images = (images[1:] - images[0]) / scale[None, :]  # (width, P) column j, scaled z
         for i, ix in enumerate(self.blocks.index):
             n = ix.shape[1]
@@ -402,32 +403,6 @@ def _time_update(blocks: np.ndarray, rates: np.ndarray, prior: float) -> None:
     if (variance > prior).any():
         shrink = np.sqrt(prior / np.maximum(variance, prior))  # (K, G, n)
         blocks *= shrink[..., :, None] * shrink[..., None, :]
-
-
-def _images(model: TwinModel, probes: np.ndarray, old: tuple, new: tuple) -> np.ndarray:
-    """(S, P) parameter sets fitted under the scaler `old` -> (S, P) the model's re-expression
-    of them under `new` (the model's current scaler): in one call where the kind offers one
-    (`reexpressed`), else one set at a time through the model."""
-    batched = getattr(model, "reexpressed", None)
-    if batched is not None:
-        scaler = tuple(torch.from_numpy(a) for a in old)
-        return batched(torch.from_numpy(probes), scaler).numpy()
-    theta, images = flat_parameters(model).to(DTYPE), []
-    with torch.no_grad():
-        for row in probes:
-            load_flat(model, torch.from_numpy(row))
-            model.set_normalization(*old, keep_function=False)
-            model.set_normalization(*new, keep_function=True)
-            images.append(flat_parameters(model).to(DTYPE).numpy())
-        load_flat(model, theta)
-    return np.stack(images)
-
-
-def _normalization(model: TwinModel) -> tuple[np.ndarray, ...]:
-    return tuple(
-        getattr(model, name).detach().numpy().copy()
-        for name in ("y_mean", "y_std", "u_mean", "u_std")
-    )
 
 
 def _mean(values: list[float]) -> float:

@@ -69,6 +69,7 @@ from twin.learners.kalman_each import linearize_each
 from twin.learners.mixing import mix, transitions
 from twin.learners.objective import Objective, screened, target_mask
 from twin.learners.options import COMMON_OPTIONS, Option, positive
+from twin.learners.scaler import affine_map, follow, normalization, standardizes
 from twin.models.base import DTYPE, TwinModel, flat_parameters, load_flat, unflatten
 from twin.observations import Observations, supervised
 from twin.spec import SpecError
@@ -287,7 +288,7 @@ class KalmanLearner(Learner):
         z = np.clip(self._center(centers), low, high)  # an average rounds past a bound
         self.offsets = centers - z
         load_flat(self.model, torch.from_numpy(z) * scale)
-        self.normalization = _normalization(self.model)
+        self.normalization = normalization(self.model)
         self.n_updates += 1
         step = float(np.linalg.norm(z - z_start))
         n_targets = int((keep & measured.any(axis=1)).sum())
@@ -300,30 +301,17 @@ class KalmanLearner(Learner):
         filters' offsets go through M, the covariances to M C M', the information to its
         diagonal's image."""
         old, model = self.normalization, self.model
-        if old is None or type(model)._reexpress is TwinModel._reexpress:
+        if old is None or not standardizes(model):
             return
-        new = _normalization(model)
+        new = normalization(model)
         if all(np.array_equal(a, b) for a, b in zip(old, new, strict=True)):
             return
-        theta = flat_parameters(model).to(DTYPE)
-        n = theta.numel()
-        basis = torch.cat([torch.zeros(1, n, dtype=DTYPE), torch.eye(n, dtype=DTYPE)])
-        images = []
-        with torch.no_grad():
-            for row in basis:
-                load_flat(model, row)
-                model.set_normalization(*old, keep_function=False)
-                model.set_normalization(*new, keep_function=True)
-                images.append(flat_parameters(model).to(DTYPE))
-            load_flat(model, theta)
-        M = (torch.stack(images[1:], dim=1) - images[0][:, None]).numpy()  # (P, P) raw
-        M = M * scale[None, :] / scale[:, None]  # in the scaled coordinates z
-        if not np.isfinite(M).all():
+        m = affine_map(model, old, new, scale)
+        if m is None:
             return
-        self.offsets = self.offsets @ M.T
-        self.covariances = M @ self.covariances @ M.T
-        d = np.abs(np.diagonal(M))
-        self.info = np.where(d > 0, self.info / np.maximum(d, 1e-300) ** 2, self.info)
+        self.offsets, self.covariances, self.info = follow(
+            m, self.offsets, self.covariances, self.info
+        )
 
     def _center(self, centers: np.ndarray) -> np.ndarray:
         """The model's center: the bank's centers averaged by their weights (on the linear bank
@@ -508,14 +496,6 @@ class KalmanLearner(Learner):
         self.normalization = None if norm is None else tuple(a.numpy().copy() for a in norm)
         self.innovation_sq = state["innovation_sq"].numpy().copy()
         self.n_seen = int(state["n_seen"])
-
-
-def _normalization(model: TwinModel) -> tuple[np.ndarray, ...]:
-    """The model's channel scaler: y_mean, y_std, u_mean, u_std."""
-    return tuple(
-        getattr(model, name).detach().numpy().copy()
-        for name in ("y_mean", "y_std", "u_mean", "u_std")
-    )
 
 
 def _time_update(P: np.ndarray, Q: np.ndarray, prior: float, window: int) -> np.ndarray:

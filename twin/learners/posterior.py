@@ -48,9 +48,10 @@ from torch import Tensor
 
 from twin.learners.base import Pending
 from twin.learners.objective import Objective
+from twin.learners.scaler import affine_map, follow, normalization, standardizes
 from twin.learners.together import StackedObjective
 from twin.learners.window import MIN_FRESH
-from twin.models.base import DTYPE, TwinModel, flat_parameters, load_flat
+from twin.models.base import DTYPE, TwinModel
 
 # Relative random-walk variances of the bank, per target, in units of what one target tells of
 # a coordinate (its information f): from nearly stationary to a walk that a few targets follow.
@@ -267,7 +268,7 @@ def newton_together(pending: list[Pending]) -> list[tuple[Tensor, float]]:
         theta_new = p.objective.clamp(z_new * scale[k])
         post.offsets = post.offsets + (z_new - theta_new / scale[k]).numpy()  # clamped: kept
         if post.normalization is None:  # the scaler the bank is expressed in
-            post.normalization = _normalization(learner.model)
+            post.normalization = normalization(learner.model)
         learner.sigma = torch.from_numpy(np.sqrt(np.diagonal(post.sampling(1)).copy()))
         out.append((theta_new, math.nan))
     # the window's loss before and after, every twin's in one call
@@ -307,16 +308,6 @@ def _derivatives(zeta, lp, lm, l0, root, v, inv_root) -> tuple[np.ndarray, np.nd
     return g, back @ hw @ back.T
 
 
-def _normalization(model: TwinModel) -> tuple[np.ndarray, ...] | None:
-    """The model's channel scaler (y_mean, y_std, u_mean, u_std), None for a kind without."""
-    if not hasattr(model, "y_mean"):
-        return None
-    return tuple(
-        getattr(model, name).detach().numpy().copy()
-        for name in ("y_mean", "y_std", "u_mean", "u_std")
-    )
-
-
 def _moved(old: tuple[np.ndarray, ...], new: tuple[np.ndarray, ...]) -> bool:
     """Whether a channel's mean or standard deviation moved by more than RESCALE of its
     standard deviation (y_mean, y_std, u_mean, u_std)."""
@@ -336,29 +327,14 @@ def follow_scaler(post: Posterior, model: TwinModel) -> None:
     scaler it was expressed in (the re-expressions compose: exact for the kinds that
     standardize); until then its offsets are off by at most that share."""
     old = post.normalization
-    if old is None or type(model)._reexpress is TwinModel._reexpress:
+    if old is None or not standardizes(model):
         return
-    new = _normalization(model)
-    if new is None or not _moved(old, new):
+    new = normalization(model)
+    if not _moved(old, new):
         return
-    theta = flat_parameters(model).to(DTYPE)
-    n = theta.numel()
-    basis = torch.cat([torch.zeros(1, n, dtype=DTYPE), torch.eye(n, dtype=DTYPE)])
-    images = []
-    with torch.no_grad():
-        for row in basis:
-            load_flat(model, row)
-            model.set_normalization(*old, keep_function=False)
-            model.set_normalization(*new, keep_function=True)
-            images.append(flat_parameters(model).to(DTYPE))
-        load_flat(model, theta)
     scale = model.parameter_scales().detach().to(DTYPE).numpy()
-    M = (torch.stack(images[1:], dim=1) - images[0][:, None]).numpy()
-    M = M * scale[None, :] / scale[:, None]
-    if not np.isfinite(M).all():
+    m = affine_map(model, old, new, scale)
+    if m is None:
         return
-    post.offsets = post.offsets @ M.T
-    post.covariances = M @ post.covariances @ M.T
-    d = np.abs(np.diagonal(M))
-    post.info = np.where(d > 0, post.info / np.maximum(d, 1e-300) ** 2, post.info)
+    post.offsets, post.covariances, post.info = follow(m, post.offsets, post.covariances, post.info)
     post.normalization = new
